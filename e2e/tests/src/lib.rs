@@ -1,0 +1,135 @@
+//! Helpers for the end-to-end tests: the local cluster that `e2e/test` brings up, its
+//! clients and scripts, and polling with a deadline.
+//!
+//! The tests themselves are `#[ignore]`d so that a plain `cargo test` (no cluster) skips
+//! them; `e2e/test` runs them with `--ignored` once the cluster is up.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The local cluster under test.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    e2e_dir: PathBuf,
+}
+
+impl Cluster {
+    /// The cluster named by `NODUS_E2E_DIR` (set by e2e/test).
+    pub fn from_env() -> Result<Self> {
+        let dir = std::env::var_os("NODUS_E2E_DIR")
+            .context("NODUS_E2E_DIR is not set: run these tests through e2e/test")?;
+        Ok(Self {
+            e2e_dir: dir.into(),
+        })
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.e2e_dir.join(".cluster/admin.kubeconfig")
+    }
+
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.e2e_dir.join(".cluster/node.kubeconfig")
+    }
+
+    /// A client with cluster-admin rights.
+    pub async fn admin(&self) -> Result<Client> {
+        client(&self.admin_kubeconfig()).await
+    }
+
+    /// A client with the node's own credentials, as nodus has.
+    pub async fn node_client(&self) -> Result<Client> {
+        client(&self.node_kubeconfig()).await
+    }
+
+    /// The node's name: the hostname, lower-cased, as nodus derives it.
+    pub fn node_name(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// Runs `e2e/cluster ARGS` (e.g. `stop containerd`), failing on a non-zero exit.
+    pub fn script(&self, args: &[&str]) -> Result<()> {
+        let output = Command::new(self.e2e_dir.join("cluster"))
+            .args(args)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "e2e/cluster {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Runs kubectl with the admin kubeconfig and returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        kubectl(&self.admin_kubeconfig(), args)
+    }
+
+    /// The PID of a cluster component, from the harness's PID file.
+    pub fn pid(&self, component: &str) -> Result<i32> {
+        let file = Path::new("/run/nodus-e2e/pids").join(format!("{component}.pid"));
+        let pid = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(pid.trim().parse()?)
+    }
+}
+
+/// Runs kubectl with `kubeconfig` and returns its stdout, failing on a non-zero exit.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let output: Output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+async fn client(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` with the
+/// last state described by `what`.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last_error = Some(err),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_error {
+                Some(err) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {err:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,151 @@
+//! Agent: builds the clients, registers the node, and runs each role as a task under one
+//! cancellation token; on shutdown it cancels them and waits, with a deadline.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use nodus_cri::Runtime;
+use nodus_net::cni::BridgeNetwork;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::node::machine::Machine;
+use crate::node::runtime::{self, RuntimeState};
+use crate::node::status::NodeFacts;
+use crate::node::{address, lease, register, status};
+
+/// How long tasks get to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long registration waits for the runtime's first answer, so that a healthy node
+/// is created Ready with its runtime version instead of being corrected a moment later.
+const FIRST_RUNTIME_CHECK_WAIT: Duration = Duration::from_secs(3);
+
+/// An error that stops the agent before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("building the API client from {path}")]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("finding the node's IP")]
+    NodeIp(#[from] address::Error),
+    #[error(transparent)]
+    Cni(#[from] nodus_net::cni::Error),
+}
+
+/// Runs the agent until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let client = client(&config.kubeconfig).await?;
+    let node_ips = if config.node_ips.is_empty() {
+        vec![address::discover()?]
+    } else {
+        config.node_ips.clone()
+    };
+    if let Some(subnet) = config.pod_cidr {
+        let network = BridgeNetwork {
+            name: "nodus".into(),
+            bridge: "cni0".into(),
+            subnet,
+            ipam_data_dir: Some(config.root_dir.join("cni-ipam")),
+        };
+        let path = network.write(&config.cni_conf_dir)?;
+        info!(path = %path.display(), pod_cidr = %subnet, "CNI network configuration in place");
+    }
+
+    let machine = Machine::read();
+    let facts = NodeFacts {
+        machine: machine.clone(),
+        hostname: config.hostname.clone(),
+        node_ips: node_ips.clone(),
+        max_pods: config.max_pods,
+        port: config.port,
+        thresholds: config.eviction_hard.clone(),
+        nodefs_path: existing_ancestor(&config.root_dir),
+    };
+
+    let mut tasks = JoinSet::new();
+    let (runtime_tx, mut runtime_rx) = watch::channel(RuntimeState::default());
+    tasks.spawn(runtime::monitor(
+        Runtime::connect(config.runtime_endpoint.clone()),
+        runtime_tx,
+        shutdown.child_token(),
+    ));
+    let _ = tokio::time::timeout(FIRST_RUNTIME_CHECK_WAIT, runtime_rx.changed()).await;
+
+    info!(node = %config.node_name, ips = ?node_ips, kubelet_version = %status::kubelet_version(), "registering node");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let report = facts.observe(&runtime_rx.borrow_and_update());
+    let desired = register::initial_node(
+        &config.node_name,
+        &register::default_labels(&config.node_name, "linux", &machine.architecture),
+        &config.node_labels,
+        &config.register_with_taints,
+        report.to_status(&[], k8s_openapi::jiff::Timestamp::now()),
+    );
+    let registered = register::register(&nodes, &desired, &shutdown).await;
+    if let Some(node) = registered {
+        tasks.spawn(lease::renew(
+            client.clone(),
+            node.clone(),
+            shutdown.child_token(),
+        ));
+        tasks.spawn(status::report(
+            nodes,
+            node,
+            facts,
+            runtime_rx,
+            shutdown.child_token(),
+        ));
+    }
+
+    shutdown.cancelled().await;
+    info!("shutting down");
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "tasks still running after the grace period; stopping anyway");
+    }
+    Ok(())
+}
+
+async fn client(path: &PathBuf) -> Result<Client, Error> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+        path: path.clone(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+    Client::try_from(config).map_err(|source| Error::Client {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// The root directory may not exist yet on first start; its filesystem is that of the
+/// nearest existing ancestor.
+fn existing_ancestor(path: &std::path::Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("/"))
+        .to_path_buf()
+}

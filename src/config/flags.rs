@@ -1,0 +1,71 @@
+//! Flags: the command line, spelled as the kubelet spells it.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// nodus: a Kubernetes node agent (the kubelet and kube-proxy roles in one program).
+///
+/// It registers this machine as a Node with the API server, keeps the node's Lease and
+/// status fresh, and runs the pods bound to it through a CRI runtime such as containerd.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nodus", version, about, long_about)]
+pub struct Flags {
+    /// Path to a kubeconfig file with the node's credentials for the API server.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: PathBuf,
+
+    /// Use this name for the node instead of the machine's hostname (lower-cased, as the kubelet does).
+    #[arg(long, value_name = "NAME")]
+    pub hostname_override: Option<String>,
+
+    /// The node's IP address (or an IPv4,IPv6 pair). Default: the address of the interface that holds the default route.
+    #[arg(long, value_name = "IP[,IP]")]
+    pub node_ip: Option<String>,
+
+    /// The CRI runtime's endpoint.
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
+    pub container_runtime_endpoint: String,
+
+    /// Labels to add when registering the node, as key=value pairs separated by commas.
+    /// Labels in the kubernetes.io and k8s.io namespaces are limited to the kubelet's allowed set.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub node_labels: Option<String>,
+
+    /// Taints to register the node with, as key[=value]:Effect separated by commas.
+    #[arg(long, value_name = "KEY=VALUE:EFFECT,...")]
+    pub register_with_taints: Option<String>,
+
+    /// The number of pods this node can run.
+    #[arg(long, value_name = "N", default_value_t = 110)]
+    pub max_pods: u32,
+
+    /// Directory for the agent's files (pod volumes, plugins, checkpoints).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
+    pub root_dir: PathBuf,
+
+    /// The pod CIDR of this node; nodus writes a CNI bridge network for it.
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr: Option<String>,
+
+    /// Directory the CRI runtime reads CNI network configuration from.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+
+    /// Port of the node's kubelet API server, reported in the Node's daemonEndpoints.
+    #[arg(long, value_name = "PORT", default_value_t = 10250)]
+    pub port: u16,
+
+    /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10%. They set the
+    /// pressure conditions and are subtracted from allocatable. Default: the kubelet's.
+    #[arg(long, value_name = "SIGNAL<QUANTITY,...")]
+    pub eviction_hard: Option<String>,
+
+    /// Log verbosity, as the kubelet's -v: 0-2 info, 3-4 debug, 5 and more trace.
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
+    pub verbosity: u8,
+}

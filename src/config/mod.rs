@@ -1,0 +1,261 @@
+//! Configuration: the kubelet-compatible command line, validated into one [`Config`].
+//!
+//! Flag names follow the kubelet's wherever the kubelet has one, so that an existing
+//! kubelet command line carries over. Everything is validated here, before any client is
+//! built, so bad input ends the program with one clear line instead of a later failure.
+
+mod eviction;
+mod flags;
+mod labels;
+mod taints;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Taint;
+use nodus_cri::Endpoint;
+
+pub use eviction::{Quantity, Signal, Thresholds};
+pub use flags::Flags;
+
+/// The validated configuration of the agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: PathBuf,
+    pub node_name: String,
+    pub hostname: String,
+    pub node_ips: Vec<IpAddr>,
+    pub runtime_endpoint: Endpoint,
+    pub node_labels: BTreeMap<String, String>,
+    pub register_with_taints: Vec<Taint>,
+    pub max_pods: u32,
+    pub root_dir: PathBuf,
+    pub pod_cidr: Option<IpNet>,
+    pub cni_conf_dir: PathBuf,
+    pub port: u16,
+    pub eviction_hard: Thresholds,
+    pub verbosity: u8,
+}
+
+/// A flag whose value cannot be used, named as on the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot determine the hostname (set --hostname-override)")]
+    Hostname(#[source] std::io::Error),
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        flag,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Validates the parsed flags. `os_hostname` is the machine's hostname, used when
+    /// `--hostname-override` is absent.
+    pub fn from_flags(
+        flags: Flags,
+        os_hostname: impl FnOnce() -> std::io::Result<String>,
+    ) -> Result<Self, Error> {
+        let hostname = match flags.hostname_override.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => os_hostname().map_err(Error::Hostname)?.trim().to_owned(),
+        };
+        // The kubelet lower-cases the node name: Node names must be DNS subdomains.
+        let node_name = hostname.to_lowercase();
+        labels::validate_dns_subdomain(&node_name)
+            .map_err(|reason| invalid("hostname-override", &hostname, reason))?;
+
+        let node_ips = match flags.node_ip.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(raw) => parse_node_ips(raw)?,
+        };
+        let runtime_endpoint =
+            Endpoint::parse(&flags.container_runtime_endpoint).map_err(|err| {
+                invalid(
+                    "container-runtime-endpoint",
+                    &flags.container_runtime_endpoint,
+                    err.to_string(),
+                )
+            })?;
+        let node_labels = match flags.node_labels.as_deref() {
+            None => BTreeMap::new(),
+            Some(raw) => labels::parse_node_labels(raw)
+                .map_err(|reason| invalid("node-labels", raw, reason))?,
+        };
+        let register_with_taints = match flags.register_with_taints.as_deref() {
+            None => Vec::new(),
+            Some(raw) => taints::parse_taints(raw)
+                .map_err(|reason| invalid("register-with-taints", raw, reason))?,
+        };
+        if flags.max_pods == 0 {
+            return Err(invalid("max-pods", "0", "must be at least 1"));
+        }
+        let pod_cidr = match flags.pod_cidr.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(
+                raw.parse::<IpNet>()
+                    .map_err(|err| invalid("pod-cidr", raw, err.to_string()))?,
+            ),
+        };
+        let eviction_hard = match flags.eviction_hard.as_deref() {
+            None => Thresholds::kubelet_defaults(),
+            Some(raw) => {
+                Thresholds::parse(raw).map_err(|reason| invalid("eviction-hard", raw, reason))?
+            }
+        };
+        Ok(Self {
+            kubeconfig: flags.kubeconfig,
+            node_name,
+            hostname,
+            node_ips,
+            runtime_endpoint,
+            node_labels,
+            register_with_taints,
+            max_pods: flags.max_pods,
+            root_dir: flags.root_dir,
+            pod_cidr,
+            cni_conf_dir: flags.cni_conf_dir,
+            port: flags.port,
+            eviction_hard,
+            verbosity: flags.verbosity,
+        })
+    }
+}
+
+/// `--node-ip` takes one address, or two of different families for a dual-stack node.
+fn parse_node_ips(raw: &str) -> Result<Vec<IpAddr>, Error> {
+    let ips = raw
+        .split(',')
+        .map(|part| {
+            part.trim()
+                .parse::<IpAddr>()
+                .map_err(|err| invalid("node-ip", raw, err.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match ips.as_slice() {
+        [ip] if ip.is_unspecified() => Err(invalid("node-ip", raw, "must be a specific address")),
+        [_] => Ok(ips),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok(ips),
+        [_, _] => Err(invalid(
+            "node-ip",
+            raw,
+            "a dual-stack pair needs one IPv4 and one IPv6 address",
+        )),
+        _ => Err(invalid(
+            "node-ip",
+            raw,
+            "expected one address, or one IPv4 and one IPv6",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, Error> {
+        let flags = Flags::try_parse_from(std::iter::once("nodus").chain(args.iter().copied()))
+            .expect("flags parse");
+        Config::from_flags(flags, || Ok("Worker-1\n".to_owned()))
+    }
+
+    #[test]
+    fn defaults_match_the_kubelet() {
+        let config = config(&["--kubeconfig", "/etc/kubernetes/kubelet.conf"]).expect("valid");
+        assert_eq!(config.node_name, "worker-1", "hostname lower-cased");
+        assert_eq!(config.hostname, "Worker-1");
+        assert_eq!(config.max_pods, 110);
+        assert_eq!(config.port, 10250);
+        assert_eq!(config.root_dir, PathBuf::from("/var/lib/kubelet"));
+        assert_eq!(
+            config.runtime_endpoint.to_string(),
+            "unix:///run/containerd/containerd.sock"
+        );
+        assert!(config.node_ips.is_empty());
+        assert_eq!(config.eviction_hard, Thresholds::kubelet_defaults());
+    }
+
+    #[test]
+    fn kubelet_flag_spellings_are_accepted() {
+        let config = config(&[
+            "--kubeconfig=/k",
+            "--hostname-override=node-a",
+            "--node-ip=192.0.2.10",
+            "--node-labels=tier=edge,node.kubernetes.io/pool=a",
+            "--register-with-taints=dedicated=infra:NoSchedule",
+            "--max-pods=20",
+            "--pod-cidr=10.244.1.0/24",
+            "-v=4",
+        ])
+        .expect("valid");
+        assert_eq!(config.node_name, "node-a");
+        assert_eq!(
+            config.node_ips,
+            vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(
+            config.node_labels.get("tier").map(String::as_str),
+            Some("edge")
+        );
+        assert_eq!(config.register_with_taints[0].effect, "NoSchedule");
+        assert_eq!(config.max_pods, 20);
+        assert_eq!(
+            config.pod_cidr,
+            Some("10.244.1.0/24".parse().expect("cidr"))
+        );
+        assert_eq!(config.verbosity, 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--node-ip", "300.1.1.1"], "--node-ip"),
+            (&["--node-ip", "0.0.0.0"], "--node-ip"),
+            (&["--node-ip", "192.0.2.1,192.0.2.2"], "--node-ip"),
+            (
+                &["--container-runtime-endpoint", "tcp://x:1"],
+                "--container-runtime-endpoint",
+            ),
+            (
+                &["--node-labels", "kubernetes.io/role=master"],
+                "--node-labels",
+            ),
+            (
+                &["--register-with-taints", "a=b:Sometimes"],
+                "--register-with-taints",
+            ),
+            (&["--max-pods", "0"], "--max-pods"),
+            (&["--pod-cidr", "10.244.0.0/33"], "--pod-cidr"),
+            (
+                &["--hostname-override", "under_score"],
+                "--hostname-override",
+            ),
+            (
+                &["--eviction-hard", "memory.available>1Gi"],
+                "--eviction-hard",
+            ),
+        ];
+        for (args, flag) in cases {
+            let mut all = vec!["--kubeconfig", "/k"];
+            all.extend_from_slice(args);
+            let err = config(&all).expect_err(&format!("{args:?} must be rejected"));
+            assert!(
+                err.to_string().starts_with(&format!("invalid {flag} ")),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}

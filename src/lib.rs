@@ -1,0 +1,9 @@
+//! nodus: a Kubernetes node agent, the kubelet and kube-proxy roles in one program.
+//!
+//! Dependencies point down: this crate maps Kubernetes API objects onto the runtime
+//! (`nodus-cri`) and the network (`nodus-net`); those crates know nothing of Kubernetes.
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod node;

@@ -30,6 +30,9 @@ STOCK_BIN=$CACHE_DIR/stock/$K8S_VERSION
 TOOLS_BIN=$CACHE_DIR/tools
 IMAGE_CACHE=$CACHE_DIR/images
 
+# The agent as `cargo build` leaves it (CI may move cargo's target directory out of the clone).
+NODUS_BIN=${NODUS_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/nodus}
+
 CLUSTER_NAME=nodus-e2e
 POD_CIDR=${NODUS_POD_CIDR:-10.244.0.0/24}
 SERVICE_CIDR=10.96.0.0/16

@@ -90,7 +90,7 @@ start_containerd() {
 # the e2e tests check it against the harness's own lookup.
 start_nodus() {
 	running nodus && return 0
-	start_process nodus "${NODUS_BIN:-$REPO_DIR/target/debug/nodus}" \
+	start_process nodus "$NODUS_BIN" \
 		--kubeconfig "$NODE_KUBECONFIG" \
 		--container-runtime-endpoint "unix://$CONTAINERD_SOCK" \
 		--root-dir "$NODUS_ROOT" \

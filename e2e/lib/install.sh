@@ -57,7 +57,6 @@ build_tools() {
 build_nodus() {
 	log "building nodus"
 	(cd "$REPO_DIR" && cargo build --quiet --bin nodus)
-	NODUS_BIN=$REPO_DIR/target/debug/nodus
 }
 
 install_all() {

@@ -113,6 +113,9 @@ stop_process() {
 			if [ "$SECONDS" -ge "$deadline" ]; then
 				warn "$name did not stop within ${grace}s; killing it"
 				kill -KILL "$pid" 2>/dev/null || true
+				# A process stuck in the kernel (slow disk under load) dies only when it
+				# returns; a successor must not start before, or it finds its files locked.
+				wait_until 120 "$name (pid $pid) to exit" sh -c "! kill -0 $pid 2>/dev/null" || true
 				break
 			fi
 			sleep 0.1

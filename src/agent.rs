@@ -2,6 +2,7 @@
 //! cancellation token; on shutdown it cancels them and waits, with a deadline.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -19,6 +20,8 @@ use crate::node::machine::Machine;
 use crate::node::runtime::{self, RuntimeState};
 use crate::node::status::NodeFacts;
 use crate::node::{address, lease, register, status};
+use crate::pods::sandbox::NodeDns;
+use crate::{pods, quantity};
 
 /// How long tasks get to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -103,6 +106,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             node.clone(),
             shutdown.child_token(),
         ));
+        let allocatable = report.allocatable.clone();
+        let milli = |name: &str| {
+            allocatable
+                .get(name)
+                .and_then(|q| quantity::parse(&q.0))
+                .map_or(0, |m| m.0)
+        };
+        let runtime = Runtime::connect(config.runtime_endpoint.clone());
+        let pods = Arc::new(pods::worker::Shared {
+            client: client.clone(),
+            images: pods::images::Images::new(runtime.clone()),
+            runtime,
+            events: pods::events::Events::start(
+                client.clone(),
+                &config.node_name,
+                shutdown.child_token(),
+            ),
+            runtime_state: runtime_rx.clone(),
+            node_name: config.node_name.clone(),
+            node_hostname: config.hostname.clone(),
+            host_ips: node_ips.iter().map(ToString::to_string).collect(),
+            dns: NodeDns {
+                cluster_dns: config.cluster_dns.iter().map(ToString::to_string).collect(),
+                cluster_domain: config.cluster_domain.clone(),
+                host: std::fs::read_to_string(&config.resolv_conf)
+                    .map(|text| pods::sandbox::parse_resolv_conf(&text))
+                    .unwrap_or_default(),
+            },
+            root_dir: config.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            allocatable_milli_cpu: milli("cpu"),
+            allocatable_memory: milli("memory") / 1000,
+        });
+        tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
         tasks.spawn(status::report(
             nodes,
             node,

@@ -7,3 +7,5 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod node;
+pub mod pods;
+pub mod quantity;

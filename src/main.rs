@@ -71,7 +71,11 @@ fn init_logging(verbosity: u8) {
         _ => "trace",
     };
     // Dependencies stay at info unless RUST_LOG asks otherwise: their debug output is noise.
-    let default = format!("info,nodus={level},nodus_cri={level},nodus_net={level}");
+    // kube's client also logs every failed request at ERROR; nodus logs each failure
+    // once itself, with what it was doing and whether it retries.
+    let default = format!(
+        "info,nodus={level},nodus_cri={level},nodus_net={level},kube_client::client::builder=off"
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

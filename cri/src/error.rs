@@ -30,4 +30,24 @@ impl Error {
             Error::UnsupportedEndpoint { .. } => false,
         }
     }
+
+    /// True when the runtime answered that the object does not exist (already removed).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Call {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        )
+    }
+
+    /// The runtime's own explanation, without the call and endpoint: what a pod's status
+    /// or event shows.
+    pub fn runtime_message(&self) -> String {
+        match self {
+            Error::Call { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
 }

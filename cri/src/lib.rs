@@ -10,7 +10,7 @@ mod runtime;
 
 pub use endpoint::Endpoint;
 pub use error::Error;
-pub use runtime::{Runtime, RuntimeCondition, RuntimeStatus, RuntimeVersion};
+pub use runtime::{ExecOutput, Runtime, RuntimeCondition, RuntimeStatus, RuntimeVersion};
 
 /// The CRI `runtime.v1` protocol types and generated clients.
 pub use k8s_cri::v1 as api;

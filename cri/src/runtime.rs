@@ -14,7 +14,13 @@ use tower::service_fn;
 use crate::api::image_service_client::ImageServiceClient;
 use crate::api::runtime_service_client::RuntimeServiceClient;
 use crate::api::{
-    NetworkConfig, RuntimeConfig, StatusRequest, UpdateRuntimeConfigRequest, VersionRequest,
+    Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, Image, ImageSpec, ImageStatusRequest,
+    ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crate::{Endpoint, Error};
 
@@ -24,6 +30,17 @@ const CRI_API_VERSION: &str = "v1";
 /// Upper bound for calls that should answer at once (version, status): the kubelet uses
 /// the same short deadline for its runtime health check.
 const QUICK_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upper bound for ordinary calls: the kubelet's default `--runtime-request-timeout`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The output of a command run in a container with `ExecSync`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
 
 /// A CRI runtime: the runtime and image services behind one endpoint.
 #[derive(Debug, Clone)]
@@ -171,6 +188,262 @@ impl Runtime {
             .map_err(self.call_error("UpdateRuntimeConfig"))?;
         Ok(())
     }
+
+    fn request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    /// Creates and starts a pod sandbox; returns its ID.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, Error> {
+        let request = Self::request(
+            RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: runtime_handler.to_owned(),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        let reply = self.runtime.clone().run_pod_sandbox(request).await;
+        Ok(reply
+            .map_err(self.call_error("RunPodSandbox"))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    /// Stops a sandbox's containers and tears down its network. Idempotent.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), Error> {
+        let request = Self::request(
+            StopPodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .stop_pod_sandbox(request)
+            .await
+            .map_err(self.call_error("StopPodSandbox"))?;
+        Ok(())
+    }
+
+    /// Removes a sandbox and all its containers. Idempotent.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), Error> {
+        let request = Self::request(
+            RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .remove_pod_sandbox(request)
+            .await
+            .map_err(self.call_error("RemovePodSandbox"))?;
+        Ok(())
+    }
+
+    pub async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus, Error> {
+        let request = Self::request(
+            PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_owned(),
+                verbose: false,
+            },
+            Some(CALL_TIMEOUT),
+        );
+        let reply = self.runtime.clone().pod_sandbox_status(request).await;
+        reply
+            .map_err(self.call_error("PodSandboxStatus"))?
+            .into_inner()
+            .status
+            .ok_or_else(|| self.missing("PodSandboxStatus", id))
+    }
+
+    pub async fn list_pod_sandboxes(
+        &self,
+        filter: Option<PodSandboxFilter>,
+    ) -> Result<Vec<PodSandbox>, Error> {
+        let request = Self::request(ListPodSandboxRequest { filter }, Some(CALL_TIMEOUT));
+        let reply = self.runtime.clone().list_pod_sandbox(request).await;
+        Ok(reply
+            .map_err(self.call_error("ListPodSandbox"))?
+            .into_inner()
+            .items)
+    }
+
+    /// Creates a container in a sandbox; returns its ID.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+        sandbox_config: PodSandboxConfig,
+    ) -> Result<String, Error> {
+        let request = Self::request(
+            CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        let reply = self.runtime.clone().create_container(request).await;
+        Ok(reply
+            .map_err(self.call_error("CreateContainer"))?
+            .into_inner()
+            .container_id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), Error> {
+        let request = Self::request(
+            StartContainerRequest {
+                container_id: id.to_owned(),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .start_container(request)
+            .await
+            .map_err(self.call_error("StartContainer"))?;
+        Ok(())
+    }
+
+    /// Stops a container: SIGTERM (or the image's stop signal), then SIGKILL after `grace`.
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), Error> {
+        let request = Self::request(
+            StopContainerRequest {
+                container_id: id.to_owned(),
+                timeout: grace.as_secs() as i64,
+            },
+            Some(grace + CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .stop_container(request)
+            .await
+            .map_err(self.call_error("StopContainer"))?;
+        Ok(())
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        let request = Self::request(
+            RemoveContainerRequest {
+                container_id: id.to_owned(),
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .remove_container(request)
+            .await
+            .map_err(self.call_error("RemoveContainer"))?;
+        Ok(())
+    }
+
+    pub async fn list_containers(
+        &self,
+        filter: Option<ContainerFilter>,
+    ) -> Result<Vec<Container>, Error> {
+        let request = Self::request(ListContainersRequest { filter }, Some(CALL_TIMEOUT));
+        let reply = self.runtime.clone().list_containers(request).await;
+        Ok(reply
+            .map_err(self.call_error("ListContainers"))?
+            .into_inner()
+            .containers)
+    }
+
+    pub async fn container_status(&self, id: &str) -> Result<ContainerStatus, Error> {
+        let request = Self::request(
+            ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: false,
+            },
+            Some(CALL_TIMEOUT),
+        );
+        let reply = self.runtime.clone().container_status(request).await;
+        reply
+            .map_err(self.call_error("ContainerStatus"))?
+            .into_inner()
+            .status
+            .ok_or_else(|| self.missing("ContainerStatus", id))
+    }
+
+    /// Runs a command in a running container and waits for it, up to `timeout`.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, Error> {
+        let request = Self::request(
+            ExecSyncRequest {
+                container_id: id.to_owned(),
+                cmd,
+                timeout: timeout.as_secs() as i64,
+            },
+            Some(timeout + QUICK_CALL_TIMEOUT),
+        );
+        let reply = self.runtime.clone().exec_sync(request).await;
+        let reply = reply.map_err(self.call_error("ExecSync"))?.into_inner();
+        Ok(ExecOutput {
+            exit_code: reply.exit_code,
+            stdout: reply.stdout,
+            stderr: reply.stderr,
+        })
+    }
+
+    /// The image if the runtime has it, `None` if not.
+    pub async fn image_status(&self, image: &str) -> Result<Option<Image>, Error> {
+        let request = Self::request(
+            ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            },
+            Some(CALL_TIMEOUT),
+        );
+        let reply = self.images.clone().image_status(request).await;
+        Ok(reply
+            .map_err(self.call_error("ImageStatus"))?
+            .into_inner()
+            .image)
+    }
+
+    /// Pulls an image; returns its reference (ID). Not bounded by a deadline: large
+    /// images take long, and the caller cancels a pull it no longer needs.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        sandbox_config: Option<PodSandboxConfig>,
+    ) -> Result<String, Error> {
+        let request = Self::request(
+            PullImageRequest {
+                image: Some(image_spec(image)),
+                auth: None,
+                sandbox_config,
+            },
+            None,
+        );
+        let reply = self.images.clone().pull_image(request).await;
+        Ok(reply
+            .map_err(self.call_error("PullImage"))?
+            .into_inner()
+            .image_ref)
+    }
+
+    fn missing(&self, method: &'static str, id: &str) -> Error {
+        Error::Call {
+            method,
+            endpoint: self.endpoint.to_string(),
+            code: tonic::Code::NotFound,
+            message: format!("no status returned for {id}"),
+        }
+    }
 }
 
 /// The most specific explanation a status carries: for transport failures tonic's own
@@ -187,4 +460,11 @@ fn transport_message(status: &tonic::Status) -> String {
         source = cause.source();
     }
     message
+}
+
+fn image_spec(image: &str) -> ImageSpec {
+    ImageSpec {
+        image: image.to_owned(),
+        ..ImageSpec::default()
+    }
 }

@@ -4,7 +4,9 @@
 start_etcd() {
 	running etcd && return 0
 	mkdir -p "$STATE_DIR/etcd"
-	chmod 700 "$STATE_DIR/etcd"
+	# The cluster is thrown away after use, so etcd may keep its data in memory: on this
+	# VM's disk an fsync under load stalls etcd for seconds, and every API call with it.
+	mountpoint -q "$STATE_DIR/etcd" || mount -t tmpfs -o size=2g,mode=700 nodus-e2e-etcd "$STATE_DIR/etcd"
 	start_process etcd etcd --name "$CLUSTER_NAME" --data-dir "$STATE_DIR/etcd" \
 		--listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
 		--advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -82,7 +84,8 @@ start_containerd() {
 	running containerd && return 0
 	write_containerd_config
 	start_process containerd containerd --config "$RUN_DIR/containerd/config.toml"
-	wait_until 30 "containerd" ctr --address "$CONTAINERD_SOCK" version ||
+	# Generous: under heavy disk load containerd's metadata database opens slowly.
+	wait_until 120 "containerd" ctr --address "$CONTAINERD_SOCK" version ||
 		die "containerd did not start; see $LOG_DIR/containerd.log"
 }
 
@@ -96,6 +99,7 @@ start_nodus() {
 		--root-dir "$NODUS_ROOT" \
 		--cni-conf-dir "$CNI_CONF_DIR" \
 		--pod-cidr "$POD_CIDR" \
+		--pod-logs-dir "$STATE_DIR/pod-logs" \
 		-v 2
 }
 

@@ -65,6 +65,23 @@ pub struct Flags {
     #[arg(long, value_name = "SIGNAL<QUANTITY,...")]
     pub eviction_hard: Option<String>,
 
+    /// IP addresses of the cluster DNS service, comma-separated; pods with dnsPolicy
+    /// ClusterFirst resolve through them. Without it they use the host's resolver.
+    #[arg(long, value_name = "IP,...")]
+    pub cluster_dns: Option<String>,
+
+    /// The cluster's DNS domain, searched by pods with dnsPolicy ClusterFirst.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// The resolver configuration pods with dnsPolicy Default inherit.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
+    /// Directory for container logs, one subdirectory per pod (the kubelet's podLogsDir).
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+
     /// Log verbosity, as the kubelet's -v: 0-2 info, 3-4 debug, 5 and more trace.
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
     pub verbosity: u8,

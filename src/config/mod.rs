@@ -36,6 +36,10 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub port: u16,
     pub eviction_hard: Thresholds,
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
+    pub pod_logs_dir: PathBuf,
     pub verbosity: u8,
 }
 
@@ -114,6 +118,19 @@ impl Config {
                 Thresholds::parse(raw).map_err(|reason| invalid("eviction-hard", raw, reason))?
             }
         };
+        let cluster_dns = match flags.cluster_dns.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(raw) => raw
+                .split(',')
+                .map(|ip| {
+                    ip.trim()
+                        .parse::<IpAddr>()
+                        .map_err(|err| invalid("cluster-dns", raw, err.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        labels::validate_dns_subdomain(&flags.cluster_domain)
+            .map_err(|reason| invalid("cluster-domain", &flags.cluster_domain, reason))?;
         Ok(Self {
             kubeconfig: flags.kubeconfig,
             node_name,
@@ -128,6 +145,10 @@ impl Config {
             cni_conf_dir: flags.cni_conf_dir,
             port: flags.port,
             eviction_hard,
+            cluster_dns,
+            cluster_domain: flags.cluster_domain,
+            resolv_conf: flags.resolv_conf,
+            pod_logs_dir: flags.pod_logs_dir,
             verbosity: flags.verbosity,
         })
     }

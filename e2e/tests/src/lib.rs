@@ -133,3 +133,90 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A namespace of its own for one test, with the `default` ServiceAccount that pod
+/// admission requires (no controller creates it in this cluster yet). Its pods are
+/// deleted when the test ends.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    pub async fn create(client: Client, prefix: &str) -> Result<Self> {
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        use kube::Api;
+        use kube::api::{ObjectMeta, PostParams};
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let name = format!("{prefix}-{suffix:x}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces.create(&PostParams::default(), &ns).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        accounts.create(&PostParams::default(), &account).await?;
+        Ok(Self { name, client })
+    }
+
+    pub fn pods(&self) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+        kube::Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates a pod from JSON, bound to `node` and without a service-account token
+    /// volume (volumes are not supported yet).
+    pub async fn create_pod(
+        &self,
+        node: &str,
+        mut pod: serde_json::Value,
+    ) -> Result<k8s_openapi::api::core::v1::Pod> {
+        pod["apiVersion"] = "v1".into();
+        pod["kind"] = "Pod".into();
+        pod["spec"]["nodeName"] = node.into();
+        pod["spec"]["automountServiceAccountToken"] = false.into();
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod)?;
+        Ok(self.pods().create(&Default::default(), &pod).await?)
+    }
+
+    /// Deletes every pod of the namespace and waits until they are gone.
+    pub async fn delete_pods(&self) -> Result<()> {
+        use kube::api::{DeleteParams, ListParams};
+        let pods = self.pods();
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+        poll(
+            Duration::from_secs(90),
+            "the namespace's pods to be gone",
+            || async {
+                Ok(pods
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,579 @@
+//! Pods bound to the node run through containerd, and report what the stock kubelet
+//! would report: phases, container states and reasons, restarts, events, deletion.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use nodus_e2e::{Cluster, TestNamespace, poll};
+use serde_json::json;
+
+const IMAGE: &str = "busybox:1.36";
+
+async fn setup(prefix: &str) -> Result<(Cluster, TestNamespace, String)> {
+    let cluster = Cluster::from_env()?;
+    let ns = TestNamespace::create(cluster.admin().await?, prefix).await?;
+    let node = cluster.node_name();
+    Ok((cluster, ns, node))
+}
+
+fn pod(name: &str, policy: &str, containers: serde_json::Value) -> serde_json::Value {
+    json!({
+        "metadata": { "name": name },
+        "spec": { "restartPolicy": policy, "terminationGracePeriodSeconds": 5, "containers": containers },
+    })
+}
+
+fn sh(name: &str, script: &str) -> serde_json::Value {
+    json!({ "name": name, "image": IMAGE, "command": ["sh", "-c", script] })
+}
+
+async fn wait_pod<T>(
+    ns: &TestNamespace,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Pod) -> Option<T>,
+) -> Result<T> {
+    let pods = ns.pods();
+    poll(timeout, what, || async {
+        Ok(check(&pods.get(name).await?))
+    })
+    .await
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
+    container(pod, name)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+async fn events_for(ns: &TestNamespace, pod: &str) -> Result<Vec<(String, String)>> {
+    let events: Api<Event> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_busybox_pod_runs_with_an_ip_from_the_pod_cidr() -> Result<()> {
+    let (cluster, ns, node) = setup("run").await?;
+    ns.create_pod(
+        &node,
+        pod(
+            "web",
+            "Always",
+            json!([sh("main", "echo started; sleep 3600")]),
+        ),
+    )
+    .await?;
+    let running = wait_pod(
+        &ns,
+        "web",
+        Duration::from_secs(30),
+        "Running and Ready",
+        |p| {
+            let ready = container(p, "main").is_some_and(|c| c.ready);
+            (phase(p) == "Running" && ready).then(|| p.clone())
+        },
+    )
+    .await?;
+    let status = running.status.clone().context("status")?;
+    let ip: std::net::Ipv4Addr = status.pod_ip.clone().context("podIP")?.parse()?;
+    let cidr = std::env::var("NODUS_E2E_POD_CIDR").unwrap_or_else(|_| "10.244.0.0/24".into());
+    let (net, bits) = cidr.split_once('/').context("cidr")?;
+    let mask = u32::MAX << (32 - bits.parse::<u32>()?);
+    ensure!(
+        u32::from(ip) & mask == u32::from(net.parse::<std::net::Ipv4Addr>()?) & mask,
+        "{ip} not in {cidr}"
+    );
+    assert_eq!(status.host_ip, std::env::var("NODUS_E2E_NODE_IP").ok());
+    assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
+    assert!(status.start_time.is_some());
+    let main = container(&running, "main").context("main status")?;
+    assert!(
+        main.container_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("containerd://")),
+        "{main:?}"
+    );
+    assert!(
+        main.image_id.starts_with("sha256:") || main.image_id.contains('@'),
+        "{}",
+        main.image_id
+    );
+    assert_eq!(main.restart_count, 0);
+    for kind in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodScheduled",
+    ] {
+        let condition = status.conditions.iter().flatten().find(|c| c.type_ == kind);
+        assert_eq!(condition.map(|c| c.status.as_str()), Some("True"), "{kind}");
+    }
+    let wide = cluster.kubectl(&["get", "pods", "-n", &ns.name, "-o", "wide", "--no-headers"])?;
+    assert!(
+        wide.contains("1/1")
+            && wide.contains("Running")
+            && wide.contains(&ip.to_string())
+            && wide.contains(&node),
+        "{wide}"
+    );
+    let events = events_for(&ns, "web").await?;
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} event in {events:?}"
+        );
+    }
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn init_containers_run_one_after_another_before_the_app() -> Result<()> {
+    let (_cluster, ns, node) = setup("init").await?;
+    let mut spec = pod("init", "Always", json!([sh("app", "sleep 3600")]));
+    spec["spec"]["initContainers"] = json!([
+        sh("first", "sleep 1; echo one > /dev/termination-log"),
+        sh("second", "sleep 1")
+    ]);
+    ns.create_pod(&node, spec).await?;
+    let pod = wait_pod(
+        &ns,
+        "init",
+        Duration::from_secs(45),
+        "the app container to run",
+        |p| (phase(p) == "Running").then(|| p.clone()),
+    )
+    .await?;
+    let finished = |name: &str| {
+        let t = container(&pod, name)?.state.as_ref()?.terminated.as_ref()?;
+        Some((
+            t.started_at.clone()?.0,
+            t.finished_at.clone()?.0,
+            t.reason.clone(),
+            t.message.clone(),
+        ))
+    };
+    let (_, first_end, reason, message) =
+        finished("first").context("first init container terminated")?;
+    let (second_start, second_end, _, _) =
+        finished("second").context("second init container terminated")?;
+    assert_eq!(reason.as_deref(), Some("Completed"));
+    assert_eq!(
+        message.as_deref(),
+        Some("one\n"),
+        "termination message read from the file"
+    );
+    ensure!(
+        second_start >= first_end,
+        "second started {second_start} before first ended {first_end}"
+    );
+    let app_start = container(&pod, "app")
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .context("app running")?
+        .0;
+    ensure!(
+        app_start >= second_end,
+        "app started {app_start} before init finished {second_end}"
+    );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_crashing_container_backs_off_at_the_kubelets_pace() -> Result<()> {
+    let (_cluster, ns, node) = setup("crash").await?;
+    ns.create_pod(&node, pod("crash", "Always", json!([sh("main", "exit 1")])))
+        .await?;
+    // Record when each restart shows up.
+    let started = Instant::now();
+    let mut seen: Vec<(i32, Duration)> = Vec::new();
+    let pods = ns.pods();
+    let mut back_off = false;
+    while seen.last().is_none_or(|(count, _)| *count < 3) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "restarts so far: {seen:?}"
+        );
+        let pod = pods.get("crash").await?;
+        let count = container(&pod, "main").map_or(0, |c| c.restart_count);
+        if seen.last().is_none_or(|(c, _)| *c != count) {
+            seen.push((count, started.elapsed()));
+        }
+        back_off |= waiting_reason(&pod, "main").as_deref() == Some("CrashLoopBackOff");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back_off, "the container was seen in CrashLoopBackOff");
+    let at = |n: i32| {
+        seen.iter()
+            .find(|(c, _)| *c == n)
+            .map(|(_, t)| *t)
+            .context("restart seen")
+    };
+    // 10 s before the second restart, 20 s before the third (less the 1 s relist granularity).
+    ensure!(
+        at(2)? - at(1)? >= Duration::from_secs(9),
+        "second restart too early: {seen:?}"
+    );
+    ensure!(
+        at(3)? - at(2)? >= Duration::from_secs(19),
+        "third restart too early: {seen:?}"
+    );
+    let pod = pods.get("crash").await?;
+    let last = container(&pod, "main")
+        .and_then(|c| c.last_state.clone()?.terminated)
+        .context("lastState")?;
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    let events = events_for(&ns, "crash").await?;
+    assert!(events.iter().any(|(r, m)| r == "BackOff" && m.contains("Back-off restarting failed container main")), "{events:?}");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn restart_policy_never_fails_and_on_failure_succeeds() -> Result<()> {
+    let (_cluster, ns, node) = setup("policy").await?;
+    ns.create_pod(&node, pod("never", "Never", json!([sh("main", "exit 3")])))
+        .await?;
+    ns.create_pod(
+        &node,
+        pod("onfailure", "OnFailure", json!([sh("main", "exit 0")])),
+    )
+    .await?;
+    let failed = wait_pod(&ns, "never", Duration::from_secs(30), "phase Failed", |p| {
+        (phase(p) == "Failed").then(|| p.clone())
+    })
+    .await?;
+    let terminated = container(&failed, "main")
+        .and_then(|c| c.state.clone()?.terminated)
+        .context("terminated")?;
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (3, Some("Error"))
+    );
+    assert_eq!(container(&failed, "main").map(|c| c.restart_count), Some(0));
+    let succeeded = wait_pod(
+        &ns,
+        "onfailure",
+        Duration::from_secs(30),
+        "phase Succeeded",
+        |p| (phase(p) == "Succeeded").then(|| p.clone()),
+    )
+    .await?;
+    let terminated = container(&succeeded, "main")
+        .and_then(|c| c.state.clone()?.terminated)
+        .context("terminated")?;
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    let ready = succeeded
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    let ready = ready.iter().find(|c| c.type_ == "Ready").context("Ready")?;
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("PodCompleted"))
+    );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_missing_image_reports_err_image_pull_and_backs_off() -> Result<()> {
+    let (_cluster, ns, node) = setup("pull").await?;
+    let image = "nodus.invalid/no-such-image:1";
+    ns.create_pod(
+        &node,
+        pod(
+            "pull",
+            "Always",
+            json!([{ "name": "main", "image": image }]),
+        ),
+    )
+    .await?;
+    // The reasons the pod shows over time: ErrImagePull first, then ImagePullBackOff.
+    let mut reasons: Vec<String> = Vec::new();
+    let started = Instant::now();
+    while !reasons.iter().any(|r| r == "ImagePullBackOff") {
+        ensure!(
+            started.elapsed() < Duration::from_secs(45),
+            "reasons seen: {reasons:?}"
+        );
+        let reason = waiting_reason(&ns.pods().get("pull").await?, "main");
+        if let Some(reason) = reason.filter(|r| reasons.last() != Some(r)) {
+            reasons.push(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_error = reasons
+        .iter()
+        .position(|r| r == "ErrImagePull")
+        .context(format!("no ErrImagePull in {reasons:?}"))?;
+    let back_off = reasons
+        .iter()
+        .position(|r| r == "ImagePullBackOff")
+        .context("ImagePullBackOff")?;
+    ensure!(first_error < back_off, "{reasons:?}");
+    assert_eq!(phase(&ns.pods().get("pull").await?), "Pending");
+    let events = events_for(&ns, "pull").await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Failed"
+                && m.starts_with(&format!("Failed to pull image \"{image}\""))),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|(r, _)| r == "Pulling"), "{events:?}");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_missing_config_map_is_a_config_error_until_it_appears() -> Result<()> {
+    let (_cluster, ns, node) = setup("cfg").await?;
+    let main = json!({
+        "name": "main", "image": IMAGE, "command": ["sh", "-c", "echo $COLOR; sleep 3600"],
+        "env": [{ "name": "COLOR", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "color" } } }],
+    });
+    ns.create_pod(&node, pod("cfg", "Always", json!([main])))
+        .await?;
+    let message = wait_pod(
+        &ns,
+        "cfg",
+        Duration::from_secs(30),
+        "CreateContainerConfigError",
+        |p| {
+            let waiting = container(p, "main")?.state.as_ref()?.waiting.as_ref()?;
+            (waiting.reason.as_deref() == Some("CreateContainerConfigError"))
+                .then(|| waiting.message.clone())
+        },
+    )
+    .await?;
+    assert_eq!(message.as_deref(), Some("configmap \"settings\" not found"));
+    let events = events_for(&ns, "cfg").await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Failed" && m == "Error: configmap \"settings\" not found"),
+        "{events:?}"
+    );
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("settings".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("color".to_owned(), "blue".to_owned())].into()),
+        ..ConfigMap::default()
+    };
+    config_maps.create(&PostParams::default(), &cm).await?;
+    wait_pod(
+        &ns,
+        "cfg",
+        Duration::from_secs(45),
+        "Running once the ConfigMap exists",
+        |p| (phase(p) == "Running").then_some(()),
+    )
+    .await?;
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn graceful_deletion_honours_the_grace_period_and_removes_everything() -> Result<()> {
+    let (cluster, ns, node) = setup("grace").await?;
+    // PID 1 in a container ignores SIGTERM unless it handles it: this one must be killed.
+    let mut stubborn = pod("stubborn", "Always", json!([sh("main", "sleep 3600")]));
+    stubborn["spec"]["terminationGracePeriodSeconds"] = 4.into();
+    let polite = pod(
+        "polite",
+        "Always",
+        json!([sh(
+            "main",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+        )]),
+    );
+    ns.create_pod(&node, stubborn).await?;
+    let created = ns.create_pod(&node, polite).await?;
+    for name in ["stubborn", "polite"] {
+        wait_pod(&ns, name, Duration::from_secs(30), "Running", |p| {
+            (phase(p) == "Running").then_some(())
+        })
+        .await?;
+    }
+    let uid = created.metadata.uid.clone().context("uid")?;
+    let pods = ns.pods();
+    let timed_delete = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let start = Instant::now();
+            pods.delete(name, &DeleteParams::default()).await?;
+            poll(
+                Duration::from_secs(60),
+                "the pod object to be removed",
+                || async { Ok(pods.get_opt(name).await?.is_none().then_some(())) },
+            )
+            .await?;
+            anyhow::Ok(start.elapsed())
+        }
+    };
+    let (stubborn_took, polite_took) =
+        tokio::try_join!(timed_delete("stubborn"), timed_delete("polite"))?;
+    ensure!(
+        stubborn_took >= Duration::from_secs(4),
+        "killed before its 4 s grace period: {stubborn_took:?}"
+    );
+    ensure!(
+        polite_took < Duration::from_secs(4),
+        "a container that exits on SIGTERM goes at once: {polite_took:?}"
+    );
+    // Nothing of the pod is left in the runtime.
+    let endpoint = std::env::var("NODUS_CRI_ENDPOINT")?;
+    let left = std::process::Command::new("crictl")
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "pods",
+            "-q",
+            "--label",
+            &format!("io.kubernetes.pod.uid={uid}"),
+        ])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "sandbox left behind"
+    );
+    let events = events_for(&ns, "stubborn").await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Killing" && m == "Stopping container main"),
+        "{events:?}"
+    );
+    let _ = cluster;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn containers_of_a_pod_share_its_network_namespace() -> Result<()> {
+    let (_cluster, ns, node) = setup("netns").await?;
+    let server = sh(
+        "server",
+        "mkdir -p /www && echo shared > /www/index.html && httpd -f -p 8080 -h /www",
+    );
+    let client = sh(
+        "client",
+        "until wget -q -O /dev/termination-log http://127.0.0.1:8080/index.html; do sleep 0.2; done",
+    );
+    ns.create_pod(&node, pod("pair", "OnFailure", json!([server, client])))
+        .await?;
+    let message = wait_pod(
+        &ns,
+        "pair",
+        Duration::from_secs(45),
+        "the client to fetch from the server over localhost",
+        |p| {
+            let terminated = container(p, "client")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?;
+            (terminated.exit_code == 0).then(|| terminated.message.clone())
+        },
+    )
+    .await?;
+    assert_eq!(message.as_deref(), Some("shared\n"));
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_agent_restart_keeps_containers_running() -> Result<()> {
+    let (cluster, ns, node) = setup("adopt").await?;
+    ns.create_pod(
+        &node,
+        pod("steady", "Always", json!([sh("main", "sleep 3600")])),
+    )
+    .await?;
+    let before = wait_pod(&ns, "steady", Duration::from_secs(30), "Running", |p| {
+        (phase(p) == "Running")
+            .then(|| container(p, "main").cloned())
+            .flatten()
+    })
+    .await?;
+    cluster.script(&["restart", "nodus"])?;
+    // Give the new agent a few status passes, then compare.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.admin().await?);
+    poll(
+        Duration::from_secs(30),
+        "the node to be Ready after the restart",
+        || async {
+            let node = nodes.get(&node).await?;
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(ready.then_some(()))
+        },
+    )
+    .await?;
+    // Absence of a restart cannot be polled for: watch the pod over a window in which the
+    // new agent relists and syncs it several times, and require it unchanged throughout.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(5) {
+        let after = ns.pods().get("steady").await?;
+        let main = container(&after, "main").context("main")?;
+        assert_eq!(main.container_id, before.container_id, "the same container");
+        assert_eq!(main.restart_count, 0);
+        assert!(
+            main.state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .is_some(),
+            "still running: {main:?}"
+        );
+        assert_eq!(phase(&after), "Running");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ns.delete_pods().await
+}

@@ -1,0 +1,182 @@
+//! Dispatch: watches the pods bound to this node and keeps one worker per pod, feeding
+//! each the newest version of its pod; relists the runtime every second to wake the
+//! workers whose containers changed, and starts workers for runtime objects of pods the
+//! API no longer has (orphans), so that they are removed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::metadata::PodKey;
+use super::worker::{self, Inbox, Shared};
+use crate::node::runtime::error_chain;
+
+/// How often the runtime is relisted to notice container state changes.
+const RELIST: Duration = Duration::from_secs(1);
+
+struct Handle {
+    desired: watch::Sender<Option<Arc<Pod>>>,
+    wake: Arc<Notify>,
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    workers: HashMap<String, Handle>,
+    tasks: JoinSet<String>,
+    cancel: CancellationToken,
+    /// Runtime object states at the last relist, by object ID: (pod UID, state).
+    states: HashMap<String, (String, i32)>,
+}
+
+impl Dispatcher {
+    fn spawn(&mut self, key: PodKey, pod: Option<Arc<Pod>>) {
+        let (desired, receiver) = watch::channel(pod);
+        let wake = Arc::new(Notify::new());
+        let inbox = Inbox {
+            desired: receiver,
+            wake: wake.clone(),
+        };
+        let uid = key.uid.clone();
+        let (shared, cancel) = (self.shared.clone(), self.cancel.child_token());
+        let task_uid = uid.clone();
+        self.tasks.spawn(async move {
+            worker::run(key, shared, inbox, cancel).await;
+            task_uid
+        });
+        self.workers.insert(uid, Handle { desired, wake });
+    }
+
+    fn apply(&mut self, pod: Pod) {
+        let key = PodKey::of(&pod);
+        let pod = Arc::new(pod);
+        match self.workers.get(&key.uid) {
+            Some(handle) => {
+                handle.desired.send_replace(Some(pod));
+            }
+            None => self.spawn(key, Some(pod)),
+        }
+    }
+
+    fn gone(&mut self, uid: &str) {
+        if let Some(handle) = self.workers.get(uid) {
+            handle.desired.send_replace(None);
+        }
+    }
+
+    /// Wakes the workers of pods whose runtime objects changed, and starts workers for
+    /// runtime objects of pods nobody works on.
+    async fn relist(&mut self) {
+        let runtime = &self.shared.runtime;
+        let (sandboxes, containers) = match tokio::try_join!(
+            runtime.list_pod_sandboxes(None),
+            runtime.list_containers(None)
+        ) {
+            Ok(lists) => lists,
+            Err(err) => {
+                debug!(error = %error_chain(&err), "runtime relist failed");
+                return;
+            }
+        };
+        let mut states = HashMap::with_capacity(sandboxes.len() + containers.len());
+        let mut keys: HashMap<String, PodKey> = HashMap::new();
+        let objects = sandboxes
+            .iter()
+            .map(|s| (&s.id, &s.labels, s.state))
+            .chain(containers.iter().map(|c| (&c.id, &c.labels, c.state + 100)));
+        for (id, labels, state) in objects {
+            let Some(key) = PodKey::from_labels(labels) else {
+                continue;
+            };
+            states.insert(id.clone(), (key.uid.clone(), state));
+            keys.entry(key.uid.clone()).or_insert(key);
+        }
+        let mut changed: HashSet<&str> = HashSet::new();
+        for (id, (uid, state)) in &states {
+            if self.states.get(id).is_none_or(|(_, old)| old != state) {
+                changed.insert(uid);
+            }
+        }
+        for (id, (uid, _)) in &self.states {
+            if !states.contains_key(id) {
+                changed.insert(uid);
+            }
+        }
+        for uid in changed {
+            if let Some(handle) = self.workers.get(uid) {
+                handle.wake.notify_one();
+            }
+        }
+        for (uid, key) in keys {
+            if !self.workers.contains_key(&uid) {
+                debug!(pod = %key, "runtime objects of a pod without a worker");
+                self.spawn(key, None);
+            }
+        }
+        self.states = states;
+    }
+}
+
+/// Runs the pod role until cancelled.
+pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut dispatcher = Dispatcher {
+        shared,
+        workers: HashMap::new(),
+        tasks: JoinSet::new(),
+        cancel: cancel.clone(),
+        states: HashMap::new(),
+    };
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut synced = false;
+    let mut relist = tokio::time::interval(RELIST);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            event = stream.next() => match event {
+                Some(Ok(Event::Apply(pod))) => dispatcher.apply(pod),
+                Some(Ok(Event::InitApply(pod))) => {
+                    listed.extend(pod.metadata.uid.clone());
+                    dispatcher.apply(pod);
+                }
+                Some(Ok(Event::Delete(pod))) => dispatcher.gone(pod.metadata.uid.as_deref().unwrap_or_default()),
+                Some(Ok(Event::Init)) => listed.clear(),
+                Some(Ok(Event::InitDone)) => {
+                    // After a (re)list, pods that were not listed are gone.
+                    let stale: Vec<String> = dispatcher
+                        .workers
+                        .iter()
+                        .filter(|(uid, h)| !listed.contains(*uid) && h.desired.borrow().is_some())
+                        .map(|(uid, _)| uid.clone())
+                        .collect();
+                    for uid in stale {
+                        dispatcher.gone(&uid);
+                    }
+                    synced = true;
+                }
+                Some(Err(err)) => warn!(error = %error_chain(&err), "watching pods failed; retrying"),
+                None => break,
+            },
+            Some(done) = dispatcher.tasks.join_next() => {
+                if let Ok(uid) = done {
+                    dispatcher.workers.remove(&uid);
+                }
+            }
+            _ = relist.tick(), if synced => dispatcher.relist().await,
+        }
+    }
+    // Workers stop with the token; pods keep running in the runtime for the next start.
+    while dispatcher.tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,721 @@
+//! Lifecycle: the pure decision of what to do next for one pod, given what is desired and
+//! what the runtime holds. The worker executes the actions and asks again, until there is
+//! nothing left to do; the same inputs always give the same plan.
+//!
+//! A pod's stage only moves forward:
+//! ```text
+//!   Syncing ──(deleted, or every container done for good)──> Terminating
+//!   Terminating ──(nothing runs any more)──> Terminated { removed }
+//!   Terminated { removed: false } ──(deleted)──> Terminated { removed: true }
+//! ```
+//! While syncing, the sandbox comes first, then init containers one at a time in order,
+//! then all app containers. Upstream reference: kubelet's `computePodActions`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::jiff::Timestamp;
+
+use super::attempts::Attempts;
+use super::observed::{PodRuntime, RunState};
+use super::status::{self, Phase};
+
+/// The shortest grace period a kill gets, as with the kubelet.
+pub const MIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Syncing,
+    Terminating { grace: Duration, remove: bool },
+    Terminated { removed: bool },
+}
+
+/// What the API says about the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desire {
+    Run,
+    /// Deleted with this grace period (from `deletionGracePeriodSeconds`).
+    Delete {
+        grace: Duration,
+    },
+    /// No longer in the API at all (force-deleted): stop at once.
+    Gone,
+}
+
+/// One step of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the pod's sandbox; `replaces` names a dead one (SandboxChanged).
+    CreateSandbox {
+        attempt: u32,
+        replaces: Option<String>,
+    },
+    /// Ensure the image, then create and start the container.
+    StartContainer {
+        name: String,
+        attempt: u32,
+        restart: bool,
+    },
+    KillContainer {
+        id: String,
+        name: String,
+        grace: Duration,
+    },
+    RemoveContainer {
+        id: String,
+    },
+    StopSandbox {
+        id: String,
+    },
+    RemoveSandbox {
+        id: String,
+    },
+    /// Delete the API object with grace 0: everything of the pod is gone from the node.
+    DeletePod,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub stage: Stage,
+    pub actions: Vec<Action>,
+    /// When to look again even if nothing changes (a backoff expires).
+    pub wake_at: Option<Timestamp>,
+}
+
+/// Decides the next actions.
+pub fn step(
+    stage: Stage,
+    desire: Desire,
+    spec: &PodSpec,
+    runtime: &PodRuntime,
+    attempts: &Attempts,
+    now: Timestamp,
+) -> Plan {
+    let stage = advance(stage, desire, spec, runtime, attempts, now);
+    let (actions, wake_at) = match stage {
+        Stage::Syncing => sync(spec, runtime, attempts, now),
+        Stage::Terminating { grace, remove } => (terminate(runtime, grace, remove), None),
+        Stage::Terminated { removed } => (
+            cleanup(
+                runtime,
+                matches!(desire, Desire::Delete { .. } | Desire::Gone),
+                removed,
+            ),
+            None,
+        ),
+    };
+    // Terminating ends once nothing is left to stop; removal ends with the API object's
+    // deletion, the last action.
+    let stage = match stage {
+        Stage::Terminating { remove: false, .. } if actions.is_empty() => {
+            Stage::Terminated { removed: false }
+        }
+        Stage::Terminating { .. } | Stage::Terminated { removed: false }
+            if actions == [Action::DeletePod] =>
+        {
+            Stage::Terminated { removed: true }
+        }
+        other => other,
+    };
+    Plan {
+        stage,
+        actions,
+        wake_at,
+    }
+}
+
+fn advance(
+    stage: Stage,
+    desire: Desire,
+    spec: &PodSpec,
+    runtime: &PodRuntime,
+    attempts: &Attempts,
+    now: Timestamp,
+) -> Stage {
+    match (stage, desire) {
+        (Stage::Syncing, Desire::Delete { grace }) => Stage::Terminating {
+            grace: grace.max(MIN_GRACE),
+            remove: true,
+        },
+        (Stage::Syncing, Desire::Gone) => Stage::Terminating {
+            grace: MIN_GRACE,
+            remove: true,
+        },
+        (Stage::Syncing, Desire::Run) => match status::phase(spec, runtime, attempts, now) {
+            Phase::Succeeded | Phase::Failed => Stage::Terminating {
+                grace: MIN_GRACE,
+                remove: false,
+            },
+            _ => Stage::Syncing,
+        },
+        // A deletion while stopping a finished pod: remove it too once stopped.
+        (Stage::Terminating { grace, .. }, Desire::Delete { .. } | Desire::Gone) => {
+            Stage::Terminating {
+                grace,
+                remove: true,
+            }
+        }
+        (other, _) => other,
+    }
+}
+
+fn restart_policy(spec: &PodSpec) -> &str {
+    spec.restart_policy.as_deref().unwrap_or("Always")
+}
+
+/// Whether an exited container of the pod is started again.
+pub fn should_restart(
+    spec: &PodSpec,
+    container: &Container,
+    exit_code: i32,
+    is_init: bool,
+) -> bool {
+    if is_sidecar(container) {
+        return true;
+    }
+    match restart_policy(spec) {
+        "Never" => false,
+        // Init containers run to success: under Always they are retried like OnFailure.
+        "OnFailure" => exit_code != 0,
+        _ if is_init => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// An init container with `restartPolicy: Always` is a sidecar: started in order with the
+/// init containers, then kept running alongside the app containers.
+pub fn is_sidecar(container: &Container) -> bool {
+    container.restart_policy.as_deref() == Some("Always")
+}
+
+fn next_attempt(runtime: &PodRuntime, name: &str) -> u32 {
+    runtime.latest(name).map_or(0, |c| c.attempt + 1)
+}
+
+fn sync(
+    spec: &PodSpec,
+    runtime: &PodRuntime,
+    attempts: &Attempts,
+    now: Timestamp,
+) -> (Vec<Action>, Option<Timestamp>) {
+    let mut actions = Vec::new();
+    let sandbox = match runtime.sandbox() {
+        Some(sandbox) if sandbox.ready => sandbox,
+        dead => {
+            // No usable sandbox: stop whatever still runs in the old one, then start over.
+            for container in runtime.running() {
+                actions.push(Action::KillContainer {
+                    id: container.id.clone(),
+                    name: container.name.clone(),
+                    grace: MIN_GRACE,
+                });
+            }
+            if actions.is_empty() {
+                actions.push(Action::CreateSandbox {
+                    attempt: dead.map_or(0, |s| s.attempt + 1),
+                    replaces: dead.map(|s| s.id.clone()),
+                });
+            }
+            return (actions, None);
+        }
+    };
+    let mut wake_at: Option<Timestamp> = None;
+    let mut wake = |t: Timestamp| wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+    let in_sandbox = |name: &str| runtime.latest(name).filter(|c| c.sandbox_id == sandbox.id);
+
+    // Containers created but never started (an interrupted start) are replaced.
+    for container in &runtime.containers {
+        if container.state == RunState::Created && container.sandbox_id == sandbox.id {
+            actions.push(Action::RemoveContainer {
+                id: container.id.clone(),
+            });
+        }
+    }
+    if !actions.is_empty() {
+        return (actions, None);
+    }
+
+    let mut start = |container: &Container, is_init: bool, actions: &mut Vec<Action>| -> bool {
+        // Returns whether the container is done (init) or up (sidecar / app).
+        let name = container.name.as_str();
+        let (restart, done) = match in_sandbox(name).map(|c| &c.state) {
+            None => (false, false),
+            Some(RunState::Running { .. }) => return !is_init || is_sidecar(container),
+            Some(RunState::Created | RunState::Unknown) => return false,
+            Some(RunState::Exited(exit)) => {
+                if !should_restart(spec, container, exit.code, is_init) {
+                    return is_init && exit.code == 0;
+                }
+                (true, false)
+            }
+        };
+        debug_assert!(!done);
+        match attempts.blocked_until(name, restart, now) {
+            Some(until) => wake(until),
+            None => actions.push(Action::StartContainer {
+                name: name.to_owned(),
+                attempt: next_attempt(runtime, name),
+                restart,
+            }),
+        }
+        false
+    };
+
+    for init in spec.init_containers.iter().flatten() {
+        if !start(init, true, &mut actions) {
+            // One init container at a time; a failed one under restartPolicy Never ends the
+            // pod (the phase says Failed and the next step terminates it).
+            return (actions, wake_at);
+        }
+    }
+    for app in &spec.containers {
+        start(app, false, &mut actions);
+    }
+    (actions, wake_at)
+}
+
+fn terminate(runtime: &PodRuntime, grace: Duration, remove: bool) -> Vec<Action> {
+    let running: Vec<Action> = runtime
+        .running()
+        .map(|c| Action::KillContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            grace,
+        })
+        .collect();
+    if !running.is_empty() {
+        return running;
+    }
+    let stop: Vec<Action> = runtime
+        .sandboxes
+        .iter()
+        .filter(|s| s.ready)
+        .map(|s| Action::StopSandbox { id: s.id.clone() })
+        .collect();
+    if !stop.is_empty() {
+        return stop;
+    }
+    if remove { removal(runtime) } else { Vec::new() }
+}
+
+/// Removes every sandbox (and with it, its containers), then the API object.
+fn removal(runtime: &PodRuntime) -> Vec<Action> {
+    let mut actions: Vec<Action> = runtime
+        .sandboxes
+        .iter()
+        .map(|s| Action::RemoveSandbox { id: s.id.clone() })
+        .collect();
+    // Containers whose sandbox is already gone.
+    actions.extend(
+        runtime
+            .containers
+            .iter()
+            .filter(|c| !runtime.sandboxes.iter().any(|s| s.id == c.sandbox_id))
+            .map(|c| Action::RemoveContainer { id: c.id.clone() }),
+    );
+    if actions.is_empty() {
+        actions.push(Action::DeletePod);
+    }
+    actions
+}
+
+fn cleanup(runtime: &PodRuntime, deleted: bool, removed: bool) -> Vec<Action> {
+    if removed || !deleted {
+        return Vec::new();
+    }
+    removal(runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Container;
+
+    use super::super::attempts::{Failure, StartFailure};
+    use super::super::observed::{ContainerRecord, Exit, Sandbox};
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("valid time")
+    }
+
+    fn container(name: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: Some("busybox".into()),
+            ..Container::default()
+        }
+    }
+
+    fn spec(init: &[&str], apps: &[&str], policy: &str) -> PodSpec {
+        PodSpec {
+            init_containers: (!init.is_empty())
+                .then(|| init.iter().map(|n| container(n)).collect()),
+            containers: apps.iter().map(|n| container(n)).collect(),
+            restart_policy: Some(policy.into()),
+            ..PodSpec::default()
+        }
+    }
+
+    fn sandbox(id: &str, attempt: u32, ready: bool) -> Sandbox {
+        Sandbox {
+            id: id.into(),
+            attempt,
+            ready,
+            created_at: i64::from(attempt),
+            ips: vec!["10.244.0.5".into()],
+        }
+    }
+
+    fn record(
+        id: &str,
+        name: &str,
+        attempt: u32,
+        sandbox: &str,
+        state: RunState,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: name.into(),
+            attempt,
+            sandbox_id: sandbox.into(),
+            state,
+            created_at: i64::from(attempt),
+            image: "busybox".into(),
+            image_id: "sha256:1".into(),
+        }
+    }
+
+    fn running() -> RunState {
+        RunState::Running {
+            started_at: Some(at(0)),
+        }
+    }
+
+    fn exited(code: i32) -> RunState {
+        RunState::Exited(Exit {
+            code,
+            reason: if code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            },
+            message: String::new(),
+            started_at: Some(at(0)),
+            finished_at: Some(at(1)),
+        })
+    }
+
+    fn start(name: &str, attempt: u32, restart: bool) -> Action {
+        Action::StartContainer {
+            name: name.into(),
+            attempt,
+            restart,
+        }
+    }
+
+    fn plan(spec: &PodSpec, runtime: &PodRuntime) -> Plan {
+        step(
+            Stage::Syncing,
+            Desire::Run,
+            spec,
+            runtime,
+            &Attempts::default(),
+            at(5),
+        )
+    }
+
+    #[test]
+    fn a_new_pod_gets_a_sandbox_first() {
+        let plan = plan(&spec(&[], &["app"], "Always"), &PodRuntime::default());
+        assert_eq!(
+            plan.actions,
+            vec![Action::CreateSandbox {
+                attempt: 0,
+                replaces: None
+            }]
+        );
+        assert_eq!(plan.stage, Stage::Syncing);
+    }
+
+    #[test]
+    fn init_containers_run_one_at_a_time_in_order_then_all_apps() {
+        let spec = spec(&["i1", "i2"], &["a", "b"], "Always");
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![],
+        };
+        assert_eq!(plan(&spec, &runtime).actions, vec![start("i1", 0, false)]);
+        runtime
+            .containers
+            .push(record("c1", "i1", 0, "s", running()));
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![],
+            "wait for i1 to finish"
+        );
+        runtime.containers[0].state = exited(0);
+        assert_eq!(plan(&spec, &runtime).actions, vec![start("i2", 0, false)]);
+        runtime
+            .containers
+            .push(record("c2", "i2", 0, "s", exited(0)));
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![start("a", 0, false), start("b", 0, false)]
+        );
+    }
+
+    #[test]
+    fn a_failed_init_container_is_retried_unless_the_policy_is_never() {
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![record("c1", "i1", 0, "s", exited(1))],
+        };
+        assert_eq!(
+            plan(&spec(&["i1"], &["a"], "Always"), &runtime).actions,
+            vec![start("i1", 1, true)]
+        );
+        let never = plan(&spec(&["i1"], &["a"], "Never"), &runtime);
+        assert!(
+            matches!(never.stage, Stage::Terminating { remove: false, .. }),
+            "the pod failed: {never:?}"
+        );
+        assert_eq!(
+            never.actions,
+            vec![Action::StopSandbox { id: "s".into() }],
+            "and its sandbox is stopped"
+        );
+    }
+
+    #[test]
+    fn restart_policy_decides_what_restarts() {
+        let spec_with = |policy| spec(&[], &["ok", "bad"], policy);
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![
+                record("c1", "ok", 0, "s", exited(0)),
+                record("c2", "bad", 0, "s", exited(2)),
+            ],
+        };
+        assert_eq!(
+            plan(&spec_with("Always"), &runtime).actions,
+            vec![start("ok", 1, true), start("bad", 1, true)]
+        );
+        assert_eq!(
+            plan(&spec_with("OnFailure"), &runtime).actions,
+            vec![start("bad", 1, true)]
+        );
+        let never = plan(&spec_with("Never"), &runtime);
+        assert!(
+            matches!(never.stage, Stage::Terminating { remove: false, .. }),
+            "{never:?}"
+        );
+        assert_eq!(never.actions, vec![Action::StopSandbox { id: "s".into() }]);
+    }
+
+    #[test]
+    fn crash_loop_waits_for_the_backoff_and_says_when_to_look_again() {
+        let spec = spec(&[], &["app"], "Always");
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![record("c1", "app", 1, "s", exited(1))],
+        };
+        let mut attempts = Attempts::default();
+        attempts.started("app", true, at(0));
+        attempts.started("app", true, at(1));
+        let plan = step(
+            Stage::Syncing,
+            Desire::Run,
+            &spec,
+            &runtime,
+            &attempts,
+            at(5),
+        );
+        assert_eq!(plan.actions, vec![]);
+        assert_eq!(
+            plan.wake_at,
+            Some(at(21)),
+            "second restart waits 20 s from the last"
+        );
+        let later = step(
+            Stage::Syncing,
+            Desire::Run,
+            &spec,
+            &runtime,
+            &attempts,
+            at(21),
+        );
+        assert_eq!(later.actions, vec![start("app", 2, true)]);
+    }
+
+    #[test]
+    fn a_failed_pull_is_retried_after_its_backoff() {
+        let spec = spec(&[], &["app"], "Always");
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![],
+        };
+        let mut attempts = Attempts::default();
+        let failure = Failure {
+            kind: StartFailure::Pull,
+            message: "not found".into(),
+            image: "nope".into(),
+        };
+        attempts.failed("app", failure, at(0));
+        let plan = step(
+            Stage::Syncing,
+            Desire::Run,
+            &spec,
+            &runtime,
+            &attempts,
+            at(5),
+        );
+        assert_eq!((plan.actions.len(), plan.wake_at), (0, Some(at(10))));
+        let retry = step(
+            Stage::Syncing,
+            Desire::Run,
+            &spec,
+            &runtime,
+            &attempts,
+            at(10),
+        );
+        assert_eq!(retry.actions, vec![start("app", 0, false)]);
+    }
+
+    #[test]
+    fn a_dead_sandbox_is_replaced_after_its_containers_are_stopped() {
+        let spec = spec(&[], &["app"], "Always");
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s0", 0, false)],
+            containers: vec![record("c1", "app", 0, "s0", running())],
+        };
+        let first = plan(&spec, &runtime);
+        assert!(
+            matches!(first.actions.as_slice(), [Action::KillContainer { id, .. }] if id == "c1")
+        );
+        runtime.containers[0].state = exited(137);
+        let second = plan(&spec, &runtime);
+        assert_eq!(
+            second.actions,
+            vec![Action::CreateSandbox {
+                attempt: 1,
+                replaces: Some("s0".into())
+            }]
+        );
+        runtime.sandboxes.push(sandbox("s1", 1, true));
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![start("app", 1, false)],
+            "restart count continues"
+        );
+    }
+
+    #[test]
+    fn deletion_kills_with_grace_then_stops_removes_and_deletes() {
+        let spec = spec(&[], &["app"], "Always");
+        let grace = Duration::from_secs(30);
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![record("c1", "app", 0, "s", running())],
+        };
+        let desire = Desire::Delete { grace };
+        let attempts = Attempts::default();
+        let p1 = step(Stage::Syncing, desire, &spec, &runtime, &attempts, at(0));
+        assert_eq!(
+            p1.stage,
+            Stage::Terminating {
+                grace,
+                remove: true
+            }
+        );
+        assert_eq!(
+            p1.actions,
+            vec![Action::KillContainer {
+                id: "c1".into(),
+                name: "app".into(),
+                grace
+            }]
+        );
+        runtime.containers[0].state = exited(0);
+        let p2 = step(p1.stage, desire, &spec, &runtime, &attempts, at(1));
+        assert_eq!(p2.actions, vec![Action::StopSandbox { id: "s".into() }]);
+        runtime.sandboxes[0].ready = false;
+        let p3 = step(p2.stage, desire, &spec, &runtime, &attempts, at(2));
+        assert_eq!(p3.actions, vec![Action::RemoveSandbox { id: "s".into() }]);
+        runtime = PodRuntime::default();
+        let p4 = step(p3.stage, desire, &spec, &runtime, &attempts, at(3));
+        assert_eq!(p4.actions, vec![Action::DeletePod]);
+        let p5 = step(p4.stage, desire, &spec, &runtime, &attempts, at(4));
+        assert_eq!(
+            (p5.stage, p5.actions.len()),
+            (Stage::Terminated { removed: true }, 0)
+        );
+    }
+
+    #[test]
+    fn stages_never_go_back() {
+        let spec = spec(&[], &["app"], "Always");
+        let runtime = PodRuntime::default();
+        let attempts = Attempts::default();
+        for stage in [
+            Stage::Terminating {
+                grace: MIN_GRACE,
+                remove: false,
+            },
+            Stage::Terminated { removed: false },
+            Stage::Terminated { removed: true },
+        ] {
+            let plan = step(stage, Desire::Run, &spec, &runtime, &attempts, at(0));
+            assert_ne!(plan.stage, Stage::Syncing, "{stage:?}");
+            assert!(!plan.actions.iter().any(|a| matches!(
+                a,
+                Action::CreateSandbox { .. } | Action::StartContainer { .. }
+            )));
+        }
+    }
+
+    #[test]
+    fn a_finished_pod_deleted_later_is_removed() {
+        let spec = spec(&[], &["app"], "Never");
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, false)],
+            containers: vec![record("c1", "app", 0, "s", exited(0))],
+        };
+        let desire = Desire::Delete {
+            grace: Duration::from_secs(30),
+        };
+        let plan = step(
+            Stage::Terminated { removed: false },
+            desire,
+            &spec,
+            &runtime,
+            &Attempts::default(),
+            at(0),
+        );
+        assert_eq!(plan.actions, vec![Action::RemoveSandbox { id: "s".into() }]);
+    }
+
+    #[test]
+    fn sidecars_start_before_apps_and_keep_running() {
+        let mut spec = spec(&["side"], &["app"], "Never");
+        spec.init_containers.as_mut().expect("init")[0].restart_policy = Some("Always".into());
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![],
+        };
+        assert_eq!(plan(&spec, &runtime).actions, vec![start("side", 0, false)]);
+        runtime
+            .containers
+            .push(record("c1", "side", 0, "s", running()));
+        assert_eq!(plan(&spec, &runtime).actions, vec![start("app", 0, false)]);
+        runtime
+            .containers
+            .push(record("c2", "app", 0, "s", running()));
+        runtime.containers[0].state = exited(1);
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![start("side", 1, true)],
+            "sidecar restarts despite Never"
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! Pods: running the pods bound to this node through the CRI runtime and reporting their
+//! status as the kubelet does.
+//!
+//! ```text
+//! API watch ──> dispatch ──(newest pod, per UID)──> worker ──> lifecycle::step (pure)
+//!                  │                                   │  └──> status::pod_status (pure)
+//!   runtime relist ┘ (wakes workers on change)         └──> CRI calls, events, status patch
+//! ```
+//! Upstream reference: the kubelet's pod workers (sync → terminating → terminated).
+
+pub mod attempts;
+pub mod cgroups;
+pub mod container;
+pub mod crashloop;
+pub mod dispatch;
+pub mod env;
+pub mod events;
+pub mod host_files;
+pub mod images;
+pub mod lifecycle;
+pub mod metadata;
+pub mod observed;
+pub mod qos;
+pub mod sandbox;
+pub mod status;
+pub mod worker;

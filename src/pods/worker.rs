@@ -1,0 +1,859 @@
+//! Worker: one task per pod that drives it toward what the API says, level-triggered.
+//!
+//! Each pass reads the latest desired pod (updates collapse: only the newest matters),
+//! observes the runtime, asks [`lifecycle::step`] what to do, does it, and reports the
+//! status when it changed. It sleeps until the pod changes, the runtime reports a change
+//! for it, or a backoff expires. Slow work (pulls, graceful stops) belongs to this pod's
+//! task alone, so one pod never delays another; a deletion cancels a start in progress.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client};
+use nodus_cri::Runtime;
+use nodus_cri::api::PodSandboxConfig;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::attempts::{Attempts, Failure, StartFailure};
+use super::container::{self, HostFiles};
+use super::env::{self, Downward, Sources};
+use super::events::{self, Events};
+use super::images::{self, Images, Presence};
+use super::lifecycle::{self, Action, Desire, Stage};
+use super::metadata::PodKey;
+use super::observed::{self, PodRuntime, RunState};
+use super::sandbox::{self, NodeDns};
+use super::status::{self, Context};
+use super::{cgroups, host_files};
+use crate::node::runtime::{RuntimeState, error_chain};
+
+/// The longest a worker sleeps without looking again (a safety net behind the events).
+const RESYNC: Duration = Duration::from_secs(10);
+/// Pause after a runtime error, before the next pass.
+const ERROR_RETRY: Duration = Duration::from_secs(2);
+/// Pause before repeating exactly the actions of the previous pass: they made no
+/// difference (a stop the runtime has not finished, a call that keeps failing), and
+/// repeating them at once would only spin.
+const REPEAT_DELAY: Duration = Duration::from_secs(1);
+/// The attempts key for the sandbox itself.
+const SANDBOX: &str = "";
+
+/// What every worker shares: clients and node facts.
+pub struct Shared {
+    pub client: Client,
+    pub runtime: Runtime,
+    pub images: Images,
+    pub events: Events,
+    pub runtime_state: watch::Receiver<RuntimeState>,
+    pub node_name: String,
+    pub node_hostname: String,
+    pub host_ips: Vec<String>,
+    pub dns: NodeDns,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub allocatable_milli_cpu: i128,
+    pub allocatable_memory: i128,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node_name", &self.node_name)
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The worker's inputs from the dispatcher.
+#[derive(Debug)]
+pub struct Inbox {
+    /// The pod as the API has it; `None` once it is gone from the API.
+    pub desired: watch::Receiver<Option<Arc<Pod>>>,
+    /// Rung when the runtime reports a change in one of the pod's containers.
+    pub wake: Arc<Notify>,
+}
+
+struct Worker {
+    key: PodKey,
+    shared: Arc<Shared>,
+    stage: Stage,
+    attempts: Attempts,
+    /// The last pod seen, kept for its spec once the API no longer has it.
+    last_pod: Option<Arc<Pod>>,
+    /// The last status this worker posted.
+    posted: Option<PodStatus>,
+    /// The actions of the previous pass.
+    last_actions: Vec<Action>,
+}
+
+/// Runs one pod's worker until the pod is gone from both the runtime and the API.
+pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: CancellationToken) {
+    let mut worker = Worker {
+        key,
+        shared,
+        stage: Stage::Syncing,
+        attempts: Attempts::default(),
+        last_pod: None,
+        posted: None,
+        last_actions: Vec::new(),
+    };
+    loop {
+        let desired = inbox.desired.borrow_and_update().clone();
+        if desired.is_some() {
+            worker.last_pod = desired.clone();
+        }
+        let pass = worker
+            .pass(desired.as_deref(), &mut inbox.desired, &cancel)
+            .await;
+        let wait = match pass {
+            Ok(Pass::Again) => continue,
+            Ok(Pass::Finished) => {
+                debug!(pod = %worker.key, "pod worker finished");
+                return;
+            }
+            Ok(Pass::Idle(wake_at)) => wake_at
+                .map(|at| duration_until(at).min(RESYNC))
+                .unwrap_or(RESYNC),
+            Err(err) => {
+                warn!(pod = %worker.key, error = %error_chain(&err), "pod sync failed; retrying");
+                ERROR_RETRY
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = inbox.desired.changed() => {}
+            _ = inbox.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn duration_until(at: Timestamp) -> Duration {
+    let now = Timestamp::now();
+    if at <= now {
+        return Duration::ZERO;
+    }
+    Duration::try_from(at.duration_since(now)).unwrap_or(RESYNC)
+}
+
+enum Pass {
+    /// Actions were taken: look again at once.
+    Again,
+    /// Nothing to do until something changes, or until the given time.
+    Idle(Option<Timestamp>),
+    /// The pod is gone everywhere.
+    Finished,
+}
+
+fn desire(pod: Option<&Pod>) -> Desire {
+    match pod {
+        None => Desire::Gone,
+        Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30);
+            Desire::Delete {
+                grace: Duration::from_secs(grace.max(0) as u64),
+            }
+        }
+        Some(_) => Desire::Run,
+    }
+}
+
+impl Worker {
+    fn pod_dir(&self) -> PathBuf {
+        self.shared.root_dir.join("pods").join(&self.key.uid)
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.shared.pod_logs_dir.join(self.key.log_dir_name())
+    }
+
+    fn runtime_name(&self) -> String {
+        self.shared
+            .runtime_state
+            .borrow()
+            .version
+            .as_ref()
+            .map_or_else(|| "containerd".to_owned(), |v| v.runtime_name.clone())
+    }
+
+    async fn pass(
+        &mut self,
+        desired: Option<&Pod>,
+        updates: &mut watch::Receiver<Option<Arc<Pod>>>,
+        cancel: &CancellationToken,
+    ) -> Result<Pass, nodus_cri::Error> {
+        let Some(pod) = desired
+            .cloned()
+            .or_else(|| self.last_pod.as_deref().cloned())
+        else {
+            // An orphan found in the runtime: no spec, only removal.
+            let runtime = observed::observe(&self.shared.runtime, &self.key).await?;
+            return self.remove_orphan(runtime).await;
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut runtime = observed::observe(&self.shared.runtime, &self.key).await?;
+        self.read_termination_messages(&spec, &mut runtime);
+        let now = Timestamp::now();
+        let desire = desire(desired);
+        let mut plan = lifecycle::step(self.stage, desire, &spec, &runtime, &self.attempts, now);
+        // The sandbox's own retry backoff (after a failed RunPodSandbox).
+        if let Some(until) = self.attempts.blocked_until(SANDBOX, false, now)
+            && plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::CreateSandbox { .. }))
+        {
+            plan.actions
+                .retain(|a| !matches!(a, Action::CreateSandbox { .. }));
+            plan.wake_at = Some(plan.wake_at.map_or(until, |w| w.min(until)));
+        }
+        if plan.stage != self.stage {
+            debug!(pod = %self.key, from = ?self.stage, to = ?plan.stage, "pod stage");
+            self.stage = plan.stage;
+        }
+        if desired.is_some() && !matches!(self.stage, Stage::Terminated { removed: true }) {
+            self.report(&pod, &spec, &runtime, now).await;
+        }
+        if let Some(change) = self.attempts.status_changes_at(now) {
+            plan.wake_at = Some(plan.wake_at.map_or(change, |w| w.min(change)));
+        }
+        if plan.actions.is_empty() {
+            self.last_actions.clear();
+            if matches!(self.stage, Stage::Terminated { .. })
+                && desired.is_none()
+                && runtime.is_empty()
+            {
+                self.remove_host_state(&spec);
+                return Ok(Pass::Finished);
+            }
+            return Ok(Pass::Idle(plan.wake_at));
+        }
+        if plan.actions == self.last_actions {
+            self.last_actions.clear();
+            let retry =
+                k8s_openapi::jiff::SignedDuration::try_from(REPEAT_DELAY).unwrap_or_default();
+            return Ok(Pass::Idle(now.checked_add(retry).ok()));
+        }
+        self.last_actions = plan.actions.clone();
+        let syncing = self.stage == Stage::Syncing;
+        let work = self.execute(&pod, &spec, plan.actions);
+        if syncing {
+            // A deletion arriving mid-start (a long pull) cancels the start.
+            let mut watch = updates.clone();
+            tokio::select! {
+                _ = work => {}
+                _ = deleted(&mut watch) => debug!(pod = %self.key, "pod deleted while starting; cancelling"),
+                _ = cancel.cancelled() => {}
+            }
+        } else {
+            work.await;
+        }
+        Ok(Pass::Again)
+    }
+
+    async fn remove_orphan(&mut self, runtime: PodRuntime) -> Result<Pass, nodus_cri::Error> {
+        if runtime.is_empty() {
+            let _ = cgroups::remove(&cgroups::pod_cgroup("BestEffort", &self.key.uid));
+            let _ = cgroups::remove(&cgroups::pod_cgroup("Burstable", &self.key.uid));
+            let _ = cgroups::remove(&cgroups::pod_cgroup("Guaranteed", &self.key.uid));
+            let _ = std::fs::remove_dir_all(self.pod_dir());
+            let _ = std::fs::remove_dir_all(self.log_dir());
+            return Ok(Pass::Finished);
+        }
+        info!(pod = %self.key, "removing the runtime objects of a pod that no longer exists");
+        let plan = lifecycle::step(
+            self.stage,
+            Desire::Gone,
+            &PodSpec::default(),
+            &runtime,
+            &self.attempts,
+            Timestamp::now(),
+        );
+        self.stage = plan.stage;
+        let orphan = Pod::default();
+        self.execute(&orphan, &PodSpec::default(), plan.actions)
+            .await;
+        Ok(Pass::Again)
+    }
+
+    /// Exit messages come from the file the container wrote at its terminationMessagePath,
+    /// or from the end of its log under FallbackToLogsOnError.
+    fn read_termination_messages(&self, spec: &PodSpec, runtime: &mut PodRuntime) {
+        for record in &mut runtime.containers {
+            let RunState::Exited(exit) = &mut record.state else {
+                continue;
+            };
+            let container = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .find(|c| c.name == record.name);
+            let path = self.termination_log(&record.name, record.attempt);
+            let mut message = host_files::read_termination_message(&path);
+            let fallback = container.and_then(|c| c.termination_message_policy.as_deref())
+                == Some("FallbackToLogsOnError");
+            if message.is_empty() && fallback && exit.code != 0 {
+                let log = self
+                    .log_dir()
+                    .join(&record.name)
+                    .join(format!("{}.log", record.attempt));
+                message = host_files::tail_log(&log);
+            }
+            if !message.is_empty() {
+                exit.message = message;
+            }
+        }
+    }
+
+    fn termination_log(&self, name: &str, attempt: u32) -> PathBuf {
+        self.pod_dir()
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string())
+    }
+
+    async fn report(&mut self, pod: &Pod, spec: &PodSpec, runtime: &PodRuntime, now: Timestamp) {
+        let api_status = pod.status.clone();
+        let previous = self.posted.clone().or(api_status.clone());
+        let runtime_name = self.runtime_name();
+        let ctx = Context {
+            pod_name: &self.key.name,
+            namespace: &self.key.namespace,
+            uid: &self.key.uid,
+            runtime_name: &runtime_name,
+            host_ips: &self.shared.host_ips,
+            host_network: spec.host_network == Some(true),
+            now,
+        };
+        let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
+        // Conditions other agents own (scheduler, disruption, readiness gates) are kept.
+        let ours = [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ];
+        if let (Some(conditions), Some(api)) = (
+            status.conditions.as_mut(),
+            api_status.as_ref().and_then(|s| s.conditions.as_ref()),
+        ) {
+            conditions.extend(
+                api.iter()
+                    .filter(|c| !ours.contains(&c.type_.as_str()))
+                    .cloned(),
+            );
+        }
+        if Some(&status) == self.posted.as_ref()
+            || (self.posted.is_none() && Some(&status) == api_status.as_ref())
+        {
+            return;
+        }
+        self.announce_back_off(pod, previous.as_ref(), &status);
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.key.namespace);
+        // The UID makes the patch a precondition: a new pod of the same name is never touched.
+        let patch = json!({ "metadata": { "uid": self.key.uid }, "status": status });
+        match api
+            .patch_status(
+                &self.key.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                debug!(pod = %self.key, phase = status.phase.as_deref().unwrap_or_default(), "pod status posted");
+                self.posted = Some(status);
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {
+                debug!(pod = %self.key, "pod gone or replaced; status not posted");
+            }
+            Err(err) => {
+                warn!(pod = %self.key, error = %error_chain(&err), "posting pod status failed")
+            }
+        }
+    }
+
+    /// BackOff events when a container enters CrashLoopBackOff or ImagePullBackOff.
+    fn announce_back_off(&self, pod: &Pod, previous: Option<&PodStatus>, status: &PodStatus) {
+        let waiting = |s: Option<&PodStatus>, name: &str| -> Option<String> {
+            s?.container_statuses
+                .iter()
+                .flatten()
+                .chain(s?.init_container_statuses.iter().flatten())
+                .find(|c| c.name == name)?
+                .state
+                .as_ref()?
+                .waiting
+                .as_ref()?
+                .reason
+                .clone()
+        };
+        for c in status
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(status.init_container_statuses.iter().flatten())
+        {
+            let now = waiting(Some(status), &c.name);
+            if now == waiting(previous, &c.name) {
+                continue;
+            }
+            let reference = events::reference(pod, Some(&c.name));
+            match now.as_deref() {
+                Some("CrashLoopBackOff") => self.shared.events.warning(
+                    reference,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {}_{}({})",
+                        c.name, self.key.name, self.key.namespace, self.key.uid
+                    ),
+                ),
+                Some("ImagePullBackOff") => {
+                    self.shared.events.normal(
+                        reference.clone(),
+                        "BackOff",
+                        format!("Back-off pulling image \"{}\"", c.image),
+                    );
+                    self.shared.events.warning(
+                        reference,
+                        "Failed",
+                        "Error: ImagePullBackOff".into(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn execute(&mut self, pod: &Pod, spec: &PodSpec, actions: Vec<Action>) {
+        let mut starts = Vec::new();
+        let mut others = Vec::new();
+        for action in actions {
+            match action {
+                Action::StartContainer {
+                    name,
+                    attempt,
+                    restart,
+                } => starts.push((name, attempt, restart)),
+                other => others.push(other),
+            }
+        }
+        let this = &*self;
+        let results = join_all(
+            others
+                .into_iter()
+                .map(|action| this.execute_one(pod, action)),
+        )
+        .await;
+        for (what, result, sandbox) in results {
+            if let Err(err) = result {
+                warn!(pod = %self.key, action = what, error = %error_chain(&err), "runtime call failed");
+            }
+            match sandbox {
+                Some(Ok(())) => self.attempts.started(SANDBOX, false, Timestamp::now()),
+                Some(Err(failure)) => self.attempts.failed(SANDBOX, failure, Timestamp::now()),
+                None => {}
+            }
+        }
+        if starts.is_empty() {
+            return;
+        }
+        // The sandbox's configuration is part of every create call.
+        let Some(sandbox) = observed::observe(&self.shared.runtime, &self.key)
+            .await
+            .ok()
+            .and_then(|r| r.sandbox().cloned())
+        else {
+            return;
+        };
+        let sandbox_config = self.sandbox_config(pod, spec, sandbox.attempt);
+        let now = Timestamp::now();
+        let outcomes = join_all(starts.into_iter().map(|(name, attempt, restart)| {
+            let sandbox_config = &sandbox_config;
+            let sandbox_id = sandbox.id.clone();
+            let pod_ips = sandbox.ips.clone();
+            let this = &*self;
+            async move {
+                let container = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(spec.containers.iter())
+                    .find(|c| c.name == name)
+                    .cloned();
+                let Some(container) = container else {
+                    return (name, restart, Ok(()));
+                };
+                let result = this
+                    .start_container(
+                        pod,
+                        spec,
+                        &container,
+                        attempt,
+                        &sandbox_id,
+                        sandbox_config,
+                        pod_ips,
+                    )
+                    .await;
+                (name, restart, result)
+            }
+        }))
+        .await;
+        for (name, restart, result) in outcomes {
+            match result {
+                Ok(()) => self.attempts.started(&name, restart, now),
+                Err(failure) => self.attempts.failed(&name, failure, now),
+            }
+        }
+    }
+
+    fn sandbox_config(&self, pod: &Pod, spec: &PodSpec, attempt: u32) -> PodSandboxConfig {
+        sandbox::config(
+            pod,
+            spec,
+            attempt,
+            &self.shared.node_hostname,
+            &self.shared.dns,
+            &self.log_dir().to_string_lossy(),
+        )
+    }
+
+    /// Runs one action; for a sandbox creation also says how it went, for its backoff.
+    async fn execute_one(
+        &self,
+        pod: &Pod,
+        action: Action,
+    ) -> (
+        &'static str,
+        Result<(), nodus_cri::Error>,
+        Option<Result<(), Failure>>,
+    ) {
+        let runtime = &self.shared.runtime;
+        let ignore_missing = |r: Result<(), nodus_cri::Error>| match r {
+            Err(err) if err.is_not_found() => Ok(()),
+            other => other,
+        };
+        match action {
+            Action::CreateSandbox { attempt, replaces } => {
+                let spec = pod.spec.clone().unwrap_or_default();
+                if replaces.is_some() {
+                    self.shared.events.normal(
+                        events::reference(pod, None),
+                        "SandboxChanged",
+                        "Pod sandbox changed, it will be killed and re-created.".into(),
+                    );
+                }
+                let _ = std::fs::create_dir_all(self.log_dir());
+                let config = self.sandbox_config(pod, &spec, attempt);
+                match runtime.run_pod_sandbox(config, "").await {
+                    Ok(id) => {
+                        if spec.host_network != Some(true)
+                            && let Ok(status) = runtime.pod_sandbox_status(&id).await
+                        {
+                            let ip = status.network.map(|n| n.ip).unwrap_or_default();
+                            let hosts = host_files::etc_hosts(
+                                &sandbox::hostname(pod, &spec, &self.shared.node_hostname),
+                                &ip,
+                                &spec,
+                            );
+                            if let Err(err) =
+                                host_files::write(&self.pod_dir().join("etc-hosts"), &hosts)
+                            {
+                                warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
+                            }
+                        }
+                        ("RunPodSandbox", Ok(()), Some(Ok(())))
+                    }
+                    Err(err) => {
+                        self.shared.events.warning(
+                            events::reference(pod, None),
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {}", err.runtime_message()),
+                        );
+                        let failure = Failure {
+                            kind: StartFailure::Create,
+                            message: err.runtime_message(),
+                            image: String::new(),
+                        };
+                        ("RunPodSandbox", Err(err), Some(Err(failure)))
+                    }
+                }
+            }
+            Action::KillContainer { id, name, grace } => {
+                if pod.metadata.name.is_some() {
+                    self.shared.events.normal(
+                        events::reference(pod, Some(&name)),
+                        "Killing",
+                        format!("Stopping container {name}"),
+                    );
+                }
+                (
+                    "StopContainer",
+                    ignore_missing(runtime.stop_container(&id, grace).await),
+                    None,
+                )
+            }
+            Action::RemoveContainer { id } => (
+                "RemoveContainer",
+                ignore_missing(runtime.remove_container(&id).await),
+                None,
+            ),
+            Action::StopSandbox { id } => (
+                "StopPodSandbox",
+                ignore_missing(runtime.stop_pod_sandbox(&id).await),
+                None,
+            ),
+            Action::RemoveSandbox { id } => (
+                "RemovePodSandbox",
+                ignore_missing(runtime.remove_pod_sandbox(&id).await),
+                None,
+            ),
+            Action::DeletePod => {
+                if pod.metadata.name.is_some() {
+                    self.delete_pod().await;
+                }
+                ("DeletePod", Ok(()), None)
+            }
+            // Starts need the sandbox's configuration and run together in `execute`.
+            Action::StartContainer { .. } => ("StartContainer", Ok(()), None),
+        }
+    }
+
+    async fn delete_pod(&self) {
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.key.namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.key.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&self.key.name, &params).await {
+            Ok(_) => info!(pod = %self.key, "pod terminated and removed"),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(err) => {
+                warn!(pod = %self.key, error = %error_chain(&err), "deleting the pod object failed")
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        spec: &PodSpec,
+        container: &Container,
+        attempt: u32,
+        sandbox_id: &str,
+        sandbox_config: &PodSandboxConfig,
+        pod_ips: Vec<String>,
+    ) -> Result<(), Failure> {
+        let events = &self.shared.events;
+        let reference = events::reference(pod, Some(&container.name));
+        let image = container.image.clone().unwrap_or_default();
+        let failure = |kind, message: String| Failure {
+            kind,
+            message,
+            image: image.clone(),
+        };
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| images::default_policy(&image).to_owned());
+        let pulled = self
+            .shared
+            .images
+            .ensure(&image, &policy, sandbox_config, || {
+                events.normal(
+                    reference.clone(),
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                );
+            })
+            .await;
+        match pulled {
+            Ok(Presence::AlreadyPresent) => events.normal(
+                reference.clone(),
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine and can be accessed by the pod"),
+            ),
+            Ok(Presence::Pulled { took, size }) => events.normal(
+                reference.clone(),
+                "Pulled",
+                format!("Successfully pulled image \"{image}\" in {took:.3?}. Image size: {size} bytes."),
+            ),
+            Err(images::Error::NeverPull { .. }) => {
+                let message = format!("Container image \"{image}\" is not present with pull policy of Never");
+                events.warning(reference.clone(), "ErrImageNeverPull", message.clone());
+                return Err(failure(StartFailure::NeverPull, message));
+            }
+            Err(images::Error::Pull { message, .. }) => {
+                events.warning(reference.clone(), "Failed", format!("Failed to pull image \"{image}\": {message}"));
+                events.warning(reference.clone(), "Failed", "Error: ErrImagePull".into());
+                return Err(failure(StartFailure::Pull, message));
+            }
+        }
+        let config_error = |message: String| {
+            events.warning(reference.clone(), "Failed", format!("Error: {message}"));
+            failure(StartFailure::Config, message)
+        };
+
+        // Volumes arrive with their own work; until then a container that needs one is
+        // refused visibly rather than started without it.
+        if let Some(mount) = container.volume_mounts.iter().flatten().next() {
+            return Err(config_error(format!(
+                "volume \"{}\" cannot be mounted: nodus does not support pod volumes yet",
+                mount.name
+            )));
+        }
+        if let Ok(Some(info)) = self.shared.images.inspect(&image).await {
+            let uid = info.uid.map(|u| u.value);
+            container::verify_non_root(spec, container, uid, &info.username).map_err(|reason| {
+                config_error(format!(
+                    "{reason} (pod: \"{}\", container: {})",
+                    self.key, container.name
+                ))
+            })?;
+        }
+        let sources = self.env_sources(container).await.map_err(config_error)?;
+        let downward = Downward {
+            node_name: self.shared.node_name.clone(),
+            host_ips: self.shared.host_ips.clone(),
+            pod_ips: if spec.host_network == Some(true) {
+                self.shared.host_ips.clone()
+            } else {
+                pod_ips
+            },
+            allocatable_milli_cpu: self.shared.allocatable_milli_cpu,
+            allocatable_memory: self.shared.allocatable_memory,
+        };
+        let env = env::resolve(container, pod, &sources, &downward)
+            .map_err(|e| config_error(e.to_string()))?;
+        let (command, args) = env::expand_command(container, &env);
+
+        let termination_log = self.termination_log(&container.name, attempt);
+        host_files::write(&termination_log, "")
+            .map_err(|e| config_error(format!("preparing the termination message file: {e}")))?;
+        let etc_hosts = self.pod_dir().join("etc-hosts");
+        let host = HostFiles {
+            termination_log: Some(termination_log.to_string_lossy().into_owned()),
+            etc_hosts: (spec.host_network != Some(true) && etc_hosts.exists())
+                .then(|| etc_hosts.to_string_lossy().into_owned()),
+        };
+        let config = container::config(pod, spec, container, attempt, env, command, args, &host);
+        let runtime = &self.shared.runtime;
+        let id = runtime
+            .create_container(sandbox_id, config, sandbox_config.clone())
+            .await
+            .map_err(|err| {
+                events.warning(
+                    reference.clone(),
+                    "Failed",
+                    format!("Error: {}", err.runtime_message()),
+                );
+                failure(StartFailure::Create, err.runtime_message())
+            })?;
+        events.normal(
+            reference.clone(),
+            "Created",
+            format!("Created container: {}", container.name),
+        );
+        runtime.start_container(&id).await.map_err(|err| {
+            events.warning(
+                reference.clone(),
+                "Failed",
+                format!("Error: {}", err.runtime_message()),
+            );
+            failure(StartFailure::Run, err.runtime_message())
+        })?;
+        events.normal(
+            reference,
+            "Started",
+            format!("Started container {}", container.name),
+        );
+        Ok(())
+    }
+
+    /// Reads the ConfigMaps and Secrets the container's environment names.
+    async fn env_sources(&self, container: &Container) -> Result<Sources, String> {
+        let (config_maps, secrets) = env::references(container);
+        let mut sources = Sources::default();
+        let cm_api: Api<ConfigMap> =
+            Api::namespaced(self.shared.client.clone(), &self.key.namespace);
+        for name in config_maps {
+            match cm_api.get_opt(&name).await {
+                Ok(Some(cm)) => {
+                    sources.config_maps.insert(name, cm);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    return Err(format!(
+                        "reading configmap \"{name}\": {}",
+                        error_chain(&err)
+                    ));
+                }
+            }
+        }
+        let secret_api: Api<Secret> =
+            Api::namespaced(self.shared.client.clone(), &self.key.namespace);
+        for name in secrets {
+            match secret_api.get_opt(&name).await {
+                Ok(Some(secret)) => {
+                    sources.secrets.insert(name, secret);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    return Err(format!("reading secret \"{name}\": {}", error_chain(&err)));
+                }
+            }
+        }
+        Ok(sources)
+    }
+
+    /// Removes what the pod left on the host: its files, logs and cgroup.
+    fn remove_host_state(&self, spec: &PodSpec) {
+        for path in [self.pod_dir(), self.log_dir()] {
+            if let Err(err) = std::fs::remove_dir_all(&path)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(pod = %self.key, path = %path.display(), error = %err, "removing pod files failed");
+            }
+        }
+        let cgroup = cgroups::pod_cgroup(super::qos::class(spec), &self.key.uid);
+        if let Err(err) = cgroups::remove(&cgroup) {
+            warn!(pod = %self.key, cgroup, error = %err, "removing the pod cgroup failed");
+        }
+    }
+}
+
+/// Resolves once the pod carries a deletion timestamp or is gone.
+async fn deleted(updates: &mut watch::Receiver<Option<Arc<Pod>>>) {
+    loop {
+        let gone = updates
+            .borrow_and_update()
+            .as_ref()
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        if gone || updates.changed().await.is_err() {
+            return;
+        }
+    }
+}

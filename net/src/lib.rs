@@ -1,6 +1,8 @@
 //! nodus-net: the node's networking, independent of Kubernetes API types.
 //!
-//! Today it renders the CNI network configuration for the node's pod CIDR; the nftables
-//! service proxy and the routes to other nodes' pod CIDRs will live here too.
+//! It renders the CNI network configuration for the node's pod CIDR (`cni`) and holds the Service
+//! proxy (`proxy`): the model, the pure nftables ruleset builder, applying it to the kernel, and
+//! conntrack cleanup. The routes to other nodes' pod CIDRs will live here too.
 
 pub mod cni;
+pub mod proxy;

@@ -1,0 +1,1078 @@
+//! The ruleset: a pure function from the proxy model to the complete contents of nodus's one nftables
+//! table, `table inet nodus`, as a structured IR that renders to `nft -f -` text and that the test
+//! tracer walks.
+//!
+//! Invariants: the output depends only on the input (services are sorted, chains and sets live in
+//! ordered maps, endpoints are sorted), so two builds of the same state render byte-identical text;
+//! names are bounded (at most [`MAX_NAME_LEN`] bytes) and deterministic (`kind-HASH-readable`); every
+//! key of the dispatch maps belongs to at most one service (the later of two claimants is skipped
+//! with [`ServiceError::Conflict`]); an invalid service is skipped whole and never reaches the IR.
+//!
+//! The design follows upstream kube-proxy's nftables mode (KEP-3866, `pkg/proxy/nftables/README.md`):
+//!
+//! - Dispatch is O(1) in the number of services: `services` looks `ip daddr . meta l4proto . th dport`
+//!   up in the verdict map `service-ips` (cluster, external and load-balancer IPs) and
+//!   `meta l4proto . th dport` in `service-nodeports` for the node's NodePort addresses.
+//! - Per service port: `svc-*` picks among all usable endpoints (cluster policy), `local-*` among this
+//!   node's (Local policy), `ext-*` handles traffic to external destinations (NodePort, externalIPs,
+//!   load-balancer IPs) before handing it to one of those; `ep-*` DNATs to one endpoint. Choice is
+//!   `numgen random mod N vmap { ... }`.
+//! - ClientIP affinity: one timed set per endpoint (`aff-*`, `flags dynamic,timeout`). The endpoint
+//!   chain does `update @aff { ip saddr }` (refreshing the timeout on every new connection, as the
+//!   iptables mode's `recent --set` does), and the service chain first tries `ip saddr @aff goto ep`.
+//! - Masquerade is decided in the nat chains by setting mark bit [`MASQ_MARK`] and done once, in
+//!   postrouting: ClusterIP traffic from outside the cluster CIDRs, all external traffic with
+//!   externalTrafficPolicy Cluster, host-originated external traffic, and hairpin (an endpoint
+//!   reaching itself through its service, whose reply would otherwise bypass the node).
+//! - Services without usable endpoints are in `no-endpoint-services` / `no-endpoint-nodeports`,
+//!   checked in filter chains at priority -110 (before DNAT) on input, forward and output: `reject`
+//!   (TCP reset, else ICMP port unreachable) so clients fail at once; `drop` when endpoints exist but
+//!   none is local under a Local policy (as upstream: a load balancer's health check moves traffic).
+//!   Packets to a ClusterIP on a port no service uses are rejected after DNAT (`cluster-ips-check`).
+//!
+//! Why one `inet` table rather than upstream's `ip` + `ip6` pair: one name to own and clean up, and
+//! both families change in the same atomic transaction. Lookups are typed (`ip daddr` only matches
+//! IPv4), so the cost for a packet is one implicit family check; v6 objects carry a `6` suffix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use super::model::{
+    Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServiceError, ServicePort,
+    SessionAffinity, TrafficPolicy,
+};
+
+/// The table nodus owns. Nothing else is ever touched.
+pub const TABLE: &str = "nodus";
+/// The table's family.
+pub const FAMILY: &str = "inet";
+/// The mark bit meaning "masquerade this connection in postrouting" (the same bit kube-proxy uses).
+pub const MASQ_MARK: u32 = 0x4000;
+/// The longest chain or set name we generate; the kernel allows 255.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// An address family; v6 objects carry a `6` suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    fn of_net(net: &IpNet) -> Family {
+        Family::of(net.addr())
+    }
+
+    /// The nft payload protocol (`ip` / `ip6`).
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "",
+            Family::V6 => "6",
+        }
+    }
+
+    fn loopback(self) -> IpNet {
+        match self {
+            Family::V4 => "127.0.0.0/8".parse().expect("a valid loopback net"),
+            Family::V6 => "::1/128".parse().expect("a valid loopback net"),
+        }
+    }
+
+    /// The name of a per-family object: `service-ips` / `service-ips6`.
+    pub fn object(self, base: &str) -> String {
+        format!("{base}{}", self.suffix())
+    }
+}
+
+/// Netfilter hooks used by the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HookPoint {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl HookPoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::Prerouting => "prerouting",
+            HookPoint::Input => "input",
+            HookPoint::Forward => "forward",
+            HookPoint::Output => "output",
+            HookPoint::Postrouting => "postrouting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Filter,
+    Nat,
+}
+
+/// What makes a chain a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    pub chain_type: ChainType,
+    pub hook: HookPoint,
+    /// Numeric always: nft 1.0.6 refuses `priority dstnat` on the output hook.
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chain {
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// A rule: all matches must hold, then the statements run in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub stmts: Vec<Stmt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    CtStateNew,
+    Daddr(IpAddr),
+    DaddrNotIn(IpNet),
+    DaddrInSet(Family, String),
+    Saddr(IpAddr),
+    /// Outside all of these (rendered as one `!=` per net: no anonymous set, see [`Ruleset::render`]).
+    SaddrNotIn(Family, Vec<IpNet>),
+    SaddrInSet(Family, String),
+    SaddrInNet(IpNet),
+    FibDaddrLocal,
+    FibSaddrLocal,
+    L4Proto(Protocol),
+    Dport(u16),
+    /// `meta mark & M == 0`
+    MarkClear(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    Verdict(Verdict),
+    /// `ip daddr . meta l4proto . th dport vmap @map`
+    VmapAddrProtoPort(Family, String),
+    /// `meta l4proto . th dport vmap @map`
+    VmapProtoPort(String),
+    /// `numgen random mod N vmap { 0 : goto a, ... }`
+    NumgenGoto(Vec<String>),
+    MarkOr(u32),
+    MarkXor(u32),
+    /// `update @set { ip saddr }`
+    UpdateSaddr(Family, String),
+    /// `dnat ip to A:P` (the rule must match the l4 protocol: nft needs it for a port).
+    Dnat(SocketAddr),
+    Masquerade,
+    RejectTcpReset,
+    RejectPortUnreachable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Jump(String),
+    Goto(String),
+    Return,
+    Drop,
+}
+
+/// A key of a dispatch map: `addr . proto . port`, or `proto . port` for node ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MapKey {
+    pub addr: Option<IpAddr>,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetKind {
+    /// A plain address set.
+    Addrs(Family),
+    /// ClientIP affinity: dynamic, entries expire `timeout` seconds after their last update.
+    Affinity { family: Family, timeout: u32 },
+    /// `addr . inet_proto . inet_service : verdict`
+    AddrProtoPortMap(Family),
+    /// `inet_proto . inet_service : verdict`
+    ProtoPortMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub kind: SetKind,
+    pub addrs: BTreeSet<IpAddr>,
+    pub map: BTreeMap<MapKey, Verdict>,
+}
+
+impl Set {
+    fn new(kind: SetKind) -> Set {
+        Set {
+            kind,
+            addrs: BTreeSet::new(),
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the set's elements are state the kernel keeps (affinity), not desired state.
+    pub fn is_dynamic(&self) -> bool {
+        matches!(self.kind, SetKind::Affinity { .. })
+    }
+}
+
+/// The complete contents of the table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Chain>,
+    pub sets: BTreeMap<String, Set>,
+}
+
+/// A build: the ruleset and the services left out of it, each with its reason.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub ruleset: Ruleset,
+    pub skipped: Vec<ServiceError>,
+}
+
+// Fixed chain names.
+const FILTER_INPUT: &str = "filter-input";
+const FILTER_FORWARD: &str = "filter-forward";
+const FILTER_OUTPUT: &str = "filter-output";
+const FILTER_OUTPUT_POST_DNAT: &str = "filter-output-post-dnat";
+const NAT_PREROUTING: &str = "nat-prerouting";
+const NAT_OUTPUT: &str = "nat-output";
+const NAT_POSTROUTING: &str = "nat-postrouting";
+const SERVICES: &str = "services";
+const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const REJECT_CHAIN: &str = "reject-chain";
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const MASQUERADING: &str = "masquerading";
+
+// Per-family object bases (see [`Family::object`]).
+const SERVICE_IPS: &str = "service-ips";
+const SERVICE_NODEPORTS: &str = "service-nodeports";
+const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+const CLUSTER_IPS: &str = "cluster-ips";
+const NODEPORT_IPS: &str = "nodeport-ips";
+
+/// Filter chains run before DNAT (-100), so they still see the service address.
+const FILTER_PRIORITY: i32 = -110;
+const DSTNAT_PRIORITY: i32 = -100;
+const SRCNAT_PRIORITY: i32 = 100;
+
+fn rule(matches: Vec<Match>, stmts: Vec<Stmt>) -> Rule {
+    Rule { matches, stmts }
+}
+
+fn jump(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(chain.to_owned()))
+}
+
+fn goto(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(chain.to_owned()))
+}
+
+/// Builds the ruleset for `state`. Never fails: bad services are skipped and reported.
+pub fn build(state: &ProxyState) -> Build {
+    let mut ruleset = skeleton(&state.node);
+    let mut skipped = Vec::new();
+    let mut owners: BTreeMap<(Option<IpAddr>, Family, Protocol, u16), String> = BTreeMap::new();
+
+    let mut services: Vec<&Service> = state.services.iter().collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for service in services {
+        if let Err(err) = service.validate() {
+            skipped.push(err);
+            continue;
+        }
+        let fragment = service_fragment(service, &state.node);
+        if let Some(err) = fragment.conflict(&owners, &service.id()) {
+            skipped.push(err);
+            continue;
+        }
+        fragment.merge_into(&mut ruleset, &mut owners, &service.id());
+    }
+    Build { ruleset, skipped }
+}
+
+/// The fixed part: base chains, dispatch chains and the (possibly empty) maps and sets.
+fn skeleton(node: &Node) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let base = |chain_type, hook, priority| Chain {
+        hook: Some(Hook {
+            chain_type,
+            hook,
+            priority,
+        }),
+        rules: Vec::new(),
+    };
+    let new = || vec![Match::CtStateNew];
+    let mut add = |name: &str, chain: Chain, rules: Vec<Rule>| {
+        rs.chains.insert(name.to_owned(), Chain { rules, ..chain });
+    };
+
+    add(
+        FILTER_INPUT,
+        base(ChainType::Filter, HookPoint::Input, FILTER_PRIORITY),
+        vec![
+            rule(new(), vec![jump(NODEPORT_ENDPOINTS_CHECK)]),
+            rule(new(), vec![jump(SERVICE_ENDPOINTS_CHECK)]),
+        ],
+    );
+    add(
+        FILTER_FORWARD,
+        base(ChainType::Filter, HookPoint::Forward, FILTER_PRIORITY),
+        vec![
+            rule(new(), vec![jump(SERVICE_ENDPOINTS_CHECK)]),
+            rule(new(), vec![jump(CLUSTER_IPS_CHECK)]),
+        ],
+    );
+    add(
+        FILTER_OUTPUT,
+        base(ChainType::Filter, HookPoint::Output, FILTER_PRIORITY),
+        vec![rule(new(), vec![jump(SERVICE_ENDPOINTS_CHECK)])],
+    );
+    // After DNAT: a packet still addressed to a ClusterIP here matched no service port.
+    add(
+        FILTER_OUTPUT_POST_DNAT,
+        base(ChainType::Filter, HookPoint::Output, DSTNAT_PRIORITY + 10),
+        vec![rule(new(), vec![jump(CLUSTER_IPS_CHECK)])],
+    );
+    add(
+        NAT_PREROUTING,
+        base(ChainType::Nat, HookPoint::Prerouting, DSTNAT_PRIORITY),
+        vec![rule(vec![], vec![jump(SERVICES)])],
+    );
+    add(
+        NAT_OUTPUT,
+        base(ChainType::Nat, HookPoint::Output, DSTNAT_PRIORITY),
+        vec![rule(vec![], vec![jump(SERVICES)])],
+    );
+    add(
+        NAT_POSTROUTING,
+        base(ChainType::Nat, HookPoint::Postrouting, SRCNAT_PRIORITY),
+        vec![rule(vec![], vec![jump(MASQUERADING)])],
+    );
+
+    let nodeport_match = |family: Family| match &node.node_port_addresses {
+        NodePortAddresses::AllLocal => {
+            vec![Match::FibDaddrLocal, Match::DaddrNotIn(family.loopback())]
+        }
+        NodePortAddresses::Only(_) => vec![Match::DaddrInSet(family, family.object(NODEPORT_IPS))],
+    };
+    let mut services = Vec::new();
+    let mut endpoints_check = Vec::new();
+    let mut nodeports_check = Vec::new();
+    let mut cluster_ips_check = Vec::new();
+    for family in Family::ALL {
+        services.push(rule(
+            vec![],
+            vec![Stmt::VmapAddrProtoPort(family, family.object(SERVICE_IPS))],
+        ));
+        endpoints_check.push(rule(
+            vec![],
+            vec![Stmt::VmapAddrProtoPort(
+                family,
+                family.object(NO_ENDPOINT_SERVICES),
+            )],
+        ));
+        cluster_ips_check.push(rule(
+            vec![Match::DaddrInSet(family, family.object(CLUSTER_IPS))],
+            vec![goto(REJECT_CHAIN)],
+        ));
+    }
+    for family in Family::ALL {
+        services.push(rule(
+            nodeport_match(family),
+            vec![Stmt::VmapProtoPort(family.object(SERVICE_NODEPORTS))],
+        ));
+        nodeports_check.push(rule(
+            nodeport_match(family),
+            vec![Stmt::VmapProtoPort(family.object(NO_ENDPOINT_NODEPORTS))],
+        ));
+    }
+    let plain = Chain::default;
+    add(SERVICES, plain(), services);
+    add(SERVICE_ENDPOINTS_CHECK, plain(), endpoints_check);
+    add(NODEPORT_ENDPOINTS_CHECK, plain(), nodeports_check);
+    add(CLUSTER_IPS_CHECK, plain(), cluster_ips_check);
+    add(
+        REJECT_CHAIN,
+        plain(),
+        vec![
+            rule(
+                vec![Match::L4Proto(Protocol::Tcp)],
+                vec![Stmt::RejectTcpReset],
+            ),
+            rule(vec![], vec![Stmt::RejectPortUnreachable]),
+        ],
+    );
+    add(
+        MARK_FOR_MASQUERADE,
+        plain(),
+        vec![rule(vec![], vec![Stmt::MarkOr(MASQ_MARK)])],
+    );
+    add(
+        MASQUERADING,
+        plain(),
+        vec![
+            rule(
+                vec![Match::MarkClear(MASQ_MARK)],
+                vec![Stmt::Verdict(Verdict::Return)],
+            ),
+            // Clear the bit so a packet that is routed again (e.g. encapsulated) is not
+            // masqueraded twice.
+            rule(vec![], vec![Stmt::MarkXor(MASQ_MARK)]),
+            rule(vec![], vec![Stmt::Masquerade]),
+        ],
+    );
+
+    for family in Family::ALL {
+        rs.sets.insert(
+            family.object(SERVICE_IPS),
+            Set::new(SetKind::AddrProtoPortMap(family)),
+        );
+        rs.sets.insert(
+            family.object(NO_ENDPOINT_SERVICES),
+            Set::new(SetKind::AddrProtoPortMap(family)),
+        );
+        rs.sets.insert(
+            family.object(SERVICE_NODEPORTS),
+            Set::new(SetKind::ProtoPortMap),
+        );
+        rs.sets.insert(
+            family.object(NO_ENDPOINT_NODEPORTS),
+            Set::new(SetKind::ProtoPortMap),
+        );
+        rs.sets
+            .insert(family.object(CLUSTER_IPS), Set::new(SetKind::Addrs(family)));
+        if let NodePortAddresses::Only(ips) = &node.node_port_addresses {
+            let mut set = Set::new(SetKind::Addrs(family));
+            set.addrs = ips
+                .iter()
+                .copied()
+                .filter(|ip| Family::of(*ip) == family)
+                .collect();
+            rs.sets.insert(family.object(NODEPORT_IPS), set);
+        }
+    }
+    rs
+}
+
+/// Everything one service contributes, checked for conflicts before it is merged.
+#[derive(Default)]
+struct Fragment {
+    chains: Vec<(String, Chain)>,
+    sets: Vec<(String, Set)>,
+    /// (map name, key, verdict) for the four dispatch maps.
+    entries: Vec<(String, Family, MapKey, Verdict)>,
+    cluster_ips: Vec<IpAddr>,
+}
+
+type Owners = BTreeMap<(Option<IpAddr>, Family, Protocol, u16), String>;
+
+impl Fragment {
+    fn owner_key(family: Family, key: &MapKey) -> (Option<IpAddr>, Family, Protocol, u16) {
+        (key.addr, family, key.protocol, key.port)
+    }
+
+    fn conflict(&self, owners: &Owners, service: &str) -> Option<ServiceError> {
+        let mut mine = BTreeSet::new();
+        for (_, family, key, _) in &self.entries {
+            let k = Self::owner_key(*family, key);
+            let owner = owners
+                .get(&k)
+                .cloned()
+                .or_else(|| (!mine.insert(k)).then(|| service.to_owned()));
+            if let Some(owner) = owner {
+                return Some(ServiceError::Conflict {
+                    service: service.to_owned(),
+                    ip: key
+                        .addr
+                        .map_or("node ports".to_owned(), |ip| ip.to_string()),
+                    protocol: key.protocol,
+                    port: key.port,
+                    owner,
+                });
+            }
+        }
+        None
+    }
+
+    fn merge_into(self, rs: &mut Ruleset, owners: &mut Owners, service: &str) {
+        for (name, chain) in self.chains {
+            rs.chains.insert(name, chain);
+        }
+        for (name, set) in self.sets {
+            rs.sets.insert(name, set);
+        }
+        for (map, family, key, verdict) in self.entries {
+            owners.insert(Self::owner_key(family, &key), service.to_owned());
+            rs.sets
+                .get_mut(&map)
+                .expect("the skeleton declares every dispatch map")
+                .map
+                .insert(key, verdict);
+        }
+        for ip in self.cluster_ips {
+            rs.sets
+                .get_mut(&Family::of(ip).object(CLUSTER_IPS))
+                .expect("the skeleton declares both cluster-ips sets")
+                .addrs
+                .insert(ip);
+        }
+    }
+}
+
+/// The readable part of a service port's names: `namespace/name/proto/port`.
+fn readable(service: &Service, port: &ServicePort) -> String {
+    let port_name = if port.name.is_empty() {
+        format!("p{}", port.port)
+    } else {
+        port.name.clone()
+    };
+    format!(
+        "{}/{}/{}/{}",
+        service.namespace, service.name, port.protocol, port_name
+    )
+}
+
+/// A bounded, deterministic name: `kind[6]-HASH-readable`. The hash covers the whole untruncated
+/// name, so truncation never makes two names equal; ':' (IPv6) is not allowed in nft identifiers.
+pub fn object_name(kind: &str, family: Family, readable: &str) -> String {
+    let prefix = format!("{kind}{}", family.suffix());
+    let readable = readable.replace(':', ".");
+    let hash = short_hash(&format!("{prefix}|{readable}"));
+    let mut name = format!("{prefix}-{hash}-{readable}");
+    // Names are ASCII (validated DNS labels, numbers, IPs), so any byte index is a char boundary.
+    name.truncate(MAX_NAME_LEN);
+    name
+}
+
+/// 40 bits of FNV-1a 64 in RFC 4648 base32: stable across Rust versions, unlike `DefaultHasher`.
+fn short_hash(s: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..8)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Upstream's `CategorizeEndpoints`: ready endpoints, or when there are none, the serving
+/// terminating ones (so a rolling update of the last pod does not blackhole traffic).
+fn usable<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoint> {
+    let ready: Vec<_> = endpoints.clone().filter(|e| e.ready).collect();
+    let mut chosen = if ready.is_empty() {
+        endpoints.filter(|e| e.is_serving_terminating()).collect()
+    } else {
+        ready
+    };
+    chosen.sort_by_key(|e| (e.ip, e.port));
+    chosen.dedup_by_key(|e| (e.ip, e.port));
+    chosen
+}
+
+fn service_fragment(service: &Service, node: &Node) -> Fragment {
+    let mut fragment = Fragment::default();
+    for port in &service.ports {
+        for family in Family::ALL {
+            let Some(&cluster_ip) = service
+                .cluster_ips
+                .iter()
+                .find(|ip| Family::of(**ip) == family)
+            else {
+                continue;
+            };
+            port_fragment(&mut fragment, service, port, family, cluster_ip, node);
+        }
+    }
+    fragment
+}
+
+fn port_fragment(
+    fragment: &mut Fragment,
+    service: &Service,
+    port: &ServicePort,
+    family: Family,
+    cluster_ip: IpAddr,
+    node: &Node,
+) {
+    let readable = readable(service, port);
+    let of_family = port.endpoints.iter().filter(|e| Family::of(e.ip) == family);
+    let cluster_eps = usable(of_family.clone());
+    let local_eps = usable(of_family.filter(|e| e.local));
+
+    let external_ips: Vec<IpAddr> = service
+        .external_ips
+        .iter()
+        .chain(&service.load_balancer_ips)
+        .copied()
+        .filter(|ip| Family::of(*ip) == family)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let has_external_destinations = port.node_port.is_some() || !external_ips.is_empty();
+
+    let policy_eps = |policy| match policy {
+        TrafficPolicy::Cluster => &cluster_eps,
+        TrafficPolicy::Local => &local_eps,
+    };
+    let internal_eps = policy_eps(service.internal_traffic_policy);
+    let external_eps = policy_eps(service.external_traffic_policy);
+    // Upstream: no endpoints at all → reject; endpoints elsewhere but none here under a Local
+    // policy → drop.
+    let no_endpoints_verdict = if cluster_eps.is_empty() {
+        Verdict::Goto(REJECT_CHAIN.to_owned())
+    } else {
+        Verdict::Drop
+    };
+
+    let svc_chain = object_name("svc", family, &readable);
+    let local_chain = object_name("local", family, &readable);
+    let ext_chain = object_name("ext", family, &readable);
+    let policy_chain = |policy| match policy {
+        TrafficPolicy::Cluster => svc_chain.clone(),
+        TrafficPolicy::Local => local_chain.clone(),
+    };
+    let affinity = match service.session_affinity {
+        SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+        SessionAffinity::None => None,
+    };
+
+    let mut uses_cluster = false;
+    let mut uses_local = false;
+    let mut note_use = |policy| match policy {
+        TrafficPolicy::Cluster => uses_cluster = true,
+        TrafficPolicy::Local => uses_local = true,
+    };
+
+    // Internal traffic: the ClusterIP.
+    let cluster_key = MapKey {
+        addr: Some(cluster_ip),
+        protocol: port.protocol,
+        port: port.port,
+    };
+    fragment.cluster_ips.push(cluster_ip);
+    if internal_eps.is_empty() {
+        fragment.entries.push((
+            family.object(NO_ENDPOINT_SERVICES),
+            family,
+            cluster_key,
+            no_endpoints_verdict.clone(),
+        ));
+    } else {
+        note_use(service.internal_traffic_policy);
+        fragment.entries.push((
+            family.object(SERVICE_IPS),
+            family,
+            cluster_key,
+            Verdict::Goto(policy_chain(service.internal_traffic_policy)),
+        ));
+    }
+
+    // External traffic: NodePort, externalIPs, load-balancer IPs.
+    if has_external_destinations {
+        let mut entries: Vec<(String, MapKey)> = external_ips
+            .iter()
+            .map(|&ip| {
+                (
+                    SERVICE_IPS,
+                    MapKey {
+                        addr: Some(ip),
+                        protocol: port.protocol,
+                        port: port.port,
+                    },
+                )
+            })
+            .chain(port.node_port.map(|np| {
+                (
+                    SERVICE_NODEPORTS,
+                    MapKey {
+                        addr: None,
+                        protocol: port.protocol,
+                        port: np,
+                    },
+                )
+            }))
+            .map(|(map, key)| (map.to_owned(), key))
+            .collect();
+        if external_eps.is_empty() {
+            for (map, key) in entries.drain(..) {
+                let map = if map == SERVICE_IPS {
+                    NO_ENDPOINT_SERVICES
+                } else {
+                    NO_ENDPOINT_NODEPORTS
+                };
+                fragment.entries.push((
+                    family.object(map),
+                    family,
+                    key,
+                    no_endpoints_verdict.clone(),
+                ));
+            }
+        } else {
+            for (map, key) in entries.drain(..) {
+                fragment.entries.push((
+                    family.object(&map),
+                    family,
+                    key,
+                    Verdict::Goto(ext_chain.clone()),
+                ));
+            }
+            let mut rules = Vec::new();
+            match service.external_traffic_policy {
+                // The endpoint may be on another node: masquerade so the reply comes back here.
+                TrafficPolicy::Cluster => {
+                    note_use(TrafficPolicy::Cluster);
+                    rules.push(rule(vec![], vec![jump(MARK_FOR_MASQUERADE)]));
+                    rules.push(rule(vec![], vec![goto(&svc_chain)]));
+                }
+                TrafficPolicy::Local => {
+                    // Pods reaching an external address of the service are treated as internal
+                    // traffic ("up and out to the load balancer and back"), as upstream does.
+                    let cidrs: Vec<IpNet> = node
+                        .cluster_cidrs
+                        .iter()
+                        .filter(|n| Family::of_net(n) == family)
+                        .copied()
+                        .collect();
+                    if !cluster_eps.is_empty() {
+                        note_use(TrafficPolicy::Cluster);
+                        for cidr in cidrs {
+                            rules.push(rule(vec![Match::SaddrInNet(cidr)], vec![goto(&svc_chain)]));
+                        }
+                        // The host's own traffic has a node address as source, which the
+                        // endpoint could not answer directly.
+                        rules.push(rule(
+                            vec![Match::FibSaddrLocal],
+                            vec![jump(MARK_FOR_MASQUERADE)],
+                        ));
+                        rules.push(rule(vec![Match::FibSaddrLocal], vec![goto(&svc_chain)]));
+                    }
+                    note_use(TrafficPolicy::Local);
+                    rules.push(rule(vec![], vec![goto(&local_chain)]));
+                }
+            }
+            fragment
+                .chains
+                .push((ext_chain.clone(), Chain { hook: None, rules }));
+        }
+    }
+
+    // The policy chains and the endpoint chains they reach. An endpoint chain (and its affinity
+    // set) is named by service port and endpoint, so the cluster and local chains share it.
+    let mut endpoints: BTreeMap<(IpAddr, u16), (String, String)> = BTreeMap::new();
+    let mut policy = |name: &str, eps: &[&Endpoint], masq_outside_cluster: bool| {
+        let mut rules = Vec::new();
+        let cidrs: Vec<IpNet> = node
+            .cluster_cidrs
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+            .copied()
+            .collect();
+        if masq_outside_cluster && !cidrs.is_empty() {
+            // Only for the ClusterIP itself: external traffic was already marked in `ext-*`.
+            rules.push(rule(
+                vec![
+                    Match::Daddr(cluster_ip),
+                    Match::L4Proto(port.protocol),
+                    Match::Dport(port.port),
+                    Match::SaddrNotIn(family, cidrs),
+                ],
+                vec![jump(MARK_FOR_MASQUERADE)],
+            ));
+        }
+        let mut targets = Vec::new();
+        for ep in eps {
+            let (chain, set) = endpoints.entry((ep.ip, ep.port)).or_insert_with(|| {
+                let ep_readable = format!("{readable}__{}/{}", ep.ip, ep.port);
+                (
+                    object_name("ep", family, &ep_readable),
+                    object_name("aff", family, &ep_readable),
+                )
+            });
+            if affinity.is_some() {
+                rules.push(rule(
+                    vec![Match::SaddrInSet(family, set.clone())],
+                    vec![goto(chain)],
+                ));
+            }
+            targets.push(chain.clone());
+        }
+        rules.push(rule(vec![], vec![Stmt::NumgenGoto(targets)]));
+        (name.to_owned(), Chain { hook: None, rules })
+    };
+    if uses_cluster && !cluster_eps.is_empty() {
+        let masq = service.internal_traffic_policy == TrafficPolicy::Cluster;
+        fragment.chains.push(policy(&svc_chain, &cluster_eps, masq));
+    }
+    if uses_local && !local_eps.is_empty() {
+        fragment
+            .chains
+            .push(policy(&local_chain, &local_eps, false));
+    }
+
+    for ((ip, target_port), (chain, set)) in endpoints {
+        // Hairpin: the endpoint reaching its own service would get a reply straight from itself
+        // (same subnet) with the wrong source; masquerading sends the reply back through the node.
+        let mut rules = vec![rule(
+            vec![Match::Saddr(ip)],
+            vec![jump(MARK_FOR_MASQUERADE)],
+        )];
+        if let Some(timeout) = affinity {
+            rules.push(rule(vec![], vec![Stmt::UpdateSaddr(family, set.clone())]));
+            fragment
+                .sets
+                .push((set, Set::new(SetKind::Affinity { family, timeout })));
+        }
+        rules.push(rule(
+            vec![Match::L4Proto(port.protocol)],
+            vec![Stmt::Dnat(SocketAddr::new(ip, target_port))],
+        ));
+        fragment.chains.push((chain, Chain { hook: None, rules }));
+    }
+}
+
+impl Ruleset {
+    /// The number of rules, for metrics.
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    /// The text of one atomic transaction that replaces the whole table: `add` then `delete`
+    /// makes the delete succeed whether or not the table exists, and nothing outside the table
+    /// is named. Objects are declared before anything refers to them.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(256 + self.rule_count() * 96);
+        let t = format!("{FAMILY} {TABLE}");
+        writeln!(out, "add table {t}").expect("writing to a String");
+        writeln!(out, "delete table {t}").expect("writing to a String");
+        self.render_objects(&mut out);
+        out
+    }
+
+    /// Declarations, rules and elements, without the replace prelude.
+    pub fn render_objects(&self, out: &mut String) {
+        let t = format!("{FAMILY} {TABLE}");
+        let w = "writing to a String";
+        writeln!(out, "add table {t} {{ comment \"nodus service proxy\" ; }}").expect(w);
+        for (name, chain) in &self.chains {
+            match &chain.hook {
+                Some(h) => writeln!(
+                    out,
+                    "add chain {t} {name} {{ type {} hook {} priority {} ; policy accept ; }}",
+                    match h.chain_type {
+                        ChainType::Filter => "filter",
+                        ChainType::Nat => "nat",
+                    },
+                    h.hook.as_str(),
+                    h.priority
+                ),
+                None => writeln!(out, "add chain {t} {name}"),
+            }
+            .expect(w);
+        }
+        for (name, set) in &self.sets {
+            let decl = match &set.kind {
+                SetKind::Addrs(f) => format!("set {t} {name} {{ type {} ; }}", f.addr_type()),
+                SetKind::Affinity { family, timeout } => format!(
+                    "set {t} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+                    family.addr_type()
+                ),
+                SetKind::AddrProtoPortMap(f) => format!(
+                    "map {t} {name} {{ type {} . inet_proto . inet_service : verdict ; }}",
+                    f.addr_type()
+                ),
+                SetKind::ProtoPortMap => {
+                    format!("map {t} {name} {{ type inet_proto . inet_service : verdict ; }}")
+                }
+            };
+            writeln!(out, "add {decl}").expect(w);
+        }
+        for (name, chain) in &self.chains {
+            for r in &chain.rules {
+                match r.stmts.as_slice() {
+                    [Stmt::NumgenGoto(targets)] if targets.len() <= NUMGEN_CASCADE_MAX => {
+                        for line in numgen_cascade(&r.matches, targets) {
+                            writeln!(out, "add rule {t} {name} {line}").expect(w);
+                        }
+                    }
+                    _ => writeln!(out, "add rule {t} {name} {r}").expect(w),
+                }
+            }
+        }
+        for (name, set) in &self.sets {
+            let elements: Vec<String> = if set.map.is_empty() {
+                set.addrs.iter().map(|a| a.to_string()).collect()
+            } else {
+                set.map
+                    .iter()
+                    .map(|(k, v)| match k.addr {
+                        Some(a) => format!("{a} . {} . {} : {v}", k.protocol, k.port),
+                        None => format!("{} . {} : {v}", k.protocol, k.port),
+                    })
+                    .collect()
+            };
+            if elements.is_empty() {
+                continue;
+            }
+            writeln!(out, "add element {t} {name} {{").expect(w);
+            let last = elements.len() - 1;
+            for (i, e) in elements.iter().enumerate() {
+                writeln!(out, "\t{e}{}", if i == last { "" } else { "," }).expect(w);
+            }
+            writeln!(out, "}}").expect(w);
+        }
+    }
+}
+
+/// Up to this many endpoints, the random choice is rendered as a cascade of rules instead of one
+/// `numgen ... vmap { }`. Kernel quirk (seen on 6.18): every anonymous set in a transaction costs a
+/// walk of the whole transaction when it is bound (`__nft_set_trans_bind`) and a scan of the table's
+/// sets when it is named (`nf_tables_set_alloc_name`), so one anonymous vmap per service made a
+/// 10k-service commit take ~50 s of kernel time. The cascade needs no set and is O(endpoints) for
+/// the first packet of a connection only.
+pub const NUMGEN_CASCADE_MAX: usize = 32;
+
+/// `numgen random mod (N-i) 0 goto ep_i` for i < N-1, then `goto ep_{N-1}`: endpoint i is taken
+/// with probability (1 - 1/N - ... ) * 1/(N-i) = 1/N, as iptables' `statistic` cascade.
+fn numgen_cascade(matches: &[Match], targets: &[String]) -> Vec<String> {
+    let prefix: String = matches.iter().map(|m| format!("{m} ")).collect();
+    let n = targets.len();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            if i + 1 == n {
+                format!("{prefix}goto {target}")
+            } else {
+                format!("{prefix}numgen random mod {} 0 goto {target}", n - i)
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Goto(c) => write!(f, "goto {c}"),
+            Verdict::Return => f.write_str("return"),
+            Verdict::Drop => f.write_str("drop"),
+        }
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Match::CtStateNew => f.write_str("ct state new"),
+            Match::Daddr(ip) => write!(f, "{} daddr {ip}", Family::of(*ip).nft()),
+            Match::DaddrNotIn(net) => {
+                write!(f, "{} daddr != {}", Family::of_net(net).nft(), net.trunc())
+            }
+            Match::DaddrInSet(fam, set) => write!(f, "{} daddr @{set}", fam.nft()),
+            Match::Saddr(ip) => write!(f, "{} saddr {ip}", Family::of(*ip).nft()),
+            Match::SaddrNotIn(fam, list) => {
+                let parts: Vec<String> = list
+                    .iter()
+                    .map(|n| format!("{} saddr != {}", fam.nft(), n.trunc()))
+                    .collect();
+                f.write_str(&parts.join(" "))
+            }
+            Match::SaddrInNet(net) => {
+                write!(f, "{} saddr {}", Family::of_net(net).nft(), net.trunc())
+            }
+            Match::SaddrInSet(fam, set) => write!(f, "{} saddr @{set}", fam.nft()),
+            Match::FibDaddrLocal => f.write_str("fib daddr type local"),
+            Match::FibSaddrLocal => f.write_str("fib saddr type local"),
+            Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
+            Match::Dport(p) => write!(f, "th dport {p}"),
+            Match::MarkClear(m) => write!(f, "meta mark & {m:#010x} == 0"),
+        }
+    }
+}
+
+impl fmt::Display for Stmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stmt::Verdict(v) => write!(f, "{v}"),
+            Stmt::VmapAddrProtoPort(fam, map) => write!(
+                f,
+                "{} daddr . meta l4proto . th dport vmap @{map}",
+                fam.nft()
+            ),
+            Stmt::VmapProtoPort(map) => write!(f, "meta l4proto . th dport vmap @{map}"),
+            Stmt::NumgenGoto(targets) => {
+                let arms: Vec<String> = targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{i} : goto {t}"))
+                    .collect();
+                write!(
+                    f,
+                    "numgen random mod {} vmap {{ {} }}",
+                    targets.len(),
+                    arms.join(", ")
+                )
+            }
+            Stmt::MarkOr(m) => write!(f, "meta mark set meta mark | {m:#010x}"),
+            Stmt::MarkXor(m) => write!(f, "meta mark set meta mark ^ {m:#010x}"),
+            Stmt::UpdateSaddr(fam, set) => write!(f, "update @{set} {{ {} saddr }}", fam.nft()),
+            Stmt::Dnat(SocketAddr::V4(a)) => write!(f, "dnat ip to {a}"),
+            Stmt::Dnat(SocketAddr::V6(a)) => write!(f, "dnat ip6 to [{}]:{}", a.ip(), a.port()),
+            Stmt::Masquerade => f.write_str("masquerade fully-random"),
+            Stmt::RejectTcpReset => f.write_str("reject with tcp reset"),
+            Stmt::RejectPortUnreachable => f.write_str("reject with icmpx port-unreachable"),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .matches
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.stmts.iter().map(ToString::to_string))
+            .collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+#[path = "ruleset_tests.rs"]
+mod tests;

@@ -1,0 +1,545 @@
+//! Ruleset behaviour, checked by walking synthetic packets through the IR with the tracer.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::proxy::model::{Endpoint, Node, NodePortAddresses, ProxyState, Service, ServicePort};
+use crate::proxy::tracer::{Origin, Outcome, Packet, Tracer};
+
+const NODE_IP: &str = "10.97.0.1";
+/// A second node address that is not a NodePort address.
+const OTHER_NODE_IP: &str = "10.97.0.9";
+const CLIENT: &str = "203.0.113.7";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address")
+}
+
+fn node() -> Node {
+    Node {
+        node_port_addresses: NodePortAddresses::Only(vec![ip(NODE_IP)]),
+        cluster_cidrs: vec!["10.99.0.0/16".parse().expect("CIDR")],
+    }
+}
+
+fn ep(addr: &str, local: bool) -> Endpoint {
+    let a = sa(addr);
+    Endpoint::ready(a.ip(), a.port(), local)
+}
+
+fn web(endpoints: Vec<Endpoint>) -> Service {
+    Service {
+        namespace: "default".into(),
+        name: "web".into(),
+        cluster_ips: vec![ip("10.98.0.10")],
+        external_ips: vec![ip("192.0.2.10")],
+        load_balancer_ips: vec![ip("192.0.2.20")],
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: Some(30080),
+            endpoints,
+        }],
+    }
+}
+
+fn three() -> Vec<Endpoint> {
+    vec![
+        ep("10.99.0.2:8080", true),
+        ep("10.99.0.3:8080", true),
+        ep("10.99.1.4:8080", false),
+    ]
+}
+
+fn build_one(services: Vec<Service>) -> Ruleset {
+    let b = build(&ProxyState {
+        node: node(),
+        services,
+    });
+    assert!(b.skipped.is_empty(), "{:?}", b.skipped);
+    b.ruleset
+}
+
+fn tracer(rs: &Ruleset) -> Tracer<'_> {
+    Tracer::new(rs, [ip(NODE_IP), ip(OTHER_NODE_IP)])
+}
+
+fn pkt(origin: Origin, src: &str, dst: &str, dport: u16) -> Packet {
+    Packet {
+        origin,
+        src: ip(src),
+        dst: ip(dst),
+        protocol: Protocol::Tcp,
+        dport,
+    }
+}
+
+fn dnat(list: &[&str], masquerade: bool) -> BTreeSet<Outcome> {
+    list.iter()
+        .map(|a| Outcome::Dnat {
+            to: sa(a),
+            masquerade,
+        })
+        .collect()
+}
+
+fn one(o: Outcome) -> BTreeSet<Outcome> {
+    BTreeSet::from([o])
+}
+
+const ALL3: [&str; 3] = ["10.99.0.2:8080", "10.99.0.3:8080", "10.99.1.4:8080"];
+
+#[test]
+fn cluster_ip_spreads_over_all_endpoints() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    // From a pod: inside the cluster CIDR, no masquerade.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&ALL3, false)
+    );
+    // From the host: outside the cluster CIDR, masqueraded so replies come back here.
+    assert_eq!(
+        t.trace(&pkt(Origin::Host, NODE_IP, "10.98.0.10", 80)),
+        dnat(&ALL3, true)
+    );
+    // Each pick reaches a different endpoint: the spread is real, not one branch repeated.
+    let mut t = tracer(&rs);
+    let picked: BTreeSet<Outcome> = (0..3)
+        .map(|i| t.connect(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80), i))
+        .collect();
+    assert_eq!(picked, dnat(&ALL3, false));
+}
+
+#[test]
+fn node_port_works_on_node_port_addresses_only() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, NODE_IP, 30080)),
+        dnat(&ALL3, true)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::Host, NODE_IP, NODE_IP, 30080)),
+        dnat(&ALL3, true)
+    );
+    // Not a --nodeport-addresses address: untouched.
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, OTHER_NODE_IP, 30080)),
+        one(Outcome::Accept { masquerade: false })
+    );
+    // The service port on the node IP is not a NodePort.
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, NODE_IP, 80)),
+        one(Outcome::Accept { masquerade: false })
+    );
+}
+
+#[test]
+fn all_local_node_port_addresses_use_fib() {
+    let mut state = ProxyState {
+        node: node(),
+        services: vec![web(three())],
+    };
+    state.node.node_port_addresses = NodePortAddresses::AllLocal;
+    let b = build(&state);
+    let t = tracer(&b.ruleset);
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, OTHER_NODE_IP, 30080)),
+        dnat(&ALL3, true)
+    );
+    assert!(
+        b.ruleset
+            .render()
+            .contains("fib daddr type local ip daddr != 127.0.0.0/8")
+    );
+}
+
+#[test]
+fn load_balancer_and_external_ips_reach_endpoints_masqueraded() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    for dst in ["192.0.2.10", "192.0.2.20"] {
+        assert_eq!(
+            t.trace(&pkt(Origin::External, CLIENT, dst, 80)),
+            dnat(&ALL3, true),
+            "{dst}"
+        );
+    }
+}
+
+#[test]
+fn client_ip_affinity_sticks_per_client() {
+    let mut s = web(three());
+    s.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 600,
+    };
+    let rs = build_one(vec![s]);
+    let mut t = tracer(&rs);
+    let first = t.connect(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80), 1);
+    assert_eq!(
+        first,
+        Outcome::Dnat {
+            to: sa(ALL3[1]),
+            masquerade: false
+        }
+    );
+    // The same client now always reaches that endpoint, whichever branch numgen would take...
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&[ALL3[1]], false)
+    );
+    // ...also through the NodePort, which shares the endpoint chains.
+    for pick in 0..3 {
+        assert_eq!(
+            t.connect(&pkt(Origin::Pod, "10.99.0.7", NODE_IP, 30080), pick),
+            Outcome::Dnat {
+                to: sa(ALL3[1]),
+                masquerade: true
+            }
+        );
+    }
+    // Another client is free.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.8", "10.98.0.10", 80)),
+        dnat(&ALL3, false)
+    );
+    let text = rs.render();
+    assert!(
+        text.contains("flags dynamic,timeout ; timeout 600s"),
+        "{text}"
+    );
+    assert!(text.contains("update @aff-"), "{text}");
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_ip_and_stays_local() {
+    let mut s = web(three());
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.health_check_node_port = Some(32000);
+    let rs = build_one(vec![s]);
+    let t = tracer(&rs);
+    let local = ["10.99.0.2:8080", "10.99.0.3:8080"];
+    for dst in [NODE_IP, "192.0.2.20"] {
+        let port = if dst == NODE_IP { 30080 } else { 80 };
+        assert_eq!(
+            t.trace(&pkt(Origin::External, CLIENT, dst, port)),
+            dnat(&local, false),
+            "{dst}"
+        );
+    }
+    // Pods going to an external address are treated as internal traffic (upstream's short-circuit).
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "192.0.2.20", 80)),
+        dnat(&ALL3, false)
+    );
+    // The host's own traffic is masqueraded and may go anywhere.
+    assert_eq!(
+        t.trace(&pkt(Origin::Host, NODE_IP, NODE_IP, 30080)),
+        dnat(&ALL3, true)
+    );
+    // The ClusterIP is unaffected by eTP.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&ALL3, false)
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoints_drops_external_traffic() {
+    let mut s = web(vec![ep("10.99.1.4:8080", false)]);
+    s.external_traffic_policy = TrafficPolicy::Local;
+    let rs = build_one(vec![s]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, NODE_IP, 30080)),
+        one(Outcome::Drop)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, "192.0.2.20", 80)),
+        one(Outcome::Drop)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&["10.99.1.4:8080"], false)
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_only_local_endpoints() {
+    let mut s = web(three());
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    let rs = build_one(vec![s.clone()]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&["10.99.0.2:8080", "10.99.0.3:8080"], false)
+    );
+    // External traffic still follows eTP (Cluster).
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, NODE_IP, 30080)),
+        dnat(&ALL3, true)
+    );
+    // No local endpoint: the ClusterIP drops (endpoints exist elsewhere), as upstream.
+    s.ports[0].endpoints = vec![ep("10.99.1.4:8080", false)];
+    let rs = build_one(vec![s]);
+    assert_eq!(
+        tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        one(Outcome::Drop)
+    );
+}
+
+#[test]
+fn no_endpoints_rejects_at_once_everywhere() {
+    let rs = build_one(vec![web(vec![])]);
+    let t = tracer(&rs);
+    for (origin, src, dst, port) in [
+        (Origin::Pod, "10.99.0.7", "10.98.0.10", 80),
+        (Origin::Host, NODE_IP, "10.98.0.10", 80),
+        (Origin::External, CLIENT, NODE_IP, 30080),
+        (Origin::Host, NODE_IP, NODE_IP, 30080),
+        (Origin::External, CLIENT, "192.0.2.10", 80),
+    ] {
+        assert_eq!(
+            t.trace(&pkt(origin, src, dst, port)),
+            one(Outcome::Reject),
+            "{origin:?} {dst}:{port}"
+        );
+    }
+}
+
+#[test]
+fn unknown_port_on_a_cluster_ip_is_rejected() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 81)),
+        one(Outcome::Reject)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::Host, NODE_IP, "10.98.0.10", 81)),
+        one(Outcome::Reject)
+    );
+    // An address that is no ClusterIP is not ours to reject.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.11", 81)),
+        one(Outcome::Accept { masquerade: false })
+    );
+}
+
+#[test]
+fn hairpin_is_masqueraded() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    let outcomes = t.trace(&pkt(Origin::Pod, "10.99.0.2", "10.98.0.10", 80));
+    let mut expected = dnat(&["10.99.0.3:8080", "10.99.1.4:8080"], false);
+    expected.insert(Outcome::Dnat {
+        to: sa("10.99.0.2:8080"),
+        masquerade: true,
+    });
+    assert_eq!(outcomes, expected);
+}
+
+#[test]
+fn terminating_endpoints_are_a_fallback_only() {
+    let terminating = |addr, serving| Endpoint {
+        ready: false,
+        serving,
+        terminating: true,
+        ..ep(addr, true)
+    };
+    let rs = build_one(vec![web(vec![
+        terminating("10.99.0.2:8080", true),
+        terminating("10.99.0.3:8080", false),
+    ])]);
+    assert_eq!(
+        tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&["10.99.0.2:8080"], false)
+    );
+    let rs = build_one(vec![web(vec![
+        terminating("10.99.0.2:8080", true),
+        ep("10.99.0.4:8080", false),
+    ])]);
+    assert_eq!(
+        tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&["10.99.0.4:8080"], false)
+    );
+    // Neither ready nor serving: no endpoints, so reject.
+    let rs = build_one(vec![web(vec![terminating("10.99.0.3:8080", false)])]);
+    assert_eq!(
+        tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        one(Outcome::Reject)
+    );
+}
+
+#[test]
+fn other_traffic_is_untouched() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.99.0.3", 8080)),
+        one(Outcome::Accept { masquerade: false })
+    );
+    let mut udp = pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80);
+    udp.protocol = Protocol::Udp;
+    assert_eq!(
+        t.trace(&udp),
+        one(Outcome::Reject),
+        "UDP on a TCP-only ClusterIP"
+    );
+}
+
+#[test]
+fn dual_stack_families_stay_apart() {
+    let mut s = web(vec![
+        ep("10.99.0.2:8080", true),
+        ep("[fd00:99::2]:8080", true),
+    ]);
+    s.cluster_ips.push(ip("fd00:98::10"));
+    let rs = build_one(vec![s]);
+    let t = tracer(&rs);
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
+        dnat(&["10.99.0.2:8080"], false)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "fd00:99::7", "fd00:98::10", 80)),
+        dnat(&["[fd00:99::2]:8080"], false),
+        "no IPv6 cluster CIDR configured: no outside-the-cluster masquerade for v6"
+    );
+    let text = rs.render();
+    assert!(text.contains("dnat ip6 to [fd00:99::2]:8080"), "{text}");
+    for name in rs.chains.keys().chain(rs.sets.keys()) {
+        assert!(!name.contains(':'), "{name}");
+    }
+}
+
+#[test]
+fn bad_and_conflicting_services_are_skipped_without_harming_others() {
+    let mut bad = web(three());
+    bad.name = "bad".into();
+    bad.ports[0].port = 0;
+    let mut thief = web(vec![ep("10.99.0.9:9", true)]);
+    thief.name = "zz-thief".into();
+    thief.cluster_ips = vec![ip("10.98.0.11")];
+    thief.external_ips = vec![ip("192.0.2.10")]; // web's external IP
+    thief.load_balancer_ips = vec![];
+    thief.ports[0].node_port = None;
+    let b = build(&ProxyState {
+        node: node(),
+        services: vec![thief, bad, web(three())],
+    });
+    let skipped: Vec<String> = b.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        matches!(b.skipped[0], ServiceError::ZeroPort { .. }),
+        "{skipped:?}"
+    );
+    assert!(
+        matches!(&b.skipped[1], ServiceError::Conflict { owner, .. } if owner == "default/web"),
+        "{skipped:?}"
+    );
+    let t = tracer(&b.ruleset);
+    assert_eq!(
+        t.trace(&pkt(Origin::External, CLIENT, "192.0.2.10", 80)),
+        dnat(&ALL3, true)
+    );
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.11", 80)),
+        one(Outcome::Accept { masquerade: false })
+    );
+}
+
+#[test]
+fn output_is_deterministic_whatever_the_input_order() {
+    let mut a = web(three());
+    a.name = "a".into();
+    a.cluster_ips = vec![ip("10.98.0.1")];
+    a.external_ips.clear();
+    a.load_balancer_ips.clear();
+    a.ports[0].node_port = None;
+    let mut b = web(three());
+    b.ports[0].endpoints.reverse();
+    let first = build_one(vec![a.clone(), b.clone()]).render();
+    let second = build_one(vec![b, a]).render();
+    assert_eq!(first, second);
+}
+
+#[test]
+fn names_are_bounded_and_distinct() {
+    let long = "x".repeat(63);
+    let n1 = object_name(
+        "ep",
+        Family::V6,
+        &format!(
+            "{long}/{long}/sctp/abcdefghijklmno__ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/65535"
+        ),
+    );
+    let n2 = object_name(
+        "ep",
+        Family::V6,
+        &format!(
+            "{long}/{long}/sctp/abcdefghijklmno__ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/65535"
+        ),
+    );
+    assert!(n1.len() <= MAX_NAME_LEN && n2.len() <= MAX_NAME_LEN);
+    assert_ne!(n1, n2);
+    assert_eq!(
+        object_name("svc", Family::V4, "a/b/tcp/p80"),
+        object_name("svc", Family::V4, "a/b/tcp/p80")
+    );
+    assert!(object_name("svc", Family::V4, "a/b/tcp/p80").starts_with("svc-"));
+}
+
+#[test]
+fn numgen_cascade_is_uniform() {
+    for n in 1..=NUMGEN_CASCADE_MAX {
+        let targets: Vec<String> = (0..n).map(|i| format!("ep{i}")).collect();
+        let lines = numgen_cascade(&[], &targets);
+        assert_eq!(lines.len(), n);
+        // Probability of reaching rule i, times the chance that rule i's draw hits.
+        let mut reach = 1.0_f64;
+        for (i, line) in lines.iter().enumerate() {
+            let hit = match line.strip_prefix("numgen random mod ") {
+                Some(rest) => {
+                    let modulus: f64 = rest
+                        .split(' ')
+                        .next()
+                        .and_then(|m| m.parse().ok())
+                        .expect("modulus");
+                    1.0 / modulus
+                }
+                None => 1.0,
+            };
+            let p = reach * hit;
+            assert!((p - 1.0 / n as f64).abs() < 1e-12, "n={n} i={i}: {p}");
+            assert!(line.ends_with(&format!("goto ep{i}")), "{line}");
+            reach *= 1.0 - hit;
+        }
+    }
+    let many: Vec<String> = (0..NUMGEN_CASCADE_MAX + 1)
+        .map(|i| format!("ep{i}"))
+        .collect();
+    let mut rs = Ruleset::default();
+    rs.chains.insert(
+        "c".into(),
+        Chain {
+            hook: None,
+            rules: vec![rule(vec![], vec![Stmt::NumgenGoto(many)])],
+        },
+    );
+    assert!(rs.render().contains(&format!(
+        "numgen random mod {} vmap {{ 0 : goto ep0,",
+        NUMGEN_CASCADE_MAX + 1
+    )));
+}

@@ -1,0 +1,608 @@
+//! Kernel integration: rulesets applied with `nft` inside throwaway network namespaces, with real
+//! TCP and UDP traffic between veth "pods", a "client" outside the node, and the node itself.
+//!
+//! Invariants: every namespace a test creates is removed by a Drop guard, even when the test
+//! fails; all traffic stays inside those namespaces (servers and clients are threads that entered
+//! a namespace with setns(2), which is per thread); without root, `ip` or `nft`, tests skip with
+//! a message instead of failing.
+//!
+//! Topology of a [`Lab`] (addresses from test-only ranges):
+//!
+//! ```text
+//!   client ns                node ns                          pod ns i
+//!   10.97.0.2/24 ── veth ── 10.97.0.1/24 (ext0, node IP)
+//!                            br0 10.99.0.1/24 ── vp{i} ──────── eth0 10.99.0.{i+2}/24
+//!                            route 10.98.0.0/16 (service IPs) dev br0
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, setns};
+use nodus_net::proxy::apply::{Error as ApplyError, Nft};
+use nodus_net::proxy::conntrack::Conntrack;
+use nodus_net::proxy::model::{
+    Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
+    TrafficPolicy,
+};
+use nodus_net::proxy::ruleset::{Ruleset, build};
+
+const NODE_IP: &str = "10.97.0.1";
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a test cannot run here, if it cannot.
+fn unsupported() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root to create network namespaces".into());
+    }
+    for tool in ["ip", "nft", "conntrack"] {
+        let found = Command::new(tool)
+            .arg(if tool == "ip" { "-V" } else { "--version" })
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("needs `{tool}` on PATH"));
+        }
+    }
+    None
+}
+
+macro_rules! require_kernel {
+    () => {
+        if let Some(why) = unsupported() {
+            eprintln!("skipping {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("nodus-t{}-{n}-{role}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full);
+    }
+
+    fn nft(&self) -> Nft {
+        Nft::with_command("ip", ["netns", "exec", self.name.as_str(), "nft"])
+    }
+
+    fn conntrack(&self) -> Conntrack {
+        Conntrack::with_command("ip", ["netns", "exec", self.name.as_str(), "conntrack"])
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+            f()
+        })
+    }
+
+    fn exec<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("the namespace thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not hide the test's own failure.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A node namespace with pods behind a bridge and an external client.
+struct Lab {
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    // Dropped after `Lab::drop` has stopped the servers.
+    pods: Vec<Netns>,
+    client: Netns,
+    node: Netns,
+}
+
+impl Lab {
+    fn new(pods: usize) -> Lab {
+        let node = Netns::new("node");
+        let client = Netns::new("client");
+        node.ip(&["link", "add", "br0", "type", "bridge"]);
+        node.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
+        node.ip(&["link", "set", "br0", "up"]);
+        node.ip(&["route", "add", "10.98.0.0/16", "dev", "br0"]);
+        node.ip(&[
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ]);
+        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "ext0"]);
+        node.ip(&["link", "set", "ext0", "up"]);
+        client.ip(&["addr", "add", "10.97.0.2/24", "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", NODE_IP]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let pods = (0..pods)
+            .map(|i| {
+                let pod = Netns::new(&format!("pod{i}"));
+                let veth = format!("vp{i}");
+                node.ip(&[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pod.name,
+                ]);
+                node.ip(&["link", "set", &veth, "master", "br0", "up"]);
+                pod.ip(&["addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
+                pod.ip(&["link", "set", "eth0", "up"]);
+                pod.ip(&["route", "add", "default", "via", "10.99.0.1"]);
+                pod
+            })
+            .collect();
+        Lab {
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+            pods,
+            client,
+            node,
+        }
+    }
+
+    /// TCP and UDP servers in pod `i` that answer with `pod{i}`.
+    fn serve(&mut self, i: usize) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = self.stop.clone();
+        let name = format!("pod{i}");
+        self.servers.push(self.pods[i].spawn(move || {
+            let tcp = TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("binding the TCP server");
+            tcp.set_nonblocking(true).expect("nonblocking listener");
+            let udp = UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("binding the UDP server");
+            udp.set_nonblocking(true).expect("nonblocking UDP socket");
+            tx.send(()).expect("the lab waits for the server");
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                // Wake at least every 100 ms to notice `stop`.
+                let mut fds = [
+                    PollFd::new(tcp.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(udp.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::from(100u16)).expect("poll") == 0 {
+                    continue;
+                }
+                if let Ok((mut stream, _)) = tcp.accept() {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.write_all(name.as_bytes());
+                }
+                while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(name.as_bytes(), peer);
+                }
+            }
+        }));
+        rx.recv_timeout(TIMEOUT).expect("the server starts");
+    }
+
+    fn apply(&self, state: &ProxyState) -> Ruleset {
+        let b = build(state);
+        assert!(b.skipped.is_empty(), "{:?}", b.skipped);
+        self.node
+            .nft()
+            .apply(&b.ruleset)
+            .expect("applying the ruleset");
+        b.ruleset
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
+}
+
+fn pod_ip(i: usize) -> String {
+    format!("10.99.0.{}", i + 2)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn node_config() -> Node {
+    Node {
+        node_port_addresses: NodePortAddresses::Only(vec![ip(NODE_IP)]),
+        cluster_cidrs: vec!["10.99.0.0/16".parse().expect("CIDR")],
+    }
+}
+
+fn service(cluster_ip: &str, protocol: Protocol, port: u16, pods: &[usize]) -> Service {
+    let target = if protocol == Protocol::Udp {
+        UDP_PORT
+    } else {
+        TCP_PORT
+    };
+    Service {
+        namespace: "test".into(),
+        name: format!("svc-{}", cluster_ip.replace('.', "-")),
+        cluster_ips: vec![ip(cluster_ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol,
+            port,
+            node_port: None,
+            endpoints: pods
+                .iter()
+                .map(|&i| Endpoint::ready(ip(&pod_ip(i)), target, true))
+                .collect(),
+        }],
+    }
+}
+
+fn state(services: Vec<Service>) -> ProxyState {
+    ProxyState {
+        node: node_config(),
+        services,
+    }
+}
+
+/// Connects from namespace `ns` and returns what the server said.
+fn tcp_get(ns: &Netns, to: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = to.parse().expect("test socket address");
+    ns.exec(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply)
+    })
+}
+
+/// Only connects, from namespace `ns`.
+fn tcp_connect(ns: &Netns, to: &str) -> std::io::Result<()> {
+    let addr: SocketAddr = to.parse().expect("test socket address");
+    ns.exec(move || TcpStream::connect_timeout(&addr, TIMEOUT).map(drop))
+}
+
+/// Sends one datagram from `src_port` in namespace `ns` and returns the reply.
+fn udp_ask(ns: &Netns, src_port: u16, to: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = to.parse().expect("test socket address");
+    ns.exec(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", src_port))?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        socket.send_to(b"?", addr)?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+fn tally(replies: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn cluster_ip_spreads_over_endpoints() {
+    require_kernel!();
+    let mut lab = Lab::new(3);
+    lab.serve(0);
+    lab.serve(1);
+    lab.apply(&state(vec![service(
+        "10.98.0.10",
+        Protocol::Tcp,
+        80,
+        &[0, 1],
+    )]));
+
+    let from_pod = tally((0..40).map(|_| tcp_get(&lab.pods[2], "10.98.0.10:80").expect("connect")));
+    // 40 random picks between two endpoints all landing on one: probability 2^-39.
+    assert_eq!(
+        from_pod.keys().collect::<Vec<_>>(),
+        ["pod0", "pod1"],
+        "{from_pod:?}"
+    );
+
+    let from_node = tcp_get(&lab.node, "10.98.0.10:80").expect("connect from the node");
+    assert!(from_node == "pod0" || from_node == "pod1", "{from_node}");
+}
+
+#[test]
+fn node_port_works_on_the_node_ip() {
+    require_kernel!();
+    let mut lab = Lab::new(1);
+    lab.serve(0);
+    let mut svc = service("10.98.0.11", Protocol::Tcp, 80, &[0]);
+    svc.ports[0].node_port = Some(30080);
+    lab.apply(&state(vec![svc]));
+
+    assert_eq!(
+        tcp_get(&lab.client, &format!("{NODE_IP}:30080")).expect("NodePort from outside"),
+        "pod0"
+    );
+    assert_eq!(
+        tcp_get(&lab.node, &format!("{NODE_IP}:30080")).expect("NodePort from the node"),
+        "pod0"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_rejects_at_once() {
+    require_kernel!();
+    let lab = Lab::new(1);
+    // Something on the node listens on the NodePort, so a refusal there comes from the ruleset,
+    // not from the node's TCP stack finding no socket.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let listener = lab.node.spawn(move || {
+        let _socket = TcpListener::bind((NODE_IP, 30081)).expect("binding on the node");
+        let _ = rx.recv();
+    });
+    // Without the ruleset, the ClusterIP is just an unreachable address: the client times out.
+    let err = tcp_get(&lab.pods[0], "10.98.0.12:80").expect_err("nothing there yet");
+    assert_ne!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(
+        tcp_connect(&lab.client, &format!("{NODE_IP}:30081")).map_err(|e| e.kind()),
+        Ok(()),
+        "the node's own listener answers before the ruleset exists"
+    );
+
+    let mut svc = service("10.98.0.12", Protocol::Tcp, 80, &[]);
+    svc.ports[0].node_port = Some(30081);
+    lab.apply(&state(vec![svc]));
+
+    for (ns, to) in [
+        (&lab.pods[0], "10.98.0.12:80".to_owned()),
+        (&lab.node, "10.98.0.12:80".to_owned()),
+        (&lab.client, format!("{NODE_IP}:30081")),
+        // A ClusterIP on a port no service uses.
+        (&lab.pods[0], "10.98.0.12:81".to_owned()),
+    ] {
+        let start = Instant::now();
+        let err = tcp_get(ns, &to).expect_err("no endpoints");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::ConnectionRefused,
+            "{to} from {}: {err}",
+            ns.name
+        );
+        assert!(
+            start.elapsed() < TIMEOUT / 2,
+            "{to}: refused only after {:?}",
+            start.elapsed()
+        );
+    }
+    drop(tx);
+    listener.join().expect("the node listener");
+}
+
+#[test]
+fn removing_an_endpoint_moves_traffic() {
+    require_kernel!();
+    let mut lab = Lab::new(3);
+    lab.serve(0);
+    lab.serve(1);
+    lab.apply(&state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[0])]));
+    let before = tally((0..10).map(|_| tcp_get(&lab.pods[2], "10.98.0.13:80").expect("connect")));
+    assert_eq!(before, BTreeMap::from([("pod0".to_owned(), 10)]));
+
+    lab.apply(&state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[1])]));
+    let after = tally((0..10).map(|_| tcp_get(&lab.pods[2], "10.98.0.13:80").expect("connect")));
+    assert_eq!(after, BTreeMap::from([("pod1".to_owned(), 10)]));
+}
+
+#[test]
+fn udp_flow_moves_to_the_new_endpoint_after_conntrack_cleanup() {
+    require_kernel!();
+    let mut lab = Lab::new(3);
+    lab.serve(0);
+    lab.serve(1);
+    let client = &lab.pods[2];
+    // A fixed source port makes every datagram part of the same conntrack flow.
+    let src_port = 40053;
+    lab.apply(&state(vec![service("10.98.0.14", Protocol::Udp, 53, &[0])]));
+    assert_eq!(
+        udp_ask(client, src_port, "10.98.0.14:53").expect("first reply"),
+        "pod0"
+    );
+
+    lab.apply(&state(vec![service("10.98.0.14", Protocol::Udp, 53, &[1])]));
+    // The ruleset moved on, but the flow's conntrack entry still DNATs to the old endpoint.
+    assert_eq!(
+        udp_ask(client, src_port, "10.98.0.14:53").expect("stale reply"),
+        "pod0"
+    );
+
+    let deleted = lab
+        .node
+        .conntrack()
+        .delete_udp_nat(ip("10.98.0.14"), ip(&pod_ip(0)))
+        .expect("deleting the stale entries");
+    assert!(deleted >= 1, "deleted {deleted}");
+    assert_eq!(
+        udp_ask(client, src_port, "10.98.0.14:53").expect("new reply"),
+        "pod1"
+    );
+    // Nothing left to delete is not an error.
+    assert_eq!(
+        lab.node
+            .conntrack()
+            .delete_udp_nat(ip("10.98.0.14"), ip(&pod_ip(0)))
+            .expect("deleting nothing"),
+        0
+    );
+}
+
+#[test]
+fn golden_rulesets_load_into_the_kernel() {
+    require_kernel!();
+    let ns = Netns::new("golden");
+    for (name, text) in [
+        ("cluster-ip", include_str!("golden/cluster-ip.nft")),
+        ("edge-cases", include_str!("golden/edge-cases.nft")),
+        (
+            "node-port-local-affinity",
+            include_str!("golden/node-port-local-affinity.nft"),
+        ),
+    ] {
+        ns.nft().run(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn cleanup_removes_the_table_and_a_refused_transaction_changes_nothing() {
+    require_kernel!();
+    let ns = Netns::new("cleanup");
+    let nft = ns.nft();
+    nft.cleanup().expect("cleanup without a table");
+    let b = build(&state(vec![service("10.98.0.15", Protocol::Tcp, 80, &[0])]));
+    nft.apply(&b.ruleset).expect("apply");
+    let applied = nft.list().expect("list");
+    assert!(applied.contains("10.98.0.15"), "{applied}");
+
+    let bad = format!(
+        "{}add rule inet nodus services nonsense here\n",
+        b.ruleset.render()
+    );
+    match nft.run(&bad) {
+        Err(ApplyError::Rejected { stderr, .. }) => {
+            assert!(stderr.contains("nonsense"), "{stderr}")
+        }
+        other => panic!("expected a refused transaction, got {other:?}"),
+    }
+    assert_eq!(
+        nft.list().expect("list after a refused transaction"),
+        applied
+    );
+
+    nft.cleanup().expect("cleanup");
+    assert!(
+        matches!(nft.list(), Err(ApplyError::Rejected { .. })),
+        "the table is gone"
+    );
+    nft.cleanup().expect("cleanup is idempotent");
+}
+
+/// Services × 2 endpoints each, spread over a /16 of cluster IPs.
+fn many(count: usize) -> ProxyState {
+    let services = (0..count)
+        .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            let mut s = service(&format!("10.98.{hi}.{lo}"), Protocol::Tcp, 80, &[]);
+            s.name = format!("bench-{i}");
+            s.ports[0].node_port = (i < 2000).then(|| 30000 + i as u16);
+            s.ports[0].endpoints = (0..2)
+                .map(|e| Endpoint::ready(ip(&format!("10.{}.{hi}.{lo}", 100 + e)), 8080, e == 0))
+                .collect();
+            s
+        })
+        .collect();
+    state(services)
+}
+
+#[test]
+#[ignore = "benchmark: prints apply timings, asserts none; run with --ignored --nocapture"]
+fn apply_timing() {
+    require_kernel!();
+    for count in [1_000, 10_000] {
+        let ns = Netns::new("bench");
+        let nft = ns.nft();
+        let t0 = Instant::now();
+        let b = build(&many(count));
+        let build_time = t0.elapsed();
+        let t1 = Instant::now();
+        let text = b.ruleset.render();
+        let render_time = t1.elapsed();
+        // For profiling nft by hand: NODUS_BENCH_DUMP=DIR writes the transaction text there.
+        if let Some(dir) = std::env::var_os("NODUS_BENCH_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("bench-{count}.nft"));
+            std::fs::write(&path, &text).expect("writing the dump");
+        }
+        if std::env::var_os("NODUS_BENCH_DUMP").is_some() {
+            continue;
+        }
+        let cold = nft.run(&text).expect("cold apply");
+        // One endpoint changed: today still a full replace.
+        let mut changed = many(count);
+        changed.services[count / 2].ports[0].endpoints.pop();
+        let text2 = build(&changed).ruleset.render();
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            warm.push(nft.run(&text2).expect("warm apply"));
+            warm.push(nft.run(&text).expect("warm apply"));
+        }
+        warm.sort();
+        println!(
+            "{count} services x 2 endpoints: {} rules, {} KiB; build {build_time:?}, render \
+             {render_time:?}, cold apply {cold:?}, full re-apply after one endpoint change: \
+             p50 {:?}, max {:?}",
+            b.ruleset.rule_count(),
+            text.len() / 1024,
+            warm[warm.len() / 2],
+            warm[warm.len() - 1],
+        );
+    }
+}

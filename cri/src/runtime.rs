@@ -14,13 +14,13 @@ use tower::service_fn;
 use crate::api::image_service_client::ImageServiceClient;
 use crate::api::runtime_service_client::RuntimeServiceClient;
 use crate::api::{
-    Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, Image, ImageSpec, ImageStatusRequest,
-    ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig,
-    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateRuntimeConfigRequest, VersionRequest,
+    AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, Image, ImageSpec,
+    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    RuntimeConfig, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crate::{Endpoint, Error};
 
@@ -419,12 +419,13 @@ impl Runtime {
     pub async fn pull_image(
         &self,
         image: &str,
+        auth: Option<AuthConfig>,
         sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<String, Error> {
         let request = Self::request(
             PullImageRequest {
                 image: Some(image_spec(image)),
-                auth: None,
+                auth,
                 sandbox_config,
             },
             None,

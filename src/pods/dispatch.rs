@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::admission::{self, Rejection, Usage};
 use super::metadata::PodKey;
 use super::worker::{self, Inbox, Shared};
 use crate::node::runtime::error_chain;
@@ -32,6 +33,12 @@ struct Handle {
 struct Dispatcher {
     shared: Arc<Shared>,
     workers: HashMap<String, Handle>,
+    /// This node as the API has it, for admission.
+    node: Option<Node>,
+    /// Pods admitted and not finished, by UID: what they take of the node.
+    admitted: HashMap<String, Pod>,
+    /// New pods waiting for the Node object before they can be admitted.
+    pending: Vec<Pod>,
     tasks: JoinSet<String>,
     cancel: CancellationToken,
     /// Runtime object states at the last relist, by object ID: (pod UID, state).
@@ -39,12 +46,13 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn spawn(&mut self, key: PodKey, pod: Option<Arc<Pod>>) {
+    fn spawn(&mut self, key: PodKey, pod: Option<Arc<Pod>>, rejection: Option<Rejection>) {
         let (desired, receiver) = watch::channel(pod);
         let wake = Arc::new(Notify::new());
         let inbox = Inbox {
             desired: receiver,
             wake: wake.clone(),
+            rejection,
         };
         let uid = key.uid.clone();
         let (shared, cancel) = (self.shared.clone(), self.cancel.child_token());
@@ -58,16 +66,68 @@ impl Dispatcher {
 
     fn apply(&mut self, pod: Pod) {
         let key = PodKey::of(&pod);
-        let pod = Arc::new(pod);
-        match self.workers.get(&key.uid) {
-            Some(handle) => {
-                handle.desired.send_replace(Some(pod));
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if finished || pod.metadata.deletion_timestamp.is_some() {
+            self.admitted.remove(&key.uid);
+        }
+        if let Some(handle) = self.workers.get(&key.uid) {
+            if self.admitted.contains_key(&key.uid) {
+                self.admitted.insert(key.uid.clone(), pod.clone());
             }
-            None => self.spawn(key, Some(pod)),
+            handle.desired.send_replace(Some(Arc::new(pod)));
+            return;
+        }
+        if finished || pod.metadata.deletion_timestamp.is_some() {
+            self.spawn(key, Some(Arc::new(pod)), None);
+            return;
+        }
+        self.pending.push(pod);
+        self.admit_pending();
+    }
+
+    /// Admits waiting pods in creation order, as the kubelet does, once the node is known.
+    fn admit_pending(&mut self) {
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_by(|a, b| {
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                &a.metadata.name,
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    &b.metadata.name,
+                ))
+        });
+        for pod in pending {
+            let key = PodKey::of(&pod);
+            let mut used = Usage::default();
+            for other in self.admitted.values() {
+                used.add(&other.spec.clone().unwrap_or_default());
+            }
+            let spec = pod.spec.clone().unwrap_or_default();
+            let rejection = admission::admit(&spec, &node, &used).err();
+            match &rejection {
+                None => {
+                    self.admitted.insert(key.uid.clone(), pod.clone());
+                }
+                Some(r) => {
+                    warn!(pod = %key, reason = %r.reason, message = %r.message, "pod rejected")
+                }
+            }
+            self.spawn(key, Some(Arc::new(pod)), rejection);
         }
     }
 
     fn gone(&mut self, uid: &str) {
+        self.admitted.remove(uid);
+        self.pending
+            .retain(|p| p.metadata.uid.as_deref() != Some(uid));
         if let Some(handle) = self.workers.get(uid) {
             handle.desired.send_replace(None);
         }
@@ -119,7 +179,7 @@ impl Dispatcher {
         for (uid, key) in keys {
             if !self.workers.contains_key(&uid) {
                 debug!(pod = %key, "runtime objects of a pod without a worker");
-                self.spawn(key, None);
+                self.spawn(key, None, None);
             }
         }
         self.states = states;
@@ -131,9 +191,19 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let nodes: Api<Node> = Api::all(shared.client.clone());
+    let node_config =
+        watcher::Config::default().fields(&format!("metadata.name={}", shared.node_name));
+    let mut node_stream = watcher::watcher(nodes, node_config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     let mut dispatcher = Dispatcher {
         shared,
         workers: HashMap::new(),
+        node: None,
+        admitted: HashMap::new(),
+        pending: Vec::new(),
         tasks: JoinSet::new(),
         cancel: cancel.clone(),
         states: HashMap::new(),
@@ -169,9 +239,18 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 Some(Err(err)) => warn!(error = %error_chain(&err), "watching pods failed; retrying"),
                 None => break,
             },
+            node = node_stream.next() => match node {
+                Some(Ok(node)) => {
+                    dispatcher.node = Some(node);
+                    dispatcher.admit_pending();
+                }
+                Some(Err(err)) => warn!(error = %error_chain(&err), "watching the node failed; retrying"),
+                None => break,
+            },
             Some(done) = dispatcher.tasks.join_next() => {
                 if let Ok(uid) = done {
                     dispatcher.workers.remove(&uid);
+                    dispatcher.admitted.remove(&uid);
                 }
             }
             _ = relist.tick(), if synced => dispatcher.relist().await,

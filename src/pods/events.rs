@@ -15,8 +15,7 @@ const QUEUE: usize = 1024;
 struct Pending {
     reference: ObjectReference,
     warning: bool,
-    reason: &'static str,
-    action: &'static str,
+    reason: String,
     note: String,
 }
 
@@ -76,35 +75,27 @@ impl Events {
                             } else {
                                 EventType::Normal
                             },
-                            reason: event.reason.into(),
+                            reason: event.reason.clone(),
                             note: Some(event.note),
-                            action: event.action.into(),
+                            action: event.reason.clone(),
                             secondary: None,
                         },
                         &event.reference,
                     )
                     .await;
                 if let Err(err) = published {
-                    debug!(reason = event.reason, error = %err, "publishing an event failed");
+                    debug!(reason = %event.reason, error = %err, "publishing an event failed");
                 }
             }
         });
         Self { queue }
     }
 
-    fn record(
-        &self,
-        reference: ObjectReference,
-        warning: bool,
-        reason: &'static str,
-        action: &'static str,
-        note: String,
-    ) {
+    fn record(&self, reference: ObjectReference, warning: bool, reason: &str, note: String) {
         let pending = Pending {
             reference,
             warning,
-            reason,
-            action,
+            reason: reason.to_owned(),
             note,
         };
         if self.queue.try_send(pending).is_err() {
@@ -112,11 +103,11 @@ impl Events {
         }
     }
 
-    pub fn normal(&self, reference: ObjectReference, reason: &'static str, note: String) {
-        self.record(reference, false, reason, reason, note);
+    pub fn normal(&self, reference: ObjectReference, reason: &str, note: String) {
+        self.record(reference, false, reason, note);
     }
 
-    pub fn warning(&self, reference: ObjectReference, reason: &'static str, note: String) {
-        self.record(reference, true, reason, reason, note);
+    pub fn warning(&self, reference: ObjectReference, reason: &str, note: String) {
+        self.record(reference, true, reason, note);
     }
 }

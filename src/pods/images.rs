@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use nodus_cri::Runtime;
-use nodus_cri::api::PodSandboxConfig;
+use nodus_cri::api::{AuthConfig, PodSandboxConfig};
 use tokio::sync::Mutex;
 
 /// How an image became present.
@@ -67,6 +67,7 @@ impl Images {
         &self,
         image: &str,
         policy: &str,
+        auth: Option<AuthConfig>,
         sandbox: &PodSandboxConfig,
         pulling: impl FnOnce(),
     ) -> Result<Presence, Error> {
@@ -97,7 +98,7 @@ impl Images {
                     let (image, sandbox) = (image.to_owned(), sandbox.clone());
                     async move {
                         runtime
-                            .pull_image(&image, Some(sandbox))
+                            .pull_image(&image, auth, Some(sandbox))
                             .await
                             .map(|_| ())
                             .map_err(Arc::new)

@@ -8,6 +8,7 @@
 //! ```
 //! Upstream reference: the kubelet's pod workers (sync → terminating → terminated).
 
+pub mod admission;
 pub mod attempts;
 pub mod cgroups;
 pub mod container;
@@ -15,11 +16,13 @@ pub mod crashloop;
 pub mod dispatch;
 pub mod env;
 pub mod events;
+pub mod hooks;
 pub mod host_files;
 pub mod images;
 pub mod lifecycle;
 pub mod metadata;
 pub mod observed;
+pub mod pull_secrets;
 pub mod qos;
 pub mod sandbox;
 pub mod status;

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::admission::Rejection;
 use super::attempts::{Attempts, Failure, StartFailure};
 use super::container::{self, HostFiles};
 use super::env::{self, Downward, Sources};
@@ -32,7 +33,7 @@ use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
-use super::{cgroups, host_files};
+use super::{cgroups, hooks, host_files, pull_secrets};
 use crate::node::runtime::{RuntimeState, error_chain};
 
 /// The longest a worker sleeps without looking again (a safety net behind the events).
@@ -79,6 +80,8 @@ pub struct Inbox {
     pub desired: watch::Receiver<Option<Arc<Pod>>>,
     /// Rung when the runtime reports a change in one of the pod's containers.
     pub wake: Arc<Notify>,
+    /// Set when admission refused the pod: it fails with this reason and never runs.
+    pub rejection: Option<Rejection>,
 }
 
 struct Worker {
@@ -92,6 +95,7 @@ struct Worker {
     posted: Option<PodStatus>,
     /// The actions of the previous pass.
     last_actions: Vec<Action>,
+    rejection: Option<Rejection>,
 }
 
 /// Runs one pod's worker until the pod is gone from both the runtime and the API.
@@ -104,7 +108,23 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         last_pod: None,
         posted: None,
         last_actions: Vec::new(),
+        rejection: inbox.rejection.take(),
     };
+    if let Some(rejection) = worker.rejection.clone() {
+        // Nothing of a rejected pod ever runs; it only reports its failure.
+        worker.stage = Stage::Terminated { removed: false };
+        let pod = inbox.desired.borrow().clone();
+        if let Some(pod) = pod {
+            let message = rejection
+                .message
+                .trim_start_matches("Pod was rejected: ")
+                .to_owned();
+            worker
+                .shared
+                .events
+                .warning(events::reference(&pod, None), &rejection.reason, message);
+        }
+    }
     loop {
         let desired = inbox.desired.borrow_and_update().clone();
         if desired.is_some() {
@@ -343,6 +363,11 @@ impl Worker {
             now,
         };
         let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
+        if let Some(rejection) = &self.rejection {
+            status.phase = Some("Failed".into());
+            status.reason = Some(rejection.reason.clone());
+            status.message = Some(rejection.message.clone());
+        }
         // Conditions other agents own (scheduler, disruption, readiness gates) are kept.
         let ours = [
             "PodReadyToStartContainers",
@@ -605,6 +630,7 @@ impl Worker {
                         format!("Stopping container {name}"),
                     );
                 }
+                let grace = self.pre_stop(pod, &id, &name, grace).await;
                 (
                     "StopContainer",
                     ignore_missing(runtime.stop_container(&id, grace).await),
@@ -679,10 +705,11 @@ impl Worker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| images::default_policy(&image).to_owned());
+        let auth = pull_secrets::credentials(&self.pull_secrets(spec).await, &image);
         let pulled = self
             .shared
             .images
-            .ensure(&image, &policy, sandbox_config, || {
+            .ensure(&image, &policy, auth, sandbox_config, || {
                 events.normal(
                     reference.clone(),
                     "Pulling",
@@ -791,6 +818,59 @@ impl Worker {
             format!("Started container {}", container.name),
         );
         Ok(())
+    }
+
+    /// The pod's image pull secrets that exist (a missing one is skipped, as upstream).
+    async fn pull_secrets(&self, spec: &PodSpec) -> Vec<Secret> {
+        let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &self.key.namespace);
+        let mut secrets = Vec::new();
+        for reference in spec.image_pull_secrets.iter().flatten() {
+            match api.get_opt(&reference.name).await {
+                Ok(Some(secret)) => secrets.push(secret),
+                Ok(None) => {
+                    debug!(pod = %self.key, secret = %reference.name, "image pull secret not found")
+                }
+                Err(err) => {
+                    warn!(pod = %self.key, secret = %reference.name, error = %error_chain(&err), "reading an image pull secret failed")
+                }
+            }
+        }
+        secrets
+    }
+
+    /// Runs the container's preStop hook, if any, within the grace period; returns what is
+    /// left of it for the stop (at least the minimum the kubelet gives).
+    async fn pre_stop(&self, pod: &Pod, id: &str, name: &str, grace: Duration) -> Duration {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let container = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .find(|c| c.name == name);
+        let Some((container, handler)) =
+            container.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)))
+        else {
+            return grace;
+        };
+        let started = std::time::Instant::now();
+        let pod_ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        if let Err(err) =
+            hooks::run(&self.shared.runtime, id, container, &pod_ip, handler, grace).await
+        {
+            self.shared.events.warning(
+                events::reference(pod, Some(name)),
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {err}"),
+            );
+        }
+        grace
+            .saturating_sub(started.elapsed())
+            .max(lifecycle::MIN_GRACE)
     }
 
     /// Reads the ConfigMaps and Secrets the container's environment names.

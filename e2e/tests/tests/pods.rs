@@ -577,3 +577,121 @@ async fn an_agent_restart_keeps_containers_running() -> Result<()> {
     }
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Result<()> {
+    let (_cluster, ns, node) = setup("admit").await?;
+    let hungry = |name: &str, resource: &str, amount: &str| {
+        let mut main = sh("main", "sleep 3600");
+        main["resources"] = json!({ "requests": { resource: amount } });
+        pod(name, "Always", json!([main]))
+    };
+    ns.create_pod(&node, hungry("cpu", "cpu", "512")).await?;
+    ns.create_pod(&node, hungry("memory", "memory", "64Ti"))
+        .await?;
+    let mut selective = pod("selector", "Always", json!([sh("main", "sleep 3600")]));
+    selective["spec"]["nodeSelector"] = json!({ "nodus.dev/never-set": "x" });
+    ns.create_pod(&node, selective).await?;
+    for (name, reason) in [
+        ("cpu", "OutOfcpu"),
+        ("memory", "OutOfmemory"),
+        ("selector", "NodeAffinity"),
+    ] {
+        let status = wait_pod(&ns, name, Duration::from_secs(30), "rejection", |p| {
+            (phase(p) == "Failed").then(|| p.status.clone()).flatten()
+        })
+        .await?;
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}");
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.starts_with("Pod was rejected: "),
+            "{name}: {message}"
+        );
+        let events = events_for(&ns, name).await?;
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "{name}: {events:?}"
+        );
+        // Nothing of it ran.
+        let pod = ns.pods().get(name).await?;
+        assert!(
+            container(&pod, "main").is_none_or(|c| c.container_id.is_none()),
+            "{name} must not run"
+        );
+    }
+    // A pod that fits still runs beside them.
+    ns.create_pod(
+        &node,
+        pod("fits", "Always", json!([sh("main", "sleep 3600")])),
+    )
+    .await?;
+    wait_pod(&ns, "fits", Duration::from_secs(30), "Running", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn the_pre_stop_hook_runs_before_the_container_is_signalled() -> Result<()> {
+    let (_cluster, ns, node) = setup("prestop").await?;
+    // The server records the first request it gets (busybox nc serves one connection) and
+    // answers it, so the client never has to time out (busybox's wget -T crashes here).
+    let recorder = r"printf 'HTTP/1.0 200 OK
+Content-Length: 2
+
+ok' | nc -l -p 8080 > /dev/termination-log";
+    ns.create_pod(
+        &node,
+        pod("recorder", "Never", json!([sh("main", recorder)])),
+    )
+    .await?;
+    let server_ip = wait_pod(
+        &ns,
+        "recorder",
+        Duration::from_secs(30),
+        "the recorder to run",
+        |p| {
+            (phase(p) == "Running")
+                .then(|| p.status.clone()?.pod_ip)
+                .flatten()
+        },
+    )
+    .await?;
+    let mut client = sh(
+        "main",
+        &format!(
+            "trap 'wget -q -O- http://{server_ip}:8080/sigterm; exit 0' TERM; while true; do sleep 0.1; done"
+        ),
+    );
+    client["lifecycle"] = json!({ "preStop": { "exec": { "command": ["wget", "-q", "-O-", format!("http://{server_ip}:8080/prestop")] } } });
+    ns.create_pod(&node, pod("client", "Always", json!([client])))
+        .await?;
+    wait_pod(
+        &ns,
+        "client",
+        Duration::from_secs(30),
+        "the client to run",
+        |p| (phase(p) == "Running").then_some(()),
+    )
+    .await?;
+    ns.pods().delete("client", &DeleteParams::default()).await?;
+    let recorded = wait_pod(
+        &ns,
+        "recorder",
+        Duration::from_secs(30),
+        "the recorder to get a request",
+        |p| {
+            let terminated = container(p, "main")?.state.as_ref()?.terminated.as_ref()?;
+            terminated.message.clone()
+        },
+    )
+    .await?;
+    assert!(
+        recorded.starts_with("GET /prestop HTTP/1.1"),
+        "first request was: {recorded}"
+    );
+    ns.delete_pods().await
+}

@@ -1,0 +1,221 @@
+//! Pod start-up benchmark against the local cluster (run by `e2e/bench`): prints figures,
+//! asserts nothing.
+//!
+//! (a) pods created one after another, each waited for: creation → Running and → Ready;
+//! (b) pods created at once: time until all run, and per-pod latency.
+//! For both, the agent's CPU time and peak RSS over the scenario. Times are taken by this
+//! client: from the create call's return to the watch event that shows the state.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::{self, Event};
+use nodus_e2e::{Cluster, TestNamespace};
+use serde_json::json;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Times {
+    created: Option<Instant>,
+    running: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// CPU time (user + system) of a process, from /proc.
+fn cpu_time(pid: i32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+fn peak_rss_kib(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+fn pod(name: &str, node: &str) -> serde_json::Value {
+    json!({
+        "metadata": { "name": name },
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "main", "image": "busybox:1.36", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"] }],
+        },
+    })
+}
+
+struct Scenario {
+    name: &'static str,
+    times: HashMap<String, Times>,
+    wall: Duration,
+    cpu: Duration,
+    peak_rss_kib: u64,
+}
+
+async fn run(
+    cluster: &Cluster,
+    name: &'static str,
+    count: usize,
+    at_once: bool,
+) -> Result<Scenario> {
+    let ns = TestNamespace::create(cluster.admin().await?, "bench").await?;
+    let node = cluster.node_name();
+    let pid = cluster.pid("nodus")?;
+    // Resets the peak RSS counter so VmHWM covers this scenario alone.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    let cpu_before = cpu_time(pid)?;
+
+    let pods = ns.pods();
+    let mut times: HashMap<String, Times> = HashMap::new();
+    let mut events = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+    // Wait for the watch to be established before creating anything.
+    while let Some(event) = events.try_next().await? {
+        if matches!(event, Event::InitDone) {
+            break;
+        }
+    }
+    let names: Vec<String> = (0..count).map(|i| format!("p{i:03}")).collect();
+    let started = Instant::now();
+    let observe = |event: Event<Pod>, times: &mut HashMap<String, Times>| {
+        if let Event::Apply(pod) = event {
+            let now = Instant::now();
+            let entry = times
+                .entry(pod.metadata.name.clone().unwrap_or_default())
+                .or_default();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Running") && entry.running.is_none() {
+                entry.running = Some(now);
+            }
+            if is_ready(&pod) && entry.ready.is_none() {
+                entry.ready = Some(now);
+            }
+        }
+    };
+    let deadline = Duration::from_secs(300);
+    if at_once {
+        let creates = futures::future::try_join_all(names.iter().map(|n| {
+            let ns = &ns;
+            let node = node.clone();
+            async move {
+                ns.create_pod(&node, pod(n, &node)).await?;
+                anyhow::Ok((n.clone(), Instant::now()))
+            }
+        }));
+        // Watch while creating, so no transition is missed.
+        let mut creates = std::pin::pin!(creates);
+        let created = loop {
+            tokio::select! {
+                done = &mut creates => break done?,
+                event = events.try_next() => observe(event?.context("watch ended")?, &mut times),
+            }
+        };
+        for (n, at) in created {
+            times.entry(n).or_default().created = Some(at);
+        }
+        while times.values().filter(|t| t.ready.is_some()).count() < count {
+            if started.elapsed() > deadline {
+                bail!("not all pods became Ready within {deadline:?}");
+            }
+            let event = tokio::time::timeout(Duration::from_secs(60), events.try_next())
+                .await??
+                .context("watch ended")?;
+            observe(event, &mut times);
+        }
+    } else {
+        for n in &names {
+            ns.create_pod(&node, pod(n, &node)).await?;
+            times.entry(n.clone()).or_default().created = Some(Instant::now());
+            while times.get(n).is_none_or(|t| t.ready.is_none()) {
+                if started.elapsed() > deadline {
+                    bail!("{n} did not become Ready");
+                }
+                let event = tokio::time::timeout(Duration::from_secs(60), events.try_next())
+                    .await??
+                    .context("watch ended")?;
+                observe(event, &mut times);
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_time(pid)? - cpu_before;
+    let peak_rss_kib = peak_rss_kib(pid)?;
+    ns.delete_pods().await?;
+    Ok(Scenario {
+        name,
+        times,
+        wall,
+        cpu,
+        peak_rss_kib,
+    })
+}
+
+fn report(s: &Scenario) {
+    let latencies = |pick: fn(&Times) -> Option<Instant>| {
+        let mut v: Vec<Duration> = s
+            .times
+            .values()
+            .filter_map(|t| Some(pick(t)?.saturating_duration_since(t.created?)))
+            .collect();
+        v.sort();
+        v
+    };
+    let running = latencies(|t| t.running);
+    let ready = latencies(|t| t.ready);
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB |",
+        s.name,
+        s.times.len(),
+        ms(percentile(&running, 50.0)),
+        ms(percentile(&running, 99.0)),
+        ms(percentile(&ready, 50.0)),
+        ms(percentile(&ready, 99.0)),
+        ms(s.wall),
+        ms(s.cpu),
+        s.peak_rss_kib as f64 / 1024.0
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cluster = Cluster::from_env()?;
+    let (sequential, parallel) = if quick { (10, 20) } else { (30, 50) };
+    println!(
+        "| scenario | pods | → Running p50 | → Running p99 | → Ready p50 | → Ready p99 | wall | agent CPU | agent peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let a = run(&cluster, "(a) one after another", sequential, false).await?;
+    report(&a);
+    let b = run(&cluster, "(b) all at once", parallel, true).await?;
+    report(&b);
+    Ok(())
+}

@@ -6,10 +6,12 @@
 
 mod endpoint;
 mod error;
+mod events;
 mod runtime;
 
 pub use endpoint::Endpoint;
 pub use error::Error;
+pub use events::RuntimeEvent;
 pub use runtime::{ExecOutput, Runtime, RuntimeCondition, RuntimeStatus, RuntimeVersion};
 
 /// The CRI `runtime.v1` protocol types and generated clients.

@@ -46,6 +46,7 @@ pub struct ExecOutput {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     endpoint: Endpoint,
+    channel: Channel,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
 }
@@ -105,7 +106,8 @@ impl Runtime {
         Self {
             endpoint,
             runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            images: ImageServiceClient::new(channel.clone()),
+            channel,
         }
     }
 
@@ -113,12 +115,20 @@ impl Runtime {
         &self.endpoint
     }
 
+    /// The connection, for the runtime's own (non-CRI) services.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The image service, for callers that need calls this wrapper does not cover yet.
     pub fn images(&self) -> ImageServiceClient<Channel> {
         self.images.clone()
     }
 
-    fn call_error(&self, method: &'static str) -> impl FnOnce(tonic::Status) -> Error + '_ {
+    pub(crate) fn call_error(
+        &self,
+        method: &'static str,
+    ) -> impl FnOnce(tonic::Status) -> Error + '_ {
         move |status| Error::Call {
             method,
             endpoint: self.endpoint.to_string(),

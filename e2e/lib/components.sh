@@ -150,9 +150,29 @@ unmount_under() {
 	done
 }
 
+# remove_portmap_rules: the CNI portmap plugin (hostPort) leaves its CNI-* chains in the
+# iptables nat table; drop them, and the table itself if nothing else is in it.
+remove_portmap_rules() {
+	local cmd family
+	for cmd in iptables ip6tables; do
+		command -v "$cmd-save" >/dev/null || continue
+		family=ip
+		[ "$cmd" = ip6tables ] && family=ip6
+		nft list table "$family" nat >/dev/null 2>&1 || continue
+		if "$cmd-save" -t nat | grep -q 'CNI-'; then
+			"$cmd-save" -t nat | grep -v -e '-j CNI-' -e '^-A CNI-' -e '^:CNI-' | "$cmd-restore" -T nat
+		fi
+		# A table holding only empty base chains is what iptables left after our rules.
+		if ! "$cmd" -t nat -S | grep -qv '^-P '; then
+			nft delete table "$family" nat
+		fi
+	done
+}
+
 remove_network() {
 	ip link show cni0 >/dev/null 2>&1 && ip link delete cni0
 	nft list table inet nodus >/dev/null 2>&1 && nft delete table inet nodus
+	remove_portmap_rules
 	rm -f /var/lib/cni/results/nodus-* 2>/dev/null || true
 	# libcni creates its cache directory on first use; drop it only if nothing else uses it.
 	rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
@@ -178,6 +198,7 @@ leftovers() {
 	awk -v r="$RUN_DIR" -v s="$STATE_DIR" 'index($2, r) == 1 || index($2, s) == 1 {print "mount: " $2}' /proc/self/mounts
 	ip link show cni0 >/dev/null 2>&1 && echo "link: cni0"
 	nft list table inet nodus >/dev/null 2>&1 && echo "nft table: inet nodus"
+	iptables-save -t nat 2>/dev/null | grep -q 'CNI-' && echo "iptables: CNI-* chains in the nat table"
 	local dir
 	for dir in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods "$STATE_DIR" "$RUN_DIR"; do
 		[ -e "$dir" ] && echo "path: $dir"

@@ -3,7 +3,7 @@
 
 PACKAGES=(
 	containerd runc containernetworking-plugins nftables conntrack iproute2
-	busybox-static etcd-server protobuf-compiler gcc libc6-dev curl openssl python3 kmod procps
+	busybox-static etcd-server protobuf-compiler gcc libc6-dev curl openssl python3 kmod procps iptables
 )
 
 install_packages() {

@@ -47,11 +47,11 @@ impl BridgeNetwork {
     }
 
     /// The `.conflist` document: bridge (gateway and hairpin, so a pod can reach itself
-    /// through a Service) with host-local IPAM.
+    /// through a Service) with host-local IPAM, then portmap for `hostPort`.
     ///
-    /// Masquerade and hostPort are left to nodus's own nftables table: the bridge
-    /// plugin's `ipMasq` and the portmap plugin program iptables chains that outlive the
-    /// pods and that nodus would not own.
+    /// Masquerade is left to nodus's own nftables table: the bridge plugin's `ipMasq`
+    /// would program iptables rules for every pod. portmap does use iptables (chains
+    /// named `CNI-*`), but only for pods that ask for a host port.
     pub fn conflist(&self) -> serde_json::Value {
         let default_route = match self.subnet {
             IpNet::V4(_) => "0.0.0.0/0",
@@ -76,6 +76,10 @@ impl BridgeNetwork {
                     "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": ipam,
+                },
+                {
+                    "type": "portmap",
+                    "capabilities": { "portMappings": true },
                 },
             ],
         })
@@ -129,7 +133,8 @@ mod tests {
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/24");
         assert_eq!(bridge["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
         assert_eq!(bridge["ipam"]["dataDir"], "/var/lib/nodus/cni");
-        assert_eq!(conf["plugins"].as_array().map(Vec::len), Some(1));
+        assert_eq!(conf["plugins"][1]["type"], "portmap");
+        assert_eq!(conf["plugins"][1]["capabilities"]["portMappings"], true);
     }
 
     #[test]

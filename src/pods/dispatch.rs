@@ -1,6 +1,6 @@
 //! Dispatch: watches the pods bound to this node and keeps one worker per pod, feeding
-//! each the newest version of its pod; relists the runtime every second to wake the
-//! workers whose containers changed, and starts workers for runtime objects of pods the
+//! each the newest version of its pod; relists the runtime on every runtime event (and
+//! every second, as a safety net) to wake the workers whose containers changed, and starts workers for runtime objects of pods the
 //! API no longer has (orphans), so that they are removed.
 
 use std::collections::{HashMap, HashSet};
@@ -177,7 +177,12 @@ impl Dispatcher {
             }
         }
         for (uid, key) in keys {
-            if !self.workers.contains_key(&uid) {
+            // A pod waiting for admission is known, not an orphan: its containers stay.
+            let pending = self
+                .pending
+                .iter()
+                .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+            if !self.workers.contains_key(&uid) && !pending {
                 debug!(pod = %key, "runtime objects of a pod without a worker");
                 self.spawn(key, None, None);
             }
@@ -186,8 +191,56 @@ impl Dispatcher {
     }
 }
 
+/// Follows the runtime's task events and rings `changed` for each, so that a container
+/// exit is relisted at once rather than at the next tick. Resubscribes with backoff when
+/// the runtime goes away; the periodic relist covers whatever happened meanwhile.
+async fn follow_events(
+    runtime: nodus_cri::Runtime,
+    changed: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match runtime.task_events().await {
+            Ok(events) => {
+                let mut events = std::pin::pin!(events);
+                loop {
+                    let next = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        next = events.next() => next,
+                    };
+                    match next {
+                        Some(Ok(event)) => {
+                            backoff.reset();
+                            debug!(topic = %event.topic, "runtime event");
+                            changed.notify_one();
+                        }
+                        Some(Err(err)) => {
+                            debug!(error = %error_chain(&err), "runtime event stream failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(err) => debug!(error = %error_chain(&err), "subscribing to runtime events failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
 /// Runs the pod role until cancelled.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let runtime_changed = Arc::new(Notify::new());
+    tokio::spawn(follow_events(
+        shared.runtime.clone(),
+        runtime_changed.clone(),
+        cancel.child_token(),
+    ));
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
@@ -253,7 +306,10 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     dispatcher.admitted.remove(&uid);
                 }
             }
-            _ = relist.tick(), if synced => dispatcher.relist().await,
+            // Only once the API's view is complete (pods listed, node known) can a runtime
+            // object without a pod be told from one whose pod is still on its way.
+            _ = relist.tick(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
+            _ = runtime_changed.notified(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
         }
     }
     // Workers stop with the token; pods keep running in the runtime for the next start.

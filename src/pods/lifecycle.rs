@@ -232,6 +232,23 @@ fn sync(
             });
         }
     }
+    // Of the dead, only the newest and the one before it are kept (for status and
+    // `logs --previous`), as the kubelet's container GC keeps one dead container per name.
+    for container in &runtime.containers {
+        let newer = runtime
+            .containers
+            .iter()
+            .filter(|c| {
+                c.name == container.name
+                    && (c.attempt, c.created_at) > (container.attempt, container.created_at)
+            })
+            .count();
+        if newer >= 2 && matches!(container.state, RunState::Exited(_)) {
+            actions.push(Action::RemoveContainer {
+                id: container.id.clone(),
+            });
+        }
+    }
     if !actions.is_empty() {
         return (actions, None);
     }
@@ -649,6 +666,25 @@ mod tests {
         assert_eq!(
             (p5.stage, p5.actions.len()),
             (Stage::Terminated { removed: true }, 0)
+        );
+    }
+
+    #[test]
+    fn only_the_two_newest_dead_containers_are_kept() {
+        let spec = spec(&[], &["app"], "Always");
+        let runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: (0..4)
+                .map(|i| record(&format!("c{i}"), "app", i, "s", exited(1)))
+                .collect(),
+        };
+        let plan = plan(&spec, &runtime);
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::RemoveContainer { id: "c0".into() },
+                Action::RemoveContainer { id: "c1".into() }
+            ]
         );
     }
 

@@ -83,6 +83,26 @@ async fn events_for(ns: &TestNamespace, pod: &str) -> Result<Vec<(String, String
         .collect())
 }
 
+/// Waits until the pod has an event with `reason` whose message satisfies `message`;
+/// events are published in the background, so they may trail the status a little.
+async fn wait_event(
+    ns: &TestNamespace,
+    pod: &str,
+    reason: &str,
+    message: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let what = format!("a {reason} event for {pod}");
+    poll(Duration::from_secs(15), &what, || async {
+        let events = events_for(ns, pod).await?;
+        Ok(events
+            .iter()
+            .any(|(r, m)| r == reason && message(m))
+            .then_some(()))
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("{err}"))
+}
+
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn a_busybox_pod_runs_with_an_ip_from_the_pod_cidr() -> Result<()> {
@@ -150,12 +170,8 @@ async fn a_busybox_pod_runs_with_an_ip_from_the_pod_cidr() -> Result<()> {
             && wide.contains(&node),
         "{wide}"
     );
-    let events = events_for(&ns, "web").await?;
     for reason in ["Pulled", "Created", "Started"] {
-        assert!(
-            events.iter().any(|(r, _)| r == reason),
-            "no {reason} event in {events:?}"
-        );
+        wait_event(&ns, "web", reason, |_| true).await?;
     }
     ns.delete_pods().await
 }
@@ -257,8 +273,10 @@ async fn a_crashing_container_backs_off_at_the_kubelets_pace() -> Result<()> {
         .and_then(|c| c.last_state.clone()?.terminated)
         .context("lastState")?;
     assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
-    let events = events_for(&ns, "crash").await?;
-    assert!(events.iter().any(|(r, m)| r == "BackOff" && m.contains("Back-off restarting failed container main")), "{events:?}");
+    wait_event(&ns, "crash", "BackOff", |m| {
+        m.contains("Back-off restarting failed container main")
+    })
+    .await?;
     ns.delete_pods().await
 }
 
@@ -350,15 +368,11 @@ async fn a_missing_image_reports_err_image_pull_and_backs_off() -> Result<()> {
         .context("ImagePullBackOff")?;
     ensure!(first_error < back_off, "{reasons:?}");
     assert_eq!(phase(&ns.pods().get("pull").await?), "Pending");
-    let events = events_for(&ns, "pull").await?;
-    assert!(
-        events
-            .iter()
-            .any(|(r, m)| r == "Failed"
-                && m.starts_with(&format!("Failed to pull image \"{image}\""))),
-        "{events:?}"
-    );
-    assert!(events.iter().any(|(r, _)| r == "Pulling"), "{events:?}");
+    wait_event(&ns, "pull", "Failed", |m| {
+        m.starts_with(&format!("Failed to pull image \"{image}\""))
+    })
+    .await?;
+    wait_event(&ns, "pull", "Pulling", |_| true).await?;
     ns.delete_pods().await
 }
 
@@ -385,13 +399,10 @@ async fn a_missing_config_map_is_a_config_error_until_it_appears() -> Result<()>
     )
     .await?;
     assert_eq!(message.as_deref(), Some("configmap \"settings\" not found"));
-    let events = events_for(&ns, "cfg").await?;
-    assert!(
-        events
-            .iter()
-            .any(|(r, m)| r == "Failed" && m == "Error: configmap \"settings\" not found"),
-        "{events:?}"
-    );
+    wait_event(&ns, "cfg", "Failed", |m| {
+        m == "Error: configmap \"settings\" not found"
+    })
+    .await?;
 
     let config_maps: Api<ConfigMap> = Api::namespaced(ns.pods().into_client(), &ns.name);
     let cm = ConfigMap {
@@ -480,13 +491,10 @@ async fn graceful_deletion_honours_the_grace_period_and_removes_everything() -> 
         "",
         "sandbox left behind"
     );
-    let events = events_for(&ns, "stubborn").await?;
-    assert!(
-        events
-            .iter()
-            .any(|(r, m)| r == "Killing" && m == "Stopping container main"),
-        "{events:?}"
-    );
+    wait_event(&ns, "stubborn", "Killing", |m| {
+        m == "Stopping container main"
+    })
+    .await?;
     let _ = cluster;
     Ok(())
 }
@@ -608,11 +616,7 @@ async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Resul
             message.starts_with("Pod was rejected: "),
             "{name}: {message}"
         );
-        let events = events_for(&ns, name).await?;
-        assert!(
-            events.iter().any(|(r, _)| r == reason),
-            "{name}: {events:?}"
-        );
+        wait_event(&ns, name, reason, |_| true).await?;
         // Nothing of it ran.
         let pod = ns.pods().get(name).await?;
         assert!(
@@ -693,5 +697,58 @@ ok' | nc -l -p 8080 > /dev/termination-log";
         recorded.starts_with("GET /prestop HTTP/1.1"),
         "first request was: {recorded}"
     );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_host_port_reaches_the_pod_from_the_node_address() -> Result<()> {
+    let (_cluster, ns, node) = setup("hostport").await?;
+    let mut server = sh(
+        "main",
+        "mkdir -p /www && echo hostport-ok > /www/index.html && httpd -f -p 8080 -h /www",
+    );
+    server["ports"] = json!([{ "containerPort": 8080, "hostPort": 18080, "protocol": "TCP" }]);
+    ns.create_pod(&node, pod("hostport", "Always", json!([server])))
+        .await?;
+    wait_pod(&ns, "hostport", Duration::from_secs(30), "Running", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    let node_ip = std::env::var("NODUS_E2E_NODE_IP")?;
+    let body = poll(
+        Duration::from_secs(20),
+        "an answer on the host port",
+        || {
+            let node_ip = node_ip.clone();
+            async move {
+                let answer = tokio::task::spawn_blocking(move || -> Result<String> {
+                    use std::io::{Read, Write};
+                    let mut stream = std::net::TcpStream::connect((node_ip.as_str(), 18080))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                    let mut response = String::new();
+                    stream.read_to_string(&mut response)?;
+                    Ok(response)
+                })
+                .await??;
+                Ok(Some(answer))
+            }
+        },
+    )
+    .await?;
+    assert!(body.contains("hostport-ok"), "{body}");
+    // A second pod asking for the same host port does not fit.
+    let mut clash = sh("main", "sleep 3600");
+    clash["ports"] = json!([{ "containerPort": 80, "hostPort": 18080 }]);
+    ns.create_pod(&node, pod("clash", "Always", json!([clash])))
+        .await?;
+    let reason = wait_pod(&ns, "clash", Duration::from_secs(30), "rejection", |p| {
+        (phase(p) == "Failed")
+            .then(|| p.status.clone()?.reason)
+            .flatten()
+    })
+    .await?;
+    assert_eq!(reason, "NodePorts");
     ns.delete_pods().await
 }

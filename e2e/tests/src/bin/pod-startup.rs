@@ -2,7 +2,9 @@
 //! asserts nothing.
 //!
 //! (a) pods created one after another, each waited for: creation → Running and → Ready;
-//! (b) pods created at once: time until all run, and per-pod latency.
+//! (b) pods created at once: time until all run, and per-pod latency;
+//! (c) container exit → terminated state in the API: each container exits at a wall-clock
+//!     second agreed in advance, and the watch tells when the API shows it.
 //! For both, the agent's CPU time and peak RSS over the scenario. Times are taken by this
 //! client: from the create call's return to the watch event that shows the state.
 
@@ -204,6 +206,53 @@ fn report(s: &Scenario) {
     );
 }
 
+/// Scenario (c): how long a container's exit takes to show in the API.
+async fn exit_latency(cluster: &Cluster, count: usize) -> Result<Vec<Duration>> {
+    let ns = TestNamespace::create(cluster.admin().await?, "bench-exit").await?;
+    let node = cluster.node_name();
+    let pods = ns.pods();
+    let mut events = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+    while let Some(event) = events.try_next().await? {
+        if matches!(event, Event::InitDone) {
+            break;
+        }
+    }
+    let mut latencies = Vec::new();
+    for i in 0..count {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let exit_at = now.as_secs() + 4;
+        let script = format!("while [ $(date +%s) -lt {exit_at} ]; do usleep 5000; done");
+        let spec = json!({
+            "metadata": { "name": format!("exit{i:02}") },
+            "spec": {
+                "nodeName": node, "restartPolicy": "Never",
+                "containers": [{ "name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script] }],
+            },
+        });
+        ns.create_pod(&node, spec).await?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.try_next())
+                .await??
+                .context("watch ended")?;
+            let Event::Apply(pod) = event else { continue };
+            let terminated = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first()?.state.as_ref()?.terminated.as_ref())
+                .is_some();
+            if terminated && pod.metadata.name.as_deref() == Some(&format!("exit{i:02}")) {
+                let seen = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                latencies.push(seen.saturating_sub(Duration::from_secs(exit_at)));
+                break;
+            }
+        }
+    }
+    ns.delete_pods().await?;
+    latencies.sort();
+    Ok(latencies)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -217,5 +266,16 @@ async fn main() -> Result<()> {
     report(&a);
     let b = run(&cluster, "(b) all at once", parallel, true).await?;
     report(&b);
+    let exits = exit_latency(&cluster, if quick { 3 } else { 10 }).await?;
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    println!();
+    println!("| scenario | pods | exit → API p50 | exit → API p99 |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| (c) container exit seen in the API | {} | {} | {} |",
+        exits.len(),
+        ms(percentile(&exits, 50.0)),
+        ms(percentile(&exits, 99.0))
+    );
     Ok(())
 }

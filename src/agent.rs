@@ -140,6 +140,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             allocatable_memory: milli("memory") / 1000,
         });
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
+        if let Some(proxy) = &config.proxy {
+            let settings = crate::proxy::ProxySettings {
+                node_name: config.node_name.clone(),
+                node_ips: node_ips.clone(),
+                cluster_cidrs: proxy.cluster_cidrs.clone(),
+                nodeport_addresses: proxy.nodeport_addresses.clone(),
+                healthz_bind: proxy.healthz_bind,
+                min_sync_period: proxy.min_sync_period,
+                sync_period: proxy.sync_period,
+            };
+            tasks.spawn(crate::proxy::run(
+                client.clone(),
+                settings,
+                shutdown.child_token(),
+            ));
+        }
         tasks.spawn(status::report(
             nodes,
             node,

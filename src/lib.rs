@@ -8,4 +8,5 @@ pub mod backoff;
 pub mod config;
 pub mod node;
 pub mod pods;
+pub mod proxy;
 pub mod quantity;

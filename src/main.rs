@@ -18,6 +18,13 @@ fn main() -> ExitCode {
         Err(err) => return fail(&anyhow::Error::new(err)),
     };
     init_logging(config.verbosity);
+    if config.cleanup {
+        // As kube-proxy --cleanup: remove the rules and exit, touching nothing else.
+        return match nodus::proxy::cleanup() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&anyhow::Error::new(err)),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -46,6 +46,25 @@ start_apiserver() {
 		die "kube-apiserver did not become ready; see $LOG_DIR/kube-apiserver.log"
 }
 
+# grant_proxy_access: the proxy role reads EndpointSlices, which the Node authorizer does
+# not allow a node; kube-proxy gets them through system:node-proxier, and so does nodus.
+grant_proxy_access() {
+	kc apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: nodus:node-proxier
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:node-proxier
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+YAML
+}
+
 write_containerd_config() {
 	mkdir -p "$RUN_DIR/containerd" "$STATE_DIR/containerd" "$CNI_CONF_DIR"
 	cat >"$RUN_DIR/containerd/config.toml" <<TOML
@@ -100,6 +119,7 @@ start_nodus() {
 		--cni-conf-dir "$CNI_CONF_DIR" \
 		--pod-cidr "$POD_CIDR" \
 		--pod-logs-dir "$STATE_DIR/pod-logs" \
+		--cluster-cidr "$CLUSTER_CIDR" \
 		-v 2
 }
 

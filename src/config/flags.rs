@@ -82,6 +82,38 @@ pub struct Flags {
     #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
 
+    /// Which proxy role to run, as kube-proxy's --proxy-mode: `nftables` (the default) or
+    /// `none` to leave Service load balancing to something else.
+    #[arg(long, value_name = "MODE", default_value = "nftables")]
+    pub proxy_mode: String,
+
+    /// Remove nodus's service proxy rules from the kernel and exit, as kube-proxy --cleanup.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// The cluster's pod CIDRs, comma-separated: Service traffic from outside them is
+    /// masqueraded (kube-proxy's --cluster-cidr).
+    #[arg(long, value_name = "CIDR,...")]
+    pub cluster_cidr: Option<String>,
+
+    /// The addresses NodePorts answer on, as CIDRs (kube-proxy's --nodeport-addresses).
+    /// Default: the node's IPs.
+    #[arg(long, value_name = "CIDR,...")]
+    pub nodeport_addresses: Option<String>,
+
+    /// The address of the proxy's health server (kube-proxy's --healthz-bind-address).
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+
+    /// The least time between two proxy syncs; changes in between are applied together
+    /// (kube-proxy's --min-sync-period).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub min_sync_period: f64,
+
+    /// The most time between two proxy syncs (kube-proxy's --sync-period).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub sync_period: f64,
+
     /// Log verbosity, as the kubelet's -v: 0-2 info, 3-4 debug, 5 and more trace.
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
     pub verbosity: u8,

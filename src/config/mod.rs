@@ -40,7 +40,20 @@ pub struct Config {
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
     pub pod_logs_dir: PathBuf,
+    /// The proxy role's settings; `None` with `--proxy-mode=none`.
+    pub proxy: Option<ProxyConfig>,
+    pub cleanup: bool,
     pub verbosity: u8,
+}
+
+/// The proxy role's flags, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub cluster_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: Vec<IpNet>,
+    pub healthz_bind: std::net::SocketAddr,
+    pub min_sync_period: std::time::Duration,
+    pub sync_period: std::time::Duration,
 }
 
 /// A flag whose value cannot be used, named as on the command line.
@@ -131,6 +144,51 @@ impl Config {
         };
         labels::validate_dns_subdomain(&flags.cluster_domain)
             .map_err(|reason| invalid("cluster-domain", &flags.cluster_domain, reason))?;
+        let cidrs = |flag: &'static str, raw: Option<&str>| -> Result<Vec<IpNet>, Error> {
+            raw.unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<IpNet>()
+                        .map_err(|err| invalid(flag, c, err.to_string()))
+                })
+                .collect()
+        };
+        let seconds = |flag: &'static str, value: f64| -> Result<std::time::Duration, Error> {
+            std::time::Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(
+                        flag,
+                        &value.to_string(),
+                        "must be a positive number of seconds",
+                    )
+                })
+        };
+        let proxy = match flags.proxy_mode.as_str() {
+            "none" => None,
+            "nftables" => Some(ProxyConfig {
+                cluster_cidrs: cidrs("cluster-cidr", flags.cluster_cidr.as_deref())?,
+                nodeport_addresses: cidrs(
+                    "nodeport-addresses",
+                    flags.nodeport_addresses.as_deref(),
+                )?,
+                healthz_bind: flags.healthz_bind_address.parse().map_err(
+                    |err: std::net::AddrParseError| {
+                        invalid(
+                            "healthz-bind-address",
+                            &flags.healthz_bind_address,
+                            err.to_string(),
+                        )
+                    },
+                )?,
+                min_sync_period: seconds("min-sync-period", flags.min_sync_period)?,
+                sync_period: seconds("sync-period", flags.sync_period)?,
+            }),
+            other => return Err(invalid("proxy-mode", other, "must be nftables or none")),
+        };
         Ok(Self {
             kubeconfig: flags.kubeconfig,
             node_name,
@@ -149,6 +207,8 @@ impl Config {
             cluster_domain: flags.cluster_domain,
             resolv_conf: flags.resolv_conf,
             pod_logs_dir: flags.pod_logs_dir,
+            proxy,
+            cleanup: flags.cleanup,
             verbosity: flags.verbosity,
         })
     }
@@ -268,6 +328,15 @@ mod tests {
                 &["--eviction-hard", "memory.available>1Gi"],
                 "--eviction-hard",
             ),
+            (&["--cluster-dns", "10.96.0.10,nope"], "--cluster-dns"),
+            (&["--cluster-domain", "Cluster_Local"], "--cluster-domain"),
+            (&["--proxy-mode", "iptables"], "--proxy-mode"),
+            (&["--cluster-cidr", "10.244.0.0/99"], "--cluster-cidr"),
+            (
+                &["--healthz-bind-address", "10256"],
+                "--healthz-bind-address",
+            ),
+            (&["--min-sync-period", "0"], "--min-sync-period"),
         ];
         for (args, flag) in cases {
             let mut all = vec!["--kubeconfig", "/k"];

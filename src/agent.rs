@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             runtime,
             events: pods::events::Events::start(
                 client.clone(),
+                "kubelet",
                 &config.node_name,
                 shutdown.child_token(),
             ),

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod events;
 pub mod node;
 pub mod pods;
 pub mod proxy;

@@ -10,16 +10,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use nodus_net::proxy::model::ServiceError;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::mapping::{MappingError, ServiceKey};
-
-/// Events waiting to be published; beyond this, new ones are dropped (and logged).
-const QUEUE: usize = 256;
+use crate::events::Events;
 /// The event reason; the note says what is wrong.
 const REASON: &str = "ServiceNotProxied";
 
@@ -69,51 +65,18 @@ impl Skipped {
     }
 }
 
-#[derive(Debug)]
-struct Pending {
-    reference: ObjectReference,
-    note: String,
-}
-
 /// Remembers what was reported, and publishes new problems.
 #[derive(Debug)]
 pub struct Warnings {
-    queue: Option<mpsc::Sender<Pending>>,
+    events: Option<Events>,
     reported: HashMap<ServiceKey, String>,
 }
 
 impl Warnings {
     /// Publishes events as kube-proxy on `node` does, through a task that ends with `cancel`.
     pub fn start(client: Client, node: &str, cancel: CancellationToken) -> Self {
-        let (queue, mut pending) = mpsc::channel::<Pending>(QUEUE);
-        let recorder = Recorder::new(
-            client,
-            Reporter {
-                controller: "kube-proxy".into(),
-                instance: Some(node.to_owned()),
-            },
-        );
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    next = pending.recv() => next,
-                };
-                let Some(event) = next else { return };
-                let event_text = Event {
-                    type_: EventType::Warning,
-                    reason: REASON.into(),
-                    note: Some(event.note),
-                    action: "Proxy".into(),
-                    secondary: None,
-                };
-                if let Err(err) = recorder.publish(&event_text, &event.reference).await {
-                    debug!(error = %err, "publishing a Service event failed");
-                }
-            }
-        });
         Warnings {
-            queue: Some(queue),
+            events: Some(Events::start(client, "kube-proxy", node, cancel)),
             reported: HashMap::new(),
         }
     }
@@ -121,7 +84,7 @@ impl Warnings {
     /// Logs only; for tests and for running without an API client.
     pub fn log_only() -> Self {
         Warnings {
-            queue: None,
+            events: None,
             reported: HashMap::new(),
         }
     }
@@ -147,7 +110,7 @@ impl Warnings {
             }
             new += 1;
             warn!(service = %key, reason = %message, "service left out of the proxy rules");
-            let Some(queue) = &self.queue else { continue };
+            let Some(events) = &self.events else { continue };
             let object = services.iter().find(|s| ServiceKey::of(s) == *key);
             let reference = ObjectReference {
                 api_version: Some("v1".into()),
@@ -157,13 +120,7 @@ impl Warnings {
                 uid: object.and_then(|s| s.metadata.uid.clone()),
                 ..ObjectReference::default()
             };
-            let pending = Pending {
-                reference,
-                note: message.clone(),
-            };
-            if queue.try_send(pending).is_err() {
-                warn!(service = %key, "event queue full; dropping a Service event");
-            }
+            events.warning(reference, REASON, message.clone());
         }
         self.reported = now;
         new

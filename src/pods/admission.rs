@@ -33,12 +33,8 @@ pub struct Usage {
 /// largest init container's (sidecars count with the apps), plus its overhead.
 pub fn requests(spec: &PodSpec) -> BTreeMap<String, i128> {
     let of = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, i128> {
-        let resources = c.resources.clone().unwrap_or_default();
-        let mut requests = resources.requests.unwrap_or_default();
-        for (name, limit) in resources.limits.unwrap_or_default() {
-            requests.entry(name).or_insert(limit);
-        }
-        requests
+        super::qos::requirements(c)
+            .0
             .into_iter()
             .filter_map(|(name, q)| quantity::parse(&q.0).map(|m| (name, m.0)))
             .collect()

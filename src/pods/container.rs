@@ -67,14 +67,7 @@ pub fn cpu_quota(milli: i128) -> i64 {
 }
 
 fn resources(container: &Container) -> LinuxContainerResources {
-    let resources = container.resources.clone().unwrap_or_default();
-    let limits = resources.limits.unwrap_or_default();
-    let mut requests = resources.requests.unwrap_or_default();
-    for (name, limit) in &limits {
-        requests
-            .entry(name.clone())
-            .or_insert_with(|| limit.clone());
-    }
+    let (requests, limits) = super::qos::requirements(container);
     let milli = |map: &std::collections::BTreeMap<
         String,
         k8s_openapi::apimachinery::pkg::api::resource::Quantity,

@@ -1,6 +1,8 @@
 //! QoS: a pod's quality-of-service class (Guaranteed, Burstable, BestEffort), from its
 //! containers' cpu and memory requests and limits, as the API defines it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -13,19 +15,27 @@ fn all_containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         .chain(spec.containers.iter())
 }
 
+/// A container's (requests, limits), with a request left out defaulting to its limit, as
+/// the API server's defaulting and the kubelet read them.
+pub fn requirements(
+    container: &Container,
+) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
+    let resources = container.resources.clone().unwrap_or_default();
+    let limits = resources.limits.unwrap_or_default();
+    let mut requests = resources.requests.unwrap_or_default();
+    for (name, limit) in &limits {
+        requests
+            .entry(name.clone())
+            .or_insert_with(|| limit.clone());
+    }
+    (requests, limits)
+}
+
 pub fn class(spec: &PodSpec) -> &'static str {
     let mut any = false;
     let mut guaranteed = true;
     for container in all_containers(spec) {
-        let resources = container.resources.clone().unwrap_or_default();
-        let limits = resources.limits.unwrap_or_default();
-        // A request left out defaults to the limit.
-        let mut requests = resources.requests.unwrap_or_default();
-        for (name, limit) in &limits {
-            requests
-                .entry(name.clone())
-                .or_insert_with(|| limit.clone());
-        }
+        let (requests, limits) = requirements(container);
         for resource in COMPUTE {
             let request = requests.get(resource).filter(|q| !is_zero(q));
             let limit = limits.get(resource).filter(|q| !is_zero(q));

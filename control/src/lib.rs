@@ -2,5 +2,6 @@
 //! scheduler (`scheduler`); the controllers (ReplicaSet, Deployment, EndpointSlice, node
 //! lifecycle, ...) come next, each beside it as its own module.
 
+pub mod controllers;
 pub mod quantity;
 pub mod scheduler;

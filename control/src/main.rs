@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use nodus_control::scheduler;
+use nodus_control::{controllers, scheduler};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -67,15 +67,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "nodus-control starting"
     );
+    let taints = tokio::spawn(controllers::node_taints::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
     scheduler::run(
         client,
         scheduler::Config {
             scheduler_name: flags.scheduler_name,
             instance,
         },
-        shutdown,
+        shutdown.clone(),
     )
     .await?;
+    shutdown.cancel();
+    let _ = taints.await;
     info!("nodus-control stopped");
     Ok(())
 }

@@ -32,6 +32,7 @@ IMAGE_CACHE=$CACHE_DIR/images
 
 # The agent as `cargo build` leaves it (CI may move cargo's target directory out of the clone).
 NODUS_BIN=${NODUS_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/nodus}
+CONTROL_BIN=${CONTROL_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/nodus-control}
 
 CLUSTER_NAME=nodus-e2e
 POD_CIDR=${NODUS_POD_CIDR:-10.244.0.0/24}

@@ -123,6 +123,13 @@ start_nodus() {
 		-v 2
 }
 
+# nodus-control with the admin credentials (its least-privilege RBAC comes with its
+# controllers).
+start_control() {
+	running nodus-control && return 0
+	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" -v 2
+}
+
 node_ready() {
 	[ "$(kc get node "$(node_name)" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }

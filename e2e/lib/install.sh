@@ -56,7 +56,7 @@ build_tools() {
 
 build_nodus() {
 	log "building nodus"
-	(cd "$REPO_DIR" && cargo build --quiet --bin nodus)
+	(cd "$REPO_DIR" && cargo build --quiet -p nodus -p nodus-control --bins)
 }
 
 install_all() {

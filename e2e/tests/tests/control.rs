@@ -1,0 +1,193 @@
+//! nodus-control on the local cluster: pods without a node are scheduled onto it, with
+//! the events and conditions the stock scheduler writes, and the node's condition taints
+//! follow its state.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use nodus_e2e::{Cluster, TestNamespace, poll};
+use serde_json::json;
+
+/// A pod for the scheduler: no nodeName, no service-account token volume.
+fn unbound(name: &str, extra_spec: serde_json::Value) -> Result<Pod> {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"] }],
+        },
+    });
+    if let (Some(spec), serde_json::Value::Object(extra)) =
+        (pod["spec"].as_object_mut(), extra_spec)
+    {
+        spec.extend(extra);
+    }
+    Ok(serde_json::from_value(pod)?)
+}
+
+async fn event_message(ns: &TestNamespace, pod: &str, reason: &str) -> Result<String> {
+    let events: Api<Event> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    poll(
+        Duration::from_secs(30),
+        &format!("a {reason} event for {pod}"),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.name.as_deref() == Some(pod)
+                        && e.reason.as_deref() == Some(reason)
+                })
+                .and_then(|e| e.message))
+        },
+    )
+    .await
+}
+
+fn scheduled(pod: &Pod) -> Option<(String, Option<String>)> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")?;
+    Some((condition.status.clone(), condition.reason.clone()))
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_ready_node_loses_the_not_ready_taint() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let nodes: Api<Node> = Api::all(cluster.admin().await?);
+    let name = cluster.node_name();
+    poll(
+        Duration::from_secs(30),
+        "the not-ready taint to be lifted",
+        || async {
+            let node = nodes.get(&name).await?;
+            let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+            Ok((!taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/not-ready"))
+            .then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn pods_are_scheduled_onto_the_node_and_unsatisfiable_ones_wait() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let node = cluster.node_name();
+    let ns = TestNamespace::create(cluster.admin().await?, "sched").await?;
+    let pods = ns.pods();
+    pods.create(&Default::default(), &unbound("placed", json!({}))?)
+        .await?;
+    let running = poll(
+        Duration::from_secs(60),
+        "the pod to be scheduled and run",
+        || async {
+            let pod = pods.get("placed").await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((phase.as_deref() == Some("Running")).then_some(pod))
+        },
+    )
+    .await?;
+    assert_eq!(
+        running.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(node.as_str())
+    );
+    assert_eq!(scheduled(&running).map(|s| s.0), Some("True".into()));
+    let message = event_message(&ns, "placed", "Scheduled").await?;
+    assert_eq!(
+        message,
+        format!("Successfully assigned {}/placed to {node}", ns.name)
+    );
+
+    // A selector no node matches: Pending, Unschedulable, and upstream's message.
+    let label = "nodus.dev/e2e-sched";
+    pods.create(
+        &Default::default(),
+        &unbound("picky", json!({ "nodeSelector": { label: "yes" } }))?,
+    )
+    .await?;
+    let waiting = poll(Duration::from_secs(30), "PodScheduled=False", || async {
+        let pod = pods.get("picky").await?;
+        Ok(scheduled(&pod).filter(|(status, _)| status == "False"))
+    })
+    .await?;
+    assert_eq!(waiting.1.as_deref(), Some("Unschedulable"));
+    let message = event_message(&ns, "picky", "FailedScheduling").await?;
+    assert!(
+        message.starts_with(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        ),
+        "{message}"
+    );
+
+    // Once the node has the label, the parked pod is scheduled.
+    let nodes: Api<Node> = Api::all(cluster.admin().await?);
+    let set = |value: Option<&str>| json!({ "metadata": { "labels": { label: value } } });
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(set(Some("yes"))),
+        )
+        .await?;
+    let placed = poll(
+        Duration::from_secs(60),
+        "the labelled node to take the pod",
+        || async {
+            let pod = pods.get("picky").await?;
+            Ok(pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+        },
+    )
+    .await;
+    nodes
+        .patch(&node, &PatchParams::default(), &Patch::Merge(set(None)))
+        .await?;
+    assert_eq!(placed?, node);
+    ns.delete_pods().await.context("cleanup")
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_cordoned_node_takes_no_new_pods() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let node = cluster.node_name();
+    let ns = TestNamespace::create(cluster.admin().await?, "cordon").await?;
+    let pods = ns.pods();
+    cluster.kubectl(&["cordon", &node])?;
+    let outcome = async {
+        pods.create(&Default::default(), &unbound("waits", json!({}))?)
+            .await?;
+        let message = event_message(&ns, "waits", "FailedScheduling").await?;
+        anyhow::ensure!(
+            message.contains("1 node(s) were unschedulable"),
+            "{message}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    cluster.kubectl(&["uncordon", &node])?;
+    outcome?;
+    poll(
+        Duration::from_secs(60),
+        "the pod to be scheduled after uncordon",
+        || async {
+            let pod = pods.get("waits").await?;
+            Ok(pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+        },
+    )
+    .await?;
+    ns.delete_pods().await
+}

@@ -71,6 +71,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         client.clone(),
         shutdown.child_token(),
     ));
+    let endpoints = tokio::spawn(controllers::endpointslice::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
     scheduler::run(
         client,
         scheduler::Config {
@@ -82,6 +86,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     .await?;
     shutdown.cancel();
     let _ = taints.await;
+    let _ = endpoints.await;
     info!("nodus-control stopped");
     Ok(())
 }

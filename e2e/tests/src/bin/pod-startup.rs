@@ -179,6 +179,28 @@ async fn run(
     })
 }
 
+/// The slowest pods to Running, for a look at outliers.
+fn slowest(s: &Scenario) -> String {
+    let mut by_pod: Vec<(Duration, &str)> = s
+        .times
+        .iter()
+        .filter_map(|(name, t)| {
+            Some((
+                t.running?.saturating_duration_since(t.created?),
+                name.as_str(),
+            ))
+        })
+        .collect();
+    by_pod.sort();
+    by_pod
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(d, name)| format!("{name} {:.0} ms", d.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn report(s: &Scenario) {
     let latencies = |pick: fn(&Times) -> Option<Instant>| {
         let mut v: Vec<Duration> = s
@@ -266,6 +288,11 @@ async fn main() -> Result<()> {
     report(&a);
     let b = run(&cluster, "(b) all at once", parallel, true).await?;
     report(&b);
+    eprintln!(
+        "slowest to Running: (a) {}; (b) {}",
+        slowest(&a),
+        slowest(&b)
+    );
     let exits = exit_latency(&cluster, if quick { 3 } else { 10 }).await?;
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     println!();

@@ -10,4 +10,5 @@ pub mod events;
 pub mod node;
 pub mod pods;
 pub mod proxy;
-pub mod quantity;
+
+pub use nodus_api::quantity;

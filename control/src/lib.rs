@@ -3,5 +3,6 @@
 //! lifecycle, ...) come next, each beside it as its own module.
 
 pub mod controllers;
-pub mod quantity;
 pub mod scheduler;
+
+pub use nodus_api::quantity;

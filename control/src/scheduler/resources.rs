@@ -109,7 +109,11 @@ pub fn allocatable(node: &Node) -> Amounts {
         .and_then(|s| s.allocatable.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|(name, q)| quantity::milli(&q.0).map(|m| (name.clone(), m)))
+        .filter_map(|(name, q)| {
+            quantity::parse(&q.0)
+                .map(|m| m.0)
+                .map(|m| (name.clone(), m))
+        })
         .collect()
 }
 
@@ -119,7 +123,11 @@ fn container_requests(container: &Container, non_zero: bool) -> Amounts {
         .and_then(|r| r.requests.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|(name, q)| quantity::milli(&q.0).map(|m| (name.clone(), m)))
+        .filter_map(|(name, q)| {
+            quantity::parse(&q.0)
+                .map(|m| m.0)
+                .map(|m| (name.clone(), m))
+        })
         .collect();
     // The API server defaults requests to limits; a pod admitted without that defaulting
     // (or read from a fixture) is treated the same way.
@@ -129,7 +137,7 @@ fn container_requests(container: &Container, non_zero: bool) -> Amounts {
         .flatten()
     {
         if !requests.contains_key(name)
-            && let Some(m) = quantity::milli(&q.0)
+            && let Some(m) = quantity::parse(&q.0).map(|m| m.0)
         {
             requests.insert(name.clone(), m);
         }
@@ -178,7 +186,7 @@ fn pod_total(spec: &PodSpec, of: impl Fn(&Container) -> Amounts) -> Amounts {
     add_into(&mut apps, &sidecars);
     max_into(&mut apps, &init_peak);
     for (name, q) in spec.overhead.iter().flatten() {
-        if let Some(m) = quantity::milli(&q.0) {
+        if let Some(m) = quantity::parse(&q.0).map(|m| m.0) {
             *apps.entry(name.clone()).or_default() += m;
         }
     }

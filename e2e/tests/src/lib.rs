@@ -220,3 +220,24 @@ impl TestNamespace {
         .await
     }
 }
+
+/// Waits until `ip` (a Service's ClusterIP) is in nodus's nft table. Tests send nothing to a
+/// Service address before: an unprogrammed ClusterIP would be routed off the machine, while
+/// a programmed one (even without endpoints) stays local.
+pub async fn wait_programmed(ip: &str) -> Result<()> {
+    poll(
+        Duration::from_secs(60),
+        &format!("{ip} to be in nodus's nft table"),
+        || async {
+            let table = Command::new("nft")
+                .args(["list", "table", "inet", "nodus"])
+                .output()?;
+            let text = String::from_utf8_lossy(&table.stdout).into_owned();
+            Ok(text
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .any(|word| word == ip)
+                .then_some(()))
+        },
+    )
+    .await
+}

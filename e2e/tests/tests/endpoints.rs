@@ -106,21 +106,7 @@ impl Env {
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns.name);
         let service = services.create(&PostParams::default(), &service).await?;
         let ip = cluster_ip(&service)?.to_string();
-        poll(
-            PROGRAMMED,
-            &format!("{ip} to be in nodus's nft table"),
-            || async {
-                let table = std::process::Command::new("nft")
-                    .args(["list", "table", "inet", "nodus"])
-                    .output()?;
-                let text = String::from_utf8_lossy(&table.stdout).into_owned();
-                Ok(text
-                    .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .any(|word| word == ip)
-                    .then_some(()))
-            },
-        )
-        .await?;
+        nodus_e2e::wait_programmed(&ip).await?;
         Ok(service)
     }
 

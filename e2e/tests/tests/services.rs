@@ -125,21 +125,7 @@ impl Env {
         // No traffic before the kernel knows the address: an unprogrammed ClusterIP would be
         // routed off the machine. Once programmed (even without endpoints) it stays local.
         let ip = cluster_ip(&service)?.to_string();
-        poll(
-            PROGRAMMED,
-            &format!("{ip} to be in nodus's nft table"),
-            || async {
-                let table = std::process::Command::new("nft")
-                    .args(["list", "table", "inet", "nodus"])
-                    .output()?;
-                let text = String::from_utf8_lossy(&table.stdout).into_owned();
-                Ok(text
-                    .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .any(|word| word == ip)
-                    .then_some(()))
-            },
-        )
-        .await?;
+        nodus_e2e::wait_programmed(&ip).await?;
         Ok(service)
     }
 

@@ -30,7 +30,7 @@ use super::events::{self, Events};
 use super::images::{self, Images, Presence};
 use super::lifecycle::{self, Action, Desire, Stage};
 use super::metadata::PodKey;
-use super::observed::{self, PodRuntime, RunState};
+use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
 use super::{cgroups, hooks, host_files, pull_secrets};
@@ -272,7 +272,9 @@ impl Worker {
         }
         self.last_actions = plan.actions.clone();
         let syncing = self.stage == Stage::Syncing;
-        let work = self.execute(&pod, &spec, plan.actions);
+        // Starts only come with a ready sandbox already in `runtime` (a new sandbox ends the pass).
+        let sandbox = runtime.sandbox().cloned();
+        let work = self.execute(&pod, &spec, plan.actions, sandbox);
         if syncing {
             // A deletion arriving mid-start (a long pull) cancels the start.
             let mut watch = updates.clone();
@@ -307,7 +309,7 @@ impl Worker {
         );
         self.stage = plan.stage;
         let orphan = Pod::default();
-        self.execute(&orphan, &PodSpec::default(), plan.actions)
+        self.execute(&orphan, &PodSpec::default(), plan.actions, None)
             .await;
         Ok(Pass::Again)
     }
@@ -468,7 +470,7 @@ impl Worker {
         }
     }
 
-    async fn execute(&mut self, pod: &Pod, spec: &PodSpec, actions: Vec<Action>) {
+    async fn execute(&mut self, pod: &Pod, spec: &PodSpec, actions: Vec<Action>, sandbox: Option<Sandbox>) {
         let mut starts = Vec::new();
         let mut others = Vec::new();
         for action in actions {
@@ -488,11 +490,11 @@ impl Worker {
                 .map(|action| this.execute_one(pod, action)),
         )
         .await;
-        for (what, result, sandbox) in results {
+        for (what, result, created) in results {
             if let Err(err) = result {
                 warn!(pod = %self.key, action = what, error = %error_chain(&err), "runtime call failed");
             }
-            match sandbox {
+            match created {
                 Some(Ok(())) => self.attempts.started(SANDBOX, false, Timestamp::now()),
                 Some(Err(failure)) => self.attempts.failed(SANDBOX, failure, Timestamp::now()),
                 None => {}
@@ -502,11 +504,7 @@ impl Worker {
             return;
         }
         // The sandbox's configuration is part of every create call.
-        let Some(sandbox) = observed::observe(&self.shared.runtime, &self.key)
-            .await
-            .ok()
-            .and_then(|r| r.sandbox().cloned())
-        else {
+        let Some(sandbox) = sandbox else {
             return;
         };
         let sandbox_config = self.sandbox_config(pod, spec, sandbox.attempt);

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, PodSpec};
+
+use nodus_api::selection;
 
 use crate::quantity;
 
@@ -114,8 +114,7 @@ fn rejected(reason: &str, message: String) -> Rejection {
 
 /// Checks a pod against the node and what admitted pods use.
 pub fn admit(spec: &PodSpec, node: &Node, used: &Usage) -> Result<(), Rejection> {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    if !matches_node_selector(spec, &labels) {
+    if !selection::node_matches(spec, node) {
         return Err(rejected(
             "NodeAffinity",
             "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into(),
@@ -127,10 +126,9 @@ pub fn admit(spec: &PodSpec, node: &Node, used: &Usage) -> Result<(), Rejection>
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
     let tolerations = spec.tolerations.clone().unwrap_or_default();
-    if let Some(taint) = taints
-        .iter()
-        .find(|t| t.effect == "NoExecute" && !tolerations.iter().any(|tol| tolerates(tol, t)))
-    {
+    if let Some(taint) = taints.iter().find(|t| {
+        t.effect == "NoExecute" && !tolerations.iter().any(|tol| selection::tolerates(tol, t))
+    }) {
         return Err(rejected(
             "Taint",
             format!(
@@ -195,83 +193,11 @@ pub fn admit(spec: &PodSpec, node: &Node, used: &Usage) -> Result<(), Rejection>
     Ok(())
 }
 
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => toleration
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => {
-            toleration.key.as_deref() == Some(taint.key.as_str())
-                && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
-}
-
-fn matches_node_selector(spec: &PodSpec, labels: &BTreeMap<String, String>) -> bool {
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|term| term_matches(term, labels))
-    });
-    selector_ok && affinity_ok
-}
-
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
-    let expressions = term.match_expressions.iter().flatten();
-    // matchFields can only select metadata.name, which was decided by binding to us.
-    let any = term
-        .match_expressions
-        .as_ref()
-        .is_some_and(|e| !e.is_empty())
-        || term.match_fields.as_ref().is_some_and(|f| !f.is_empty());
-    any && expressions
-        .into_iter()
-        .all(|r| requirement_matches(r, labels))
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let value = labels.get(&r.key);
-    let values = r.values.clone().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => {
-            matches!((value.and_then(|v| number(v)), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b)
-        }
-        "Lt" => {
-            matches!((value.and_then(|v| number(v)), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b)
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        Affinity, Container, ContainerPort, NodeAffinity, NodeSelector, NodeSpec, NodeStatus,
-        ResourceRequirements,
+        Affinity, Container, ContainerPort, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+        NodeSelectorTerm, NodeSpec, NodeStatus, ResourceRequirements, Taint, Toleration,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use kube::api::ObjectMeta;

@@ -470,7 +470,13 @@ impl Worker {
         }
     }
 
-    async fn execute(&mut self, pod: &Pod, spec: &PodSpec, actions: Vec<Action>, sandbox: Option<Sandbox>) {
+    async fn execute(
+        &mut self,
+        pod: &Pod,
+        spec: &PodSpec,
+        actions: Vec<Action>,
+        sandbox: Option<Sandbox>,
+    ) {
         let mut starts = Vec::new();
         let mut others = Vec::new();
         for action in actions {

@@ -6,11 +6,9 @@
 //!
 //! Not yet: PodTopologySpread, inter-pod affinity, volume filters, pod-level resources.
 
-use std::collections::BTreeMap;
+use k8s_openapi::api::core::v1::{Node, PodSpec, Taint, Toleration};
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
-};
+use nodus_api::selection;
 
 use super::resources::{self, Demand, NodeUsage};
 
@@ -73,7 +71,11 @@ pub fn node_unschedulable(pod: &PodSpec, node: &Node) -> Result<(), Rejection> {
         effect: "NoSchedule".into(),
         ..Taint::default()
     };
-    if cordoned && !tolerations(pod).iter().any(|t| tolerates(t, &taint)) {
+    if cordoned
+        && !tolerations(pod)
+            .iter()
+            .any(|t| selection::tolerates(t, &taint))
+    {
         return reject(
             "NodeUnschedulable",
             Code::UnschedulableAndUnresolvable,
@@ -102,7 +104,7 @@ pub fn taint_toleration(pod: &PodSpec, node: &Node) -> Result<(), Rejection> {
     let tolerations = tolerations(pod);
     let untolerated = effective_taints(node).iter().any(|taint| {
         (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerations.iter().any(|t| tolerates(t, taint))
+            && !tolerations.iter().any(|t| selection::tolerates(t, taint))
     });
     if untolerated {
         return reject(
@@ -176,49 +178,10 @@ fn tolerations(pod: &PodSpec) -> &[Toleration] {
     pod.tolerations.as_deref().unwrap_or_default()
 }
 
-/// Upstream's `Toleration.ToleratesTaint`: an empty effect or key matches any; `Exists`
-/// ignores the value, `Equal` (the default) compares it.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty())
-        && key != taint.key
-    {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("") {
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        "Exists" => true,
-        _ => false,
-    }
-}
-
 /// NodeAffinity: `spec.nodeSelector` must match, and so must one of the required node
 /// affinity terms if there are any.
 pub fn node_affinity(pod: &PodSpec, node: &Node) -> Result<(), Rejection> {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let selector_ok = pod
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let required = pod
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let affinity_ok =
-        required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)));
-    if selector_ok && affinity_ok {
+    if selection::node_matches(pod, node) {
         Ok(())
     } else {
         reject(
@@ -226,56 +189,6 @@ pub fn node_affinity(pod: &PodSpec, node: &Node) -> Result<(), Rejection> {
             Code::UnschedulableAndUnresolvable,
             REASON_AFFINITY,
         )
-    }
-}
-
-/// A node selector term: all its expressions and fields match. An empty term matches
-/// nothing (API semantics for both required and preferred terms).
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let name = node.metadata.name.clone().unwrap_or_default();
-    // metadata.name is the only field a node selector may select on; other keys are
-    // invalid and match nothing.
-    let node_fields = BTreeMap::from([("metadata.name".to_owned(), name)]);
-    expressions
-        .iter()
-        .all(|r| requirement_matches(r, labels, true))
-        && fields
-            .iter()
-            .all(|r| requirement_matches(r, &node_fields, false))
-}
-
-fn requirement_matches(
-    r: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-    label: bool,
-) -> bool {
-    let value = labels.get(&r.key);
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    // Gt/Lt take exactly one integer; anything else is invalid and fails the term.
-    let bound = || match values {
-        [only] => number(only),
-        _ => None,
-    };
-    match (r.operator.as_str(), label) {
-        ("In", _) => value.is_some_and(|v| values.contains(v)),
-        ("NotIn", _) => value.is_none_or(|v| !values.contains(v)),
-        ("Exists", true) => value.is_some(),
-        ("DoesNotExist", true) => value.is_none(),
-        ("Gt", true) => {
-            matches!((value.and_then(|v| number(v)), bound()), (Some(a), Some(b)) if a > b)
-        }
-        ("Lt", true) => {
-            matches!((value.and_then(|v| number(v)), bound()), (Some(a), Some(b)) if a < b)
-        }
-        _ => false,
     }
 }
 
@@ -348,8 +261,11 @@ pub fn node_resources_fit(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::api::core::v1::{
-        Affinity, ContainerPort, NodeAffinity, NodeCondition, NodeSelector, NodeSpec, NodeStatus,
+        Affinity, ContainerPort, NodeAffinity, NodeCondition, NodeSelector,
+        NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, NodeStatus,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use kube::api::ObjectMeta;

@@ -10,7 +10,6 @@
 
 use k8s_openapi::api::core::v1::{Node, PodSpec};
 
-use super::filters;
 use super::resources::{self, Demand, NodeUsage};
 
 /// Upstream's `MaxNodeScore`.
@@ -99,7 +98,7 @@ pub fn node_affinity(pod: &PodSpec, node: &Node) -> i64 {
         })
         .into_iter()
         .flatten()
-        .filter(|term| filters::term_matches(&term.preference, node))
+        .filter(|term| nodus_api::selection::term_matches(&term.preference, node))
         .map(|term| i64::from(term.weight))
         .sum()
 }
@@ -125,7 +124,11 @@ pub fn taint_toleration(pod: &PodSpec, node: &Node) -> i64 {
         .into_iter()
         .flatten()
         .filter(|taint| taint.effect == "PreferNoSchedule")
-        .filter(|taint| !tolerations.iter().any(|t| filters::tolerates(t, taint)))
+        .filter(|taint| {
+            !tolerations
+                .iter()
+                .any(|t| nodus_api::selection::tolerates(t, taint))
+        })
         .count();
     i64::try_from(count).unwrap_or(i64::MAX)
 }

@@ -34,7 +34,8 @@ use nodus_net::proxy::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
     TrafficPolicy,
 };
-use nodus_net::proxy::ruleset::{Ruleset, build};
+use nodus_net::proxy::ruleset::{Builder, Ruleset, build};
+use nodus_net::proxy::transaction::{Transaction, Update};
 
 const NODE_IP: &str = "10.97.0.1";
 const TCP_PORT: u16 = 8080;
@@ -245,6 +246,22 @@ impl Lab {
             .expect("applying the ruleset");
         b.ruleset
     }
+
+    /// Moves the kernel from `applied` to `state` with an in-place update, as syncs do.
+    fn update(&self, applied: &Ruleset, state: &ProxyState) -> Ruleset {
+        let b = build(state);
+        assert!(b.skipped.is_empty(), "{:?}", b.skipped);
+        match Transaction::update(applied, &b.ruleset) {
+            Update::Apply(tx) => {
+                self.node
+                    .nft()
+                    .run(&tx.render())
+                    .expect("applying the update");
+            }
+            other => panic!("expected an in-place update, got {other:?}"),
+        }
+        b.ruleset
+    }
 }
 
 impl Drop for Lab {
@@ -445,11 +462,14 @@ fn removing_an_endpoint_moves_traffic() {
     let mut lab = Lab::new(3);
     lab.serve(0);
     lab.serve(1);
-    lab.apply(&state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[0])]));
+    let applied = lab.apply(&state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[0])]));
     let before = tally((0..10).map(|_| tcp_get(&lab.pods[2], "10.98.0.13:80").expect("connect")));
     assert_eq!(before, BTreeMap::from([("pod0".to_owned(), 10)]));
 
-    lab.apply(&state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[1])]));
+    lab.update(
+        &applied,
+        &state(vec![service("10.98.0.13", Protocol::Tcp, 80, &[1])]),
+    );
     let after = tally((0..10).map(|_| tcp_get(&lab.pods[2], "10.98.0.13:80").expect("connect")));
     assert_eq!(after, BTreeMap::from([("pod1".to_owned(), 10)]));
 }
@@ -463,13 +483,16 @@ fn udp_flow_moves_to_the_new_endpoint_after_conntrack_cleanup() {
     let client = &lab.pods[2];
     // A fixed source port makes every datagram part of the same conntrack flow.
     let src_port = 40053;
-    lab.apply(&state(vec![service("10.98.0.14", Protocol::Udp, 53, &[0])]));
+    let applied = lab.apply(&state(vec![service("10.98.0.14", Protocol::Udp, 53, &[0])]));
     assert_eq!(
         udp_ask(client, src_port, "10.98.0.14:53").expect("first reply"),
         "pod0"
     );
 
-    lab.apply(&state(vec![service("10.98.0.14", Protocol::Udp, 53, &[1])]));
+    lab.update(
+        &applied,
+        &state(vec![service("10.98.0.14", Protocol::Udp, 53, &[1])]),
+    );
     // The ruleset moved on, but the flow's conntrack entry still DNATs to the old endpoint.
     assert_eq!(
         udp_ask(client, src_port, "10.98.0.14:53").expect("stale reply"),
@@ -494,6 +517,127 @@ fn udp_flow_moves_to_the_new_endpoint_after_conntrack_cleanup() {
             .expect("deleting nothing"),
         0
     );
+}
+
+#[test]
+fn client_ip_affinity_survives_unrelated_updates() {
+    require_kernel!();
+    let mut lab = Lab::new(3);
+    lab.serve(0);
+    lab.serve(1);
+    let mut sticky = service("10.98.0.16", Protocol::Tcp, 80, &[0, 1]);
+    sticky.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 600,
+    };
+    let mut applied = lab.apply(&state(vec![sticky.clone()]));
+    let first = tcp_get(&lab.pods[2], "10.98.0.16:80").expect("connect");
+    for i in 0..10 {
+        // Another Service comes and goes between connections; each update leaves the affinity
+        // set alone, so every connection still reaches the first endpoint (a reset set would
+        // pick at random: ten times the same by chance is 2^-10).
+        let other = service(&format!("10.98.1.{i}"), Protocol::Tcp, 80, &[i % 2]);
+        applied = lab.update(&applied, &state(vec![sticky.clone(), other]));
+        let reply = tcp_get(&lab.pods[2], "10.98.0.16:80").expect("connect");
+        assert_eq!(reply, first, "affinity lost after update {i}");
+    }
+}
+
+/// `nft list table` with chains, sets and set elements in a canonical order: the kernel lists
+/// objects in creation order and hash sets in any order, neither of which is behaviour.
+fn canonical_listing(listing: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in listing.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("\t") && !line.starts_with("\t\t") && trimmed.ends_with('{') {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(trimmed);
+            block.push(' ');
+            if line == "\t}" {
+                blocks.push(canonical_elements(&current.take().expect("an open block")));
+            }
+        }
+    }
+    blocks.sort();
+    blocks
+}
+
+fn canonical_elements(block: &str) -> String {
+    let Some(start) = block.find("elements = {") else {
+        return block.to_owned();
+    };
+    let body_start = start + "elements = {".len();
+    let body_end = body_start + block[body_start..].find('}').expect("closed elements");
+    let mut elements: Vec<&str> = block[body_start..body_end]
+        .split(',')
+        .map(str::trim)
+        .collect();
+    elements.sort();
+    format!(
+        "{}{}{}",
+        &block[..body_start],
+        elements.join(", "),
+        &block[body_end..]
+    )
+}
+
+#[test]
+fn in_place_updates_reach_the_same_kernel_state_as_a_full_apply() {
+    require_kernel!();
+    let ns = Netns::new("update");
+    let nft = ns.nft();
+    let mut sticky = service("10.98.0.20", Protocol::Tcp, 80, &[0, 1]);
+    sticky.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 60,
+    };
+    let mut exposed = service("10.98.0.21", Protocol::Tcp, 443, &[2]);
+    exposed.ports[0].node_port = Some(30443);
+    exposed.external_ips = vec![ip("192.0.2.21")];
+    let udp = service("10.98.0.22", Protocol::Udp, 53, &[]);
+    let mut states = vec![
+        vec![],
+        vec![sticky.clone(), exposed.clone(), udp.clone()],
+        vec![sticky.clone(), udp.clone()],
+    ];
+    let mut changed = vec![sticky.clone(), exposed.clone(), udp.clone()];
+    changed[0].ports[0].endpoints.pop();
+    changed[1].external_traffic_policy = TrafficPolicy::Local;
+    changed[2].ports[0].endpoints = vec![Endpoint::ready(ip(&pod_ip(3)), UDP_PORT, false)];
+    states.push(changed);
+    states.push(vec![exposed]);
+    let rulesets: Vec<Ruleset> = states
+        .into_iter()
+        .map(|services| build(&state(services)).ruleset)
+        .collect();
+    let expected: Vec<Vec<String>> = rulesets
+        .iter()
+        .map(|rs| {
+            nft.apply(rs).expect("full apply");
+            canonical_listing(&nft.list().expect("list"))
+        })
+        .collect();
+    for (i, a) in expected.iter().enumerate() {
+        for b in &expected[i + 1..] {
+            assert_ne!(a, b, "the states differ, and so must their listings");
+        }
+    }
+    for (i, from) in rulesets.iter().enumerate() {
+        for (j, to) in rulesets.iter().enumerate() {
+            nft.apply(from).expect("full apply");
+            match Transaction::update(from, to) {
+                Update::Unchanged => assert_eq!(i, j),
+                Update::Apply(tx) => {
+                    nft.run(&tx.render())
+                        .unwrap_or_else(|e| panic!("update {i} -> {j}: {e}"));
+                }
+                Update::NeedsFull => panic!("update {i} -> {j} asked for a full apply"),
+            }
+            let reached = canonical_listing(&nft.list().expect("list"));
+            assert_eq!(reached, expected[j], "update {i} -> {j}");
+        }
+    }
 }
 
 #[test]
@@ -563,46 +707,140 @@ fn many(count: usize) -> ProxyState {
     state(services)
 }
 
+/// The state with endpoint `which` of service `i` removed.
+fn without_endpoint(mut state: ProxyState, i: usize, which: usize) -> ProxyState {
+    state.services[i].ports[0].endpoints.remove(which);
+    state
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Peak resident memory of this process (VmHWM) and of the largest child (nft), in MiB.
+fn peak_rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let own = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .expect("VmHWM in /proc/self/status");
+    let children = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage")
+        .max_rss() as f64;
+    (own / 1024.0, children / 1024.0)
+}
+
+/// 200 TCP connects from pod 1 to a Service in front of pod 0 while `count` other Services are
+/// programmed: (p50, p99) of the time to an established connection (the first packet is the one
+/// that walks the nat chains).
+fn connect_latency(count: usize) -> (Duration, Duration) {
+    let mut lab = Lab::new(2);
+    lab.serve(0);
+    let mut state = many(count);
+    state
+        .services
+        .push(service("10.98.250.1", Protocol::Tcp, 80, &[0]));
+    lab.apply(&state);
+    let addr: SocketAddr = "10.98.250.1:80".parse().expect("address");
+    let mut times = lab.pods[1].exec(move || {
+        let mut times = Vec::new();
+        for i in 0..220 {
+            let start = Instant::now();
+            let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+            let took = start.elapsed();
+            drop(stream);
+            // The first connects warm caches (ARP, routes); they are not the figure.
+            if i >= 20 {
+                times.push(took);
+            }
+        }
+        times
+    });
+    times.sort();
+    (percentile(&times, 50), percentile(&times, 99))
+}
+
+/// The proxy benchmark of the services issue: cold sync, one endpoint change (build + diff +
+/// render + nft, the whole path of a sync), peak memory, and connect latency with few and many
+/// services. Run by `e2e/bench`, or by hand:
+/// `cargo test --release -p nodus-net --test netns proxy_benchmark -- --ignored --nocapture`.
 #[test]
-#[ignore = "benchmark: prints apply timings, asserts none; run with --ignored --nocapture"]
-fn apply_timing() {
+#[ignore = "benchmark: prints figures, asserts none; run with --ignored --nocapture"]
+fn proxy_benchmark() {
     require_kernel!();
-    for count in [1_000, 10_000] {
+    let sizes: Vec<usize> = std::env::var("NODUS_BENCH_SERVICES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
+    let changes = 100;
+    println!(
+        "| services × 2 endpoints | rules | cold sync | change p50 | change p99 | nft share p50 | text p50 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &count in &sizes {
         let ns = Netns::new("bench");
         let nft = ns.nft();
+        let base = many(count);
+        let mut builder = Builder::default();
         let t0 = Instant::now();
-        let b = build(&many(count));
-        let build_time = t0.elapsed();
-        let t1 = Instant::now();
-        let text = b.ruleset.render();
-        let render_time = t1.elapsed();
-        // For profiling nft by hand: NODUS_BENCH_DUMP=DIR writes the transaction text there.
-        if let Some(dir) = std::env::var_os("NODUS_BENCH_DUMP") {
-            let path = std::path::Path::new(&dir).join(format!("bench-{count}.nft"));
-            std::fs::write(&path, &text).expect("writing the dump");
+        let built = builder.build(&base).ruleset;
+        nft.run(&Transaction::full(&built).render())
+            .expect("cold apply");
+        let cold = t0.elapsed();
+        let mut applied = built;
+        let mut total = Vec::new();
+        let mut in_nft = Vec::new();
+        let mut sizes_text = Vec::new();
+        for k in 0..changes {
+            // Alternately drop an endpoint of one service and restore it, walking over services.
+            let i = (k / 2 * 97) % count;
+            let next = if k % 2 == 0 {
+                without_endpoint(base.clone(), i, k % 4 / 2)
+            } else {
+                base.clone()
+            };
+            let start = Instant::now();
+            let desired = builder.build(&next).ruleset;
+            let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
+                panic!("an endpoint change must be an in-place update");
+            };
+            let text = tx.render();
+            drop(tx);
+            in_nft.push(nft.run(&text).expect("applying the change"));
+            total.push(start.elapsed());
+            sizes_text.push(Duration::from_nanos(text.len() as u64));
+            applied = desired;
         }
-        if std::env::var_os("NODUS_BENCH_DUMP").is_some() {
-            continue;
-        }
-        let cold = nft.run(&text).expect("cold apply");
-        // One endpoint changed: today still a full replace.
-        let mut changed = many(count);
-        changed.services[count / 2].ports[0].endpoints.pop();
-        let text2 = build(&changed).ruleset.render();
-        let mut warm = Vec::new();
-        for _ in 0..5 {
-            warm.push(nft.run(&text2).expect("warm apply"));
-            warm.push(nft.run(&text).expect("warm apply"));
-        }
-        warm.sort();
+        total.sort();
+        in_nft.sort();
+        sizes_text.sort();
         println!(
-            "{count} services x 2 endpoints: {} rules, {} KiB; build {build_time:?}, render \
-             {render_time:?}, cold apply {cold:?}, full re-apply after one endpoint change: \
-             p50 {:?}, max {:?}",
-            b.ruleset.rule_count(),
-            text.len() / 1024,
-            warm[warm.len() / 2],
-            warm[warm.len() - 1],
+            "| {count} | {} | {} | {} | {} | {} | {} B |",
+            applied.rule_count(),
+            ms(cold),
+            ms(percentile(&total, 50)),
+            ms(percentile(&total, 99)),
+            ms(percentile(&in_nft, 50)),
+            percentile(&sizes_text, 50).as_nanos(),
         );
     }
+    let (own, nft) = peak_rss_mib();
+    println!(
+        "\npeak RSS: this process (model, ruleset, diff) {own:.0} MiB, largest nft run {nft:.0} MiB"
+    );
+    let (few50, few99) = connect_latency(10);
+    let largest = sizes.iter().copied().max().unwrap_or(10_000);
+    let (many50, many99) = connect_latency(largest);
+    println!(
+        "connect through a ClusterIP: 10 services p50 {} p99 {}; {largest} services p50 {} p99 {}",
+        ms(few50),
+        ms(few99),
+        ms(many50),
+        ms(many99)
+    );
 }

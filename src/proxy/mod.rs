@@ -9,8 +9,9 @@
 //!                                    │ changes mark the schedule dirty
 //!                                    ▼
 //!   sync::Schedule ── due (min interval, max interval, backoff) ──> one sync:
-//!     mapping::proxy_state ─> nodus_net ruleset::build ─> render ─> same text as applied? skip
-//!                                                                   else nft -f - (one transaction)
+//!     mapping::proxy_state ─> nodus_net ruleset::build ─> Transaction::update against the applied
+//!                             ruleset (full replace at start, after failures, hourly) ─> nothing to
+//!                             do? skip; else its text through nft -f - (one transaction)
 //!     stale::stale_udp ─> conntrack -D (UDP only)        warnings ─> log + Warning event per Service
 //!                                    │ watch channels
 //!                                    ▼

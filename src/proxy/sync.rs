@@ -1,12 +1,15 @@
 //! Sync: the proxy's reconcile loop. It keeps reflector stores of Services, EndpointSlices and this
-//! Node, and on each sync maps their current contents to the model, renders the whole ruleset,
-//! and applies it as one atomic transaction when it differs from what was applied last.
+//! Node, and on each sync maps their current contents to the model, builds the whole desired
+//! ruleset, and applies the difference against the last applied ruleset as one atomic transaction
+//! (nothing when there is none).
 //!
 //! Invariants: the stores are current state, never change events: a sync does not know why it
 //! runs, and nothing syncs before all three stores have listed once; building (mapping, ruleset,
-//! stale-flow and health-check computation) is pure and apart from I/O (nft, conntrack, events);
-//! after any failure the next sync applies in full even if the text is unchanged, and is retried
-//! with backoff; one invalid Service is skipped and reported, never breaking the others.
+//! diff, stale-flow and health-check computation) is pure and apart from I/O (nft, conntrack,
+//! events); the first sync, the first after any failure, and one an hour replace the whole table
+//! (so drift such as a hand-flushed chain is repaired), every other sync changes only what
+//! differs; failures are retried with backoff; one invalid Service is skipped and reported, never
+//! breaking the others.
 //!
 //! Timeline of the schedule (upstream's `BoundedFrequencyRunner`):
 //! ```text
@@ -33,7 +36,8 @@ use kube::{Api, Client, Resource};
 use nodus_net::proxy::apply::{self, Nft};
 use nodus_net::proxy::conntrack::{self, Conntrack};
 use nodus_net::proxy::model::ProxyState;
-use nodus_net::proxy::ruleset;
+use nodus_net::proxy::ruleset::{Builder, Ruleset};
+use nodus_net::proxy::transaction::{Transaction, Update};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -157,12 +161,15 @@ impl Schedule {
 /// What one successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// Whether a transaction ran (false: the text equalled what was applied).
+    /// Whether a transaction ran (false: the kernel already held the desired ruleset).
     pub applied: bool,
-    /// Whether it was a full apply (forced regardless of the text).
+    /// Whether it replaced the whole table (else it changed only what differed).
     pub full: bool,
     pub services: usize,
+    /// Rules in the desired ruleset.
     pub rules: usize,
+    /// Operations in the transaction, and the size of its text.
+    pub operations: usize,
     pub bytes: usize,
     pub apply_time: Duration,
     /// Services left out, each with its reason.
@@ -178,7 +185,10 @@ pub struct Report {
 #[derive(Debug)]
 pub struct Syncer<D> {
     dataplane: Arc<D>,
-    applied_text: Option<String>,
+    /// Remembers each service's rules between syncs, so unchanged services cost nothing.
+    builder: Builder,
+    /// What the kernel holds, as far as we know: the ruleset of the last successful apply.
+    applied: Option<Ruleset>,
     /// The state of the last successful sync (only Services that made it into the ruleset).
     synced: Option<ProxyState>,
     needs_full: bool,
@@ -189,7 +199,8 @@ impl<D: Dataplane> Syncer<D> {
     pub fn new(dataplane: Arc<D>) -> Self {
         Syncer {
             dataplane,
-            applied_text: None,
+            builder: Builder::default(),
+            applied: None,
             synced: None,
             needs_full: true,
             last_full: None,
@@ -199,7 +210,7 @@ impl<D: Dataplane> Syncer<D> {
     /// One sync of `mapped` at time `now`.
     pub async fn sync(&mut self, mapped: Mapped, now: Instant) -> Result<Report, SyncError> {
         let Mapped { mut state, invalid } = mapped;
-        let build = ruleset::build(&state);
+        let build = self.builder.build(&state);
         let left_out: HashSet<String> = build
             .skipped
             .iter()
@@ -209,43 +220,54 @@ impl<D: Dataplane> Syncer<D> {
         let mut skipped: Vec<Skipped> = invalid.into_iter().map(Skipped::from).collect();
         skipped.extend(build.skipped.into_iter().map(Skipped::from));
 
-        let text = build.ruleset.render();
-        let full = self.needs_full
-            || self
-                .last_full
-                .is_none_or(|t| now.saturating_duration_since(t) >= FULL_SYNC_PERIOD);
-        let unchanged = self.applied_text.as_deref() == Some(text.as_str());
+        let desired = build.ruleset;
+        let periodic_full = self
+            .last_full
+            .is_none_or(|t| now.saturating_duration_since(t) >= FULL_SYNC_PERIOD);
+        let transaction = match &self.applied {
+            Some(applied) if !self.needs_full && !periodic_full => {
+                match Transaction::update(applied, &desired) {
+                    Update::Unchanged => None,
+                    Update::Apply(tx) => Some(tx),
+                    Update::NeedsFull => Some(Transaction::full(&desired)),
+                }
+            }
+            _ => Some(Transaction::full(&desired)),
+        };
         let mut report = Report {
             applied: false,
-            full,
+            full: false,
             services: state.services.len(),
-            rules: build.ruleset.rule_count(),
-            bytes: text.len(),
+            rules: desired.rule_count(),
+            operations: 0,
+            bytes: 0,
             apply_time: Duration::ZERO,
             skipped,
             checks: health::service_checks(&state),
             cleanups: 0,
             cleanup_failures: 0,
         };
-        if full || !unchanged {
+        if let Some(tx) = transaction {
+            report.full = tx.full;
+            report.operations = tx.len();
+            let text = tx.render();
+            drop(tx);
+            report.bytes = text.len();
             // Until this apply succeeds, the kernel may hold anything: the next try is full.
             self.needs_full = true;
-            self.applied_text = None;
+            self.applied = None;
             let dataplane = self.dataplane.clone();
-            let (text, result) = tokio::task::spawn_blocking(move || {
-                let result = dataplane.apply(&text);
-                (text, result)
-            })
-            .await
-            .map_err(SyncError::Task)?;
+            let result = tokio::task::spawn_blocking(move || dataplane.apply(&text))
+                .await
+                .map_err(SyncError::Task)?;
             report.apply_time = result.map_err(SyncError::Apply)?;
             report.applied = true;
-            self.applied_text = Some(text);
             self.needs_full = false;
-            if full {
+            if report.full {
                 self.last_full = Some(now);
             }
         }
+        self.applied = Some(desired);
 
         // Stale flows are judged against the last successful sync even when nothing was
         // applied: an endpoint the ruleset never used (serving but not ready) can still have
@@ -514,6 +536,7 @@ fn log_report(report: &Report, took: Duration, notable: bool) {
             full = report.full,
             services = report.services,
             rules = report.rules,
+            operations = report.operations,
             bytes = report.bytes,
             skipped = report.skipped.len(),
             cleanups = report.cleanups,
@@ -690,6 +713,11 @@ mod tests {
             .expect("change");
         assert!(changed.applied && !changed.full, "{changed:?}");
         assert_eq!(recording.applies(), 2);
+        let update = recording.applied.lock().expect("test lock")[1].clone();
+        assert!(
+            !update.contains("delete table") && update.contains("10.244.0.6"),
+            "a change is applied in place, not as a new table: {update}"
+        );
 
         *recording.fail.lock().expect("test lock") = true;
         let err = syncer.sync(one(), t0 + 3 * MIN).await;

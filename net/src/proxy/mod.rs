@@ -9,3 +9,4 @@ pub mod conntrack;
 pub mod model;
 pub mod ruleset;
 pub mod tracer;
+pub mod transaction;

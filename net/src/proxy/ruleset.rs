@@ -34,9 +34,10 @@
 //! both families change in the same atomic transaction. Lookups are typed (`ip daddr` only matches
 //! IPv4), so the cost for a packet is one implicit family check; v6 objects carry a `6` suffix.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{self, Write as _};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -44,6 +45,7 @@ use super::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServiceError, ServicePort,
     SessionAffinity, TrafficPolicy,
 };
+use super::transaction::Transaction;
 
 /// The table nodus owns. Nothing else is ever touched.
 pub const TABLE: &str = "nodus";
@@ -80,7 +82,7 @@ impl Family {
         }
     }
 
-    fn addr_type(self) -> &'static str {
+    pub(crate) fn addr_type(self) -> &'static str {
         match self {
             Family::V4 => "ipv4_addr",
             Family::V6 => "ipv6_addr",
@@ -118,7 +120,7 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             HookPoint::Prerouting => "prerouting",
             HookPoint::Input => "input",
@@ -249,6 +251,19 @@ impl Set {
 /// The complete contents of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ruleset {
+    /// The fixed chains.
+    pub chains: BTreeMap<String, Chain>,
+    /// The shared sets and dispatch maps, holding every service's elements.
+    pub sets: BTreeMap<String, Set>,
+    /// Each service's own chains and affinity sets, by service id (`namespace/name`). Shared
+    /// between builds while the service is unchanged, so a diff can skip it without looking in.
+    pub services: BTreeMap<String, Arc<ServiceObjects>>,
+}
+
+/// The chains and sets that belong to one service (their names embed its id, so they never
+/// collide with another service's).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceObjects {
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, Set>,
 }
@@ -303,25 +318,57 @@ fn goto(chain: &str) -> Stmt {
 
 /// Builds the ruleset for `state`. Never fails: bad services are skipped and reported.
 pub fn build(state: &ProxyState) -> Build {
-    let mut ruleset = skeleton(&state.node);
-    let mut skipped = Vec::new();
-    let mut owners: BTreeMap<(Option<IpAddr>, Family, Protocol, u16), String> = BTreeMap::new();
+    Builder::default().build(state)
+}
 
-    let mut services: Vec<&Service> = state.services.iter().collect();
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    for service in services {
-        if let Err(err) = service.validate() {
-            skipped.push(err);
-            continue;
+/// Builds rulesets like [`build`], remembering each service's part so that the next build reuses
+/// it while the service (and the node) are unchanged: at 10k services one endpoint change then
+/// costs one service's work plus the shared maps, not the whole table. The result is always
+/// equal to what [`build`] returns for the same state.
+#[derive(Debug, Default)]
+pub struct Builder {
+    node: Option<Node>,
+    parts: HashMap<Arc<str>, (Service, Arc<Fragment>)>,
+}
+
+impl Builder {
+    pub fn build(&mut self, state: &ProxyState) -> Build {
+        if self.node.as_ref() != Some(&state.node) {
+            self.parts.clear();
+            self.node = Some(state.node.clone());
         }
-        let fragment = service_fragment(service, &state.node);
-        if let Some(err) = fragment.conflict(&owners, &service.id()) {
-            skipped.push(err);
-            continue;
+        let mut ruleset = skeleton(&state.node);
+        let mut skipped = Vec::new();
+        let mut owners = Owners::new();
+        let mut parts = HashMap::with_capacity(state.services.len());
+
+        let mut services: Vec<&Service> = state.services.iter().collect();
+        services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for service in services {
+            let id: Arc<str> = service.id().into();
+            let (known, fragment) = match self.parts.remove(&id) {
+                // Moved, not cloned: at 10k services the clones would dominate a sync.
+                Some((known, fragment)) if known == *service => (known, fragment),
+                _ => {
+                    if let Err(err) = service.validate() {
+                        skipped.push(err);
+                        continue;
+                    }
+                    let fragment = Arc::new(service_fragment(service, &state.node));
+                    (service.clone(), fragment)
+                }
+            };
+            if let Some(err) = fragment.conflict(&owners, &id) {
+                skipped.push(err);
+                continue;
+            }
+            fragment.merge_into(&mut ruleset, &mut owners, &id);
+            parts.insert(id, (known, fragment));
         }
-        fragment.merge_into(&mut ruleset, &mut owners, &service.id());
+        // Only what this state holds is remembered: a deleted service's part is dropped.
+        self.parts = parts;
+        Build { ruleset, skipped }
     }
-    Build { ruleset, skipped }
 }
 
 /// The fixed part: base chains, dispatch chains and the (possibly empty) maps and sets.
@@ -489,61 +536,56 @@ fn skeleton(node: &Node) -> Ruleset {
 }
 
 /// Everything one service contributes, checked for conflicts before it is merged.
-#[derive(Default)]
-struct Fragment {
-    chains: Vec<(String, Chain)>,
-    sets: Vec<(String, Set)>,
+#[derive(Debug, Default)]
+pub struct Fragment {
+    objects: Arc<ServiceObjects>,
     /// (map name, key, verdict) for the four dispatch maps.
     entries: Vec<(String, Family, MapKey, Verdict)>,
     cluster_ips: Vec<IpAddr>,
 }
 
-type Owners = BTreeMap<(Option<IpAddr>, Family, Protocol, u16), String>;
+type Owners = HashMap<(Option<IpAddr>, Family, Protocol, u16), Arc<str>>;
 
 impl Fragment {
     fn owner_key(family: Family, key: &MapKey) -> (Option<IpAddr>, Family, Protocol, u16) {
         (key.addr, family, key.protocol, key.port)
     }
 
-    fn conflict(&self, owners: &Owners, service: &str) -> Option<ServiceError> {
+    fn conflict(&self, owners: &Owners, service: &Arc<str>) -> Option<ServiceError> {
         let mut mine = BTreeSet::new();
         for (_, family, key, _) in &self.entries {
             let k = Self::owner_key(*family, key);
             let owner = owners
                 .get(&k)
                 .cloned()
-                .or_else(|| (!mine.insert(k)).then(|| service.to_owned()));
+                .or_else(|| (!mine.insert(k)).then(|| service.clone()));
             if let Some(owner) = owner {
                 return Some(ServiceError::Conflict {
-                    service: service.to_owned(),
+                    service: service.to_string(),
                     ip: key
                         .addr
                         .map_or("node ports".to_owned(), |ip| ip.to_string()),
                     protocol: key.protocol,
                     port: key.port,
-                    owner,
+                    owner: owner.to_string(),
                 });
             }
         }
         None
     }
 
-    fn merge_into(self, rs: &mut Ruleset, owners: &mut Owners, service: &str) {
-        for (name, chain) in self.chains {
-            rs.chains.insert(name, chain);
-        }
-        for (name, set) in self.sets {
-            rs.sets.insert(name, set);
-        }
-        for (map, family, key, verdict) in self.entries {
-            owners.insert(Self::owner_key(family, &key), service.to_owned());
+    fn merge_into(&self, rs: &mut Ruleset, owners: &mut Owners, service: &Arc<str>) {
+        rs.services
+            .insert(service.to_string(), self.objects.clone());
+        for (map, family, key, verdict) in &self.entries {
+            owners.insert(Self::owner_key(*family, key), service.clone());
             rs.sets
-                .get_mut(&map)
+                .get_mut(map)
                 .expect("the skeleton declares every dispatch map")
                 .map
-                .insert(key, verdict);
+                .insert(*key, verdict.clone());
         }
-        for ip in self.cluster_ips {
+        for &ip in &self.cluster_ips {
             rs.sets
                 .get_mut(&Family::of(ip).object(CLUSTER_IPS))
                 .expect("the skeleton declares both cluster-ips sets")
@@ -607,6 +649,7 @@ fn usable<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a 
 
 fn service_fragment(service: &Service, node: &Node) -> Fragment {
     let mut fragment = Fragment::default();
+    let mut objects = ServiceObjects::default();
     for port in &service.ports {
         for family in Family::ALL {
             let Some(&cluster_ip) = service
@@ -616,14 +659,24 @@ fn service_fragment(service: &Service, node: &Node) -> Fragment {
             else {
                 continue;
             };
-            port_fragment(&mut fragment, service, port, family, cluster_ip, node);
+            port_fragment(
+                &mut fragment,
+                &mut objects,
+                service,
+                port,
+                family,
+                cluster_ip,
+                node,
+            );
         }
     }
+    fragment.objects = Arc::new(objects);
     fragment
 }
 
 fn port_fragment(
     fragment: &mut Fragment,
+    objects: &mut ServiceObjects,
     service: &Service,
     port: &ServicePort,
     family: Family,
@@ -786,9 +839,9 @@ fn port_fragment(
                     rules.push(rule(vec![], vec![goto(&local_chain)]));
                 }
             }
-            fragment
+            objects
                 .chains
-                .push((ext_chain.clone(), Chain { hook: None, rules }));
+                .insert(ext_chain.clone(), Chain { hook: None, rules });
         }
     }
 
@@ -837,12 +890,12 @@ fn port_fragment(
     };
     if uses_cluster && !cluster_eps.is_empty() {
         let masq = service.internal_traffic_policy == TrafficPolicy::Cluster;
-        fragment.chains.push(policy(&svc_chain, &cluster_eps, masq));
+        let (name, chain) = policy(&svc_chain, &cluster_eps, masq);
+        objects.chains.insert(name, chain);
     }
     if uses_local && !local_eps.is_empty() {
-        fragment
-            .chains
-            .push(policy(&local_chain, &local_eps, false));
+        let (name, chain) = policy(&local_chain, &local_eps, false);
+        objects.chains.insert(name, chain);
     }
 
     for ((ip, target_port), (chain, set)) in endpoints {
@@ -854,108 +907,56 @@ fn port_fragment(
         )];
         if let Some(timeout) = affinity {
             rules.push(rule(vec![], vec![Stmt::UpdateSaddr(family, set.clone())]));
-            fragment
+            objects
                 .sets
-                .push((set, Set::new(SetKind::Affinity { family, timeout })));
+                .insert(set, Set::new(SetKind::Affinity { family, timeout }));
         }
         rules.push(rule(
             vec![Match::L4Proto(port.protocol)],
             vec![Stmt::Dnat(SocketAddr::new(ip, target_port))],
         ));
-        fragment.chains.push((chain, Chain { hook: None, rules }));
+        objects.chains.insert(chain, Chain { hook: None, rules });
     }
 }
 
 impl Ruleset {
     /// The number of rules, for metrics.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|c| c.rules.len()).sum()
+        self.all_chains().map(|(_, c)| c.rules.len()).sum()
     }
 
-    /// The text of one atomic transaction that replaces the whole table: `add` then `delete`
-    /// makes the delete succeed whether or not the table exists, and nothing outside the table
-    /// is named. Objects are declared before anything refers to them.
+    /// Every chain, the fixed ones first, then each service's.
+    pub fn all_chains(&self) -> impl Iterator<Item = (&String, &Chain)> {
+        self.chains
+            .iter()
+            .chain(self.services.values().flat_map(|s| s.chains.iter()))
+    }
+
+    /// Every set and map, the shared ones first, then each service's.
+    pub fn all_sets(&self) -> impl Iterator<Item = (&String, &Set)> {
+        self.sets
+            .iter()
+            .chain(self.services.values().flat_map(|s| s.sets.iter()))
+    }
+
+    /// The chain called `name`. Linear in the number of services: for tests and diagnostics.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains
+            .get(name)
+            .or_else(|| self.services.values().find_map(|s| s.chains.get(name)))
+    }
+
+    /// The set or map called `name`. Linear in the number of services, as [`Ruleset::chain`].
+    pub fn set(&self, name: &str) -> Option<&Set> {
+        self.sets
+            .get(name)
+            .or_else(|| self.services.values().find_map(|s| s.sets.get(name)))
+    }
+
+    /// The text of one atomic transaction that replaces the whole table (see
+    /// [`Transaction::full`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(256 + self.rule_count() * 96);
-        let t = format!("{FAMILY} {TABLE}");
-        writeln!(out, "add table {t}").expect("writing to a String");
-        writeln!(out, "delete table {t}").expect("writing to a String");
-        self.render_objects(&mut out);
-        out
-    }
-
-    /// Declarations, rules and elements, without the replace prelude.
-    pub fn render_objects(&self, out: &mut String) {
-        let t = format!("{FAMILY} {TABLE}");
-        let w = "writing to a String";
-        writeln!(out, "add table {t} {{ comment \"nodus service proxy\" ; }}").expect(w);
-        for (name, chain) in &self.chains {
-            match &chain.hook {
-                Some(h) => writeln!(
-                    out,
-                    "add chain {t} {name} {{ type {} hook {} priority {} ; policy accept ; }}",
-                    match h.chain_type {
-                        ChainType::Filter => "filter",
-                        ChainType::Nat => "nat",
-                    },
-                    h.hook.as_str(),
-                    h.priority
-                ),
-                None => writeln!(out, "add chain {t} {name}"),
-            }
-            .expect(w);
-        }
-        for (name, set) in &self.sets {
-            let decl = match &set.kind {
-                SetKind::Addrs(f) => format!("set {t} {name} {{ type {} ; }}", f.addr_type()),
-                SetKind::Affinity { family, timeout } => format!(
-                    "set {t} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
-                    family.addr_type()
-                ),
-                SetKind::AddrProtoPortMap(f) => format!(
-                    "map {t} {name} {{ type {} . inet_proto . inet_service : verdict ; }}",
-                    f.addr_type()
-                ),
-                SetKind::ProtoPortMap => {
-                    format!("map {t} {name} {{ type inet_proto . inet_service : verdict ; }}")
-                }
-            };
-            writeln!(out, "add {decl}").expect(w);
-        }
-        for (name, chain) in &self.chains {
-            for r in &chain.rules {
-                match r.stmts.as_slice() {
-                    [Stmt::NumgenGoto(targets)] if targets.len() <= NUMGEN_CASCADE_MAX => {
-                        for line in numgen_cascade(&r.matches, targets) {
-                            writeln!(out, "add rule {t} {name} {line}").expect(w);
-                        }
-                    }
-                    _ => writeln!(out, "add rule {t} {name} {r}").expect(w),
-                }
-            }
-        }
-        for (name, set) in &self.sets {
-            let elements: Vec<String> = if set.map.is_empty() {
-                set.addrs.iter().map(|a| a.to_string()).collect()
-            } else {
-                set.map
-                    .iter()
-                    .map(|(k, v)| match k.addr {
-                        Some(a) => format!("{a} . {} . {} : {v}", k.protocol, k.port),
-                        None => format!("{} . {} : {v}", k.protocol, k.port),
-                    })
-                    .collect()
-            };
-            if elements.is_empty() {
-                continue;
-            }
-            writeln!(out, "add element {t} {name} {{").expect(w);
-            let last = elements.len() - 1;
-            for (i, e) in elements.iter().enumerate() {
-                writeln!(out, "\t{e}{}", if i == last { "" } else { "," }).expect(w);
-            }
-            writeln!(out, "}}").expect(w);
-        }
+        Transaction::full(self).render()
     }
 }
 
@@ -969,7 +970,7 @@ pub const NUMGEN_CASCADE_MAX: usize = 32;
 
 /// `numgen random mod (N-i) 0 goto ep_i` for i < N-1, then `goto ep_{N-1}`: endpoint i is taken
 /// with probability (1 - 1/N - ... ) * 1/(N-i) = 1/N, as iptables' `statistic` cascade.
-fn numgen_cascade(matches: &[Match], targets: &[String]) -> Vec<String> {
+pub(crate) fn numgen_cascade(matches: &[Match], targets: &[String]) -> Vec<String> {
     let prefix: String = matches.iter().map(|m| format!("{m} ")).collect();
     let n = targets.len();
     targets

@@ -419,7 +419,10 @@ fn dual_stack_families_stay_apart() {
     );
     let text = rs.render();
     assert!(text.contains("dnat ip6 to [fd00:99::2]:8080"), "{text}");
-    for name in rs.chains.keys().chain(rs.sets.keys()) {
+    for (name, _) in rs.all_chains() {
+        assert!(!name.contains(':'), "{name}");
+    }
+    for (name, _) in rs.all_sets() {
         assert!(!name.contains(':'), "{name}");
     }
 }
@@ -542,4 +545,53 @@ fn numgen_cascade_is_uniform() {
         "numgen random mod {} vmap {{ 0 : goto ep0,",
         NUMGEN_CASCADE_MAX + 1
     )));
+}
+
+#[test]
+fn a_remembering_builder_builds_what_build_builds_and_shares_unchanged_services() {
+    let mut other = web(vec![ep("10.99.0.9:80", true)]);
+    other.name = "other".into();
+    other.cluster_ips = vec![ip("10.98.0.11")];
+    other.external_ips.clear();
+    other.load_balancer_ips.clear();
+    other.ports[0].node_port = Some(30081);
+    let mut thief = other.clone();
+    thief.name = "thief".into();
+    let mut bad = other.clone();
+    bad.name = "bad".into();
+    bad.ports[0].port = 0;
+    let mut fewer = web(three());
+    fewer.ports[0].endpoints.pop();
+    let mut moved = node();
+    moved.cluster_cidrs = vec!["10.99.0.0/17".parse().expect("CIDR")];
+
+    let states = [
+        (node(), vec![web(three()), other.clone()]),
+        (
+            node(),
+            vec![web(three()), other.clone(), thief.clone(), bad],
+        ),
+        (node(), vec![fewer.clone(), other.clone(), thief.clone()]),
+        // `other` is gone: `thief` may now have its address and port.
+        (node(), vec![fewer.clone(), thief]),
+        (moved, vec![fewer, other]),
+        (node(), vec![]),
+    ];
+    let mut builder = Builder::default();
+    let mut previous: Option<Ruleset> = None;
+    for (i, (node, services)) in states.into_iter().enumerate() {
+        let state = ProxyState { node, services };
+        let fresh = build(&state);
+        let remembered = builder.build(&state);
+        assert_eq!(remembered.ruleset, fresh.ruleset, "state {i}");
+        assert_eq!(remembered.skipped, fresh.skipped, "state {i}");
+        if i == 2 {
+            let before = previous.as_ref().expect("the previous build");
+            let shared =
+                |id: &str| Arc::ptr_eq(&before.services[id], &remembered.ruleset.services[id]);
+            assert!(shared("default/other"), "an unchanged service is reused");
+            assert!(!shared("default/web"), "a changed service is rebuilt");
+        }
+        previous = Some(remembered.ruleset);
+    }
 }

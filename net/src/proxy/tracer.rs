@@ -226,8 +226,7 @@ impl<'a> Tracer<'a> {
         assert!(depth < MAX_DEPTH, "chain loop through {chain}");
         let rules = &self
             .ruleset
-            .chains
-            .get(chain)
+            .chain(chain)
             .unwrap_or_else(|| panic!("rule refers to a missing chain {chain}"))
             .rules;
         for (i, rule) in rules.iter().enumerate().skip(from) {
@@ -315,8 +314,7 @@ impl<'a> Tracer<'a> {
     ) -> Option<Verdict> {
         let set = self
             .ruleset
-            .sets
-            .get(map)
+            .set(map)
             .unwrap_or_else(|| panic!("rule refers to a missing map {map}"));
         set.map
             .get(&MapKey {
@@ -330,8 +328,7 @@ impl<'a> Tracer<'a> {
     fn in_set(&self, name: &str, ip: IpAddr) -> bool {
         let set = self
             .ruleset
-            .sets
-            .get(name)
+            .set(name)
             .unwrap_or_else(|| panic!("rule refers to a missing set {name}"));
         match set.kind {
             SetKind::Affinity { .. } => self.affinity.get(name).is_some_and(|s| s.contains(&ip)),

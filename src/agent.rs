@@ -148,6 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 cluster_cidrs: proxy.cluster_cidrs.clone(),
                 nodeport_addresses: proxy.nodeport_addresses.clone(),
                 healthz_bind: proxy.healthz_bind,
+                metrics_bind: proxy.metrics_bind,
                 min_sync_period: proxy.min_sync_period,
                 sync_period: proxy.sync_period,
             };

@@ -105,6 +105,11 @@ pub struct Flags {
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: String,
 
+    /// The address of the proxy's metrics server, /metrics and /proxyMode (kube-proxy's
+    /// --metrics-bind-address); port 0 turns it off.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
+
     /// The least time between two proxy syncs; changes in between are applied together
     /// (kube-proxy's --min-sync-period).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]

@@ -52,6 +52,8 @@ pub struct ProxyConfig {
     pub cluster_cidrs: Vec<IpNet>,
     pub nodeport_addresses: Vec<IpNet>,
     pub healthz_bind: std::net::SocketAddr,
+    /// `None` when the port is 0.
+    pub metrics_bind: Option<std::net::SocketAddr>,
     pub min_sync_period: std::time::Duration,
     pub sync_period: std::time::Duration,
 }
@@ -184,6 +186,17 @@ impl Config {
                         )
                     },
                 )?,
+                metrics_bind: flags
+                    .metrics_bind_address
+                    .parse()
+                    .map(|addr: std::net::SocketAddr| (addr.port() != 0).then_some(addr))
+                    .map_err(|err: std::net::AddrParseError| {
+                        invalid(
+                            "metrics-bind-address",
+                            &flags.metrics_bind_address,
+                            err.to_string(),
+                        )
+                    })?,
                 min_sync_period: seconds("min-sync-period", flags.min_sync_period)?,
                 sync_period: seconds("sync-period", flags.sync_period)?,
             }),

@@ -142,11 +142,32 @@ pub fn service_checks(state: &ProxyState) -> ServiceChecks {
         .collect()
 }
 
-/// An HTTP answer: status and JSON body.
+/// An HTTP answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: StatusCode,
+    pub content_type: &'static str,
     pub body: String,
+}
+
+impl Reply {
+    /// A JSON answer, as every health endpoint gives.
+    fn json(status: StatusCode, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    /// Go's `http.NotFound`, which upstream's muxes answer with.
+    pub fn not_found() -> Reply {
+        Reply {
+            status: StatusCode::NOT_FOUND,
+            content_type: "text/plain; charset=utf-8",
+            body: "404 page not found\n".to_owned(),
+        }
+    }
 }
 
 /// Go's `time.Time.String()` layout in UTC (`2006-01-02 15:04:05.999999999 +0000 UTC`), which
@@ -169,12 +190,7 @@ pub fn proxy_reply(
     let livez = match path {
         "/healthz" => false,
         "/livez" => true,
-        _ => {
-            return Reply {
-                status: StatusCode::NOT_FOUND,
-                body: "404 page not found\n".to_owned(),
-            };
-        }
+        _ => return Reply::not_found(),
     };
     let proxy_healthy = health.is_healthy(now, timeout);
     let healthy = proxy_healthy && (livez || health.node_eligible);
@@ -193,14 +209,12 @@ pub fn proxy_reply(
             health.node_eligible
         )
     };
-    Reply {
-        status: if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    }
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Reply::json(status, body)
 }
 
 /// The answer of a Service's health check, with upstream's body layout.
@@ -212,14 +226,12 @@ pub fn service_reply(service: &ServiceKey, local_endpoints: usize, proxy_healthy
         quote(&service.namespace),
         quote(&service.name),
     );
-    Reply {
-        status: if local_endpoints > 0 && proxy_healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    }
+    let status = if local_endpoints > 0 && proxy_healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Reply::json(status, body)
 }
 
 /// Serves `/healthz` and `/livez` on `addr` until cancelled. A bind failure (port taken, e.g. by
@@ -327,7 +339,7 @@ pub async fn serve_service_checks(
 
 /// Serves HTTP/1.1 on `listener` with `respond(path)` until `cancel`; open connections finish
 /// their current request and close.
-async fn serve<F>(listener: TcpListener, respond: F, cancel: CancellationToken)
+pub(super) async fn serve<F>(listener: TcpListener, respond: F, cancel: CancellationToken)
 where
     F: Fn(&str) -> Reply + Clone + Send + Sync + 'static,
 {
@@ -387,7 +399,7 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
+        header::HeaderValue::from_static(reply.content_type),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -23,6 +23,7 @@
 
 pub mod health;
 pub mod mapping;
+pub mod metrics;
 pub mod stale;
 pub mod sync;
 pub mod warnings;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use self::health::{ProxyHealth, ServiceChecks};
+use self::metrics::ProxyMetrics;
 
 /// The proxy's health server address when not configured (kube-proxy's `--healthz-bind-address`).
 pub const DEFAULT_HEALTHZ_BIND: SocketAddr =
@@ -59,6 +61,8 @@ pub struct ProxySettings {
     pub nodeport_addresses: Vec<IpNet>,
     /// `--healthz-bind-address` (0.0.0.0:10256).
     pub healthz_bind: SocketAddr,
+    /// `--metrics-bind-address` (127.0.0.1:10249); `None` (port 0) serves no metrics.
+    pub metrics_bind: Option<SocketAddr>,
     /// `--min-sync-period`: the least time between two syncs (changes in between are batched).
     pub min_sync_period: Duration,
     /// `--sync-period`: the most time between two syncs.
@@ -79,9 +83,11 @@ pub async fn run(client: Client, settings: ProxySettings, cancel: CancellationTo
     let timeout = settings.sync_period.max(settings.min_sync_period) * 2;
     let (health_tx, health_rx) = watch::channel(ProxyHealth::starting(Instant::now()));
     let (checks_tx, checks_rx) = watch::channel(ServiceChecks::new());
+    let (metrics_tx, metrics_rx) = watch::channel(ProxyMetrics::default());
     info!(
         node = %settings.node_name,
         healthz = %settings.healthz_bind,
+        metrics = ?settings.metrics_bind,
         min_sync_period = ?settings.min_sync_period,
         sync_period = ?settings.sync_period,
         "starting the service proxy"
@@ -96,6 +102,9 @@ pub async fn run(client: Client, settings: ProxySettings, cancel: CancellationTo
         timeout,
         servers.clone(),
     ));
+    if let Some(addr) = settings.metrics_bind {
+        tasks.spawn(metrics::serve(addr, metrics_rx, servers.clone()));
+    }
     tasks.spawn(health::serve_service_checks(
         checks_rx,
         health_rx,
@@ -109,6 +118,7 @@ pub async fn run(client: Client, settings: ProxySettings, cancel: CancellationTo
         sync::Published {
             health: health_tx,
             checks: checks_tx,
+            metrics: metrics_tx,
         },
         cancel.clone(),
     )

@@ -46,6 +46,7 @@ use tracing::{debug, info, warn};
 use super::ProxySettings;
 use super::health::{self, ProxyHealth, ServiceChecks};
 use super::mapping::{self, Mapped};
+use super::metrics::ProxyMetrics;
 use super::stale::{self, Cleanup};
 use super::warnings::{Skipped, Warnings};
 use crate::backoff::Backoff;
@@ -321,6 +322,7 @@ impl<D: Dataplane> Syncer<D> {
 pub struct Published {
     pub health: watch::Sender<ProxyHealth>,
     pub checks: watch::Sender<ServiceChecks>,
+    pub metrics: watch::Sender<ProxyMetrics>,
 }
 
 /// Which of the three watches have listed once.
@@ -435,7 +437,11 @@ pub async fn run<D: Dataplane>(
                             changed
                         });
                         warnings.report(&report.skipped, &stores.services.state());
-                        log_report(&report, now.elapsed(), first || failing);
+                        let took = now.elapsed();
+                        published
+                            .metrics
+                            .send_modify(|m| m.synced(&report, took, SystemTime::now()));
+                        log_report(&report, took, first || failing);
                         first = false;
                         failing = false;
                     }
@@ -444,6 +450,7 @@ pub async fn run<D: Dataplane>(
                         schedule.failed(Instant::now(), delay);
                         syncer.force_full();
                         published.health.send_modify(|h| h.queued(now));
+                        published.metrics.send_modify(|m| m.failed());
                         warn!(error = %error_chain(&err), retry_in = ?delay, "proxy sync failed");
                         failing = true;
                     }
@@ -457,6 +464,9 @@ pub async fn run<D: Dataplane>(
         if changed {
             schedule.changed();
             published.health.send_modify(|h| h.queued(Instant::now()));
+            published
+                .metrics
+                .send_modify(|m| m.queued(SystemTime::now()));
         }
     }
 }

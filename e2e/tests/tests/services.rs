@@ -30,10 +30,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// probability 2^-(N-1).
 const SPREAD_REQUESTS: usize = 40;
 
-/// The tests of this file run one at a time: every sync currently replaces nodus's whole table,
-/// which also empties the ClientIP affinity sets, so another test's Service appearing in the
-/// middle of the affinity test would move its client (nodus-net's apply documents this).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// nodus's proxy metrics, at kube-proxy's default metrics address.
+const METRICS: &str = "127.0.0.1:10249";
 
 struct Env {
     ns: TestNamespace,
@@ -231,15 +229,15 @@ fn node_port(service: &Service) -> Result<u16> {
 /// One HTTP/1.0 `GET /` from the host over a new connection (so each request is a new choice of
 /// endpoint); returns the body, trimmed. Blocking std I/O on a blocking thread, with timeouts.
 async fn get(addr: SocketAddr) -> Result<String> {
-    tokio::task::spawn_blocking(move || get_blocking(addr)).await?
+    tokio::task::spawn_blocking(move || get_blocking(addr, "/")).await?
 }
 
-fn get_blocking(addr: SocketAddr) -> Result<String> {
+fn get_blocking(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: nodus-e2e\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: nodus-e2e\r\n\r\n").as_bytes())?;
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)
@@ -288,7 +286,6 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn cluster_ip_and_node_port_reach_both_backends_from_the_host() -> Result<()> {
-    let _serial = SERIAL.lock().await;
     let env = setup("svc-host").await?;
     let a = env.web_pod("web-a").await?;
     let b = env.web_pod("web-b").await?;
@@ -313,7 +310,6 @@ async fn cluster_ip_and_node_port_reach_both_backends_from_the_host() -> Result<
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn a_pod_reaches_the_service_by_cluster_ip_and_node_port() -> Result<()> {
-    let _serial = SERIAL.lock().await;
     let env = setup("svc-pod").await?;
     let a = env.web_pod("web-a").await?;
     let b = env.web_pod("web-b").await?;
@@ -357,7 +353,6 @@ async fn a_pod_reaches_the_service_by_cluster_ip_and_node_port() -> Result<()> {
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn session_affinity_client_ip_pins_a_client_to_one_backend() -> Result<()> {
-    let _serial = SERIAL.lock().await;
     let env = setup("svc-affinity").await?;
     let a = env.web_pod("web-a").await?;
     let b = env.web_pod("web-b").await?;
@@ -391,7 +386,6 @@ async fn session_affinity_client_ip_pins_a_client_to_one_backend() -> Result<()>
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn a_pod_reaches_itself_through_its_own_service() -> Result<()> {
-    let _serial = SERIAL.lock().await;
     let env = setup("svc-hairpin").await?;
     let service = env.service("self", json!({})).await?;
     let ip = cluster_ip(&service)?;
@@ -430,7 +424,6 @@ async fn a_pod_reaches_itself_through_its_own_service() -> Result<()> {
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn a_service_without_endpoints_is_refused_at_once_until_it_has_one() -> Result<()> {
-    let _serial = SERIAL.lock().await;
     let env = setup("svc-empty").await?;
     let service = env.service("empty", json!({})).await?;
     let addr = SocketAddr::new(cluster_ip(&service)?, 80);
@@ -457,5 +450,56 @@ async fn a_service_without_endpoints_is_refused_at_once_until_it_has_one() -> Re
     let ip = env.web_pod("web-late").await?;
     env.endpoints("empty", &[ip]).await?;
     assert_eq!(answers(addr, 3).await?, set(&["web-late"]));
+    env.finish().await
+}
+
+/// The value of one series in nodus's proxy metrics.
+async fn metric(series: &str) -> Result<f64> {
+    let addr: SocketAddr = METRICS.parse()?;
+    let text = tokio::task::spawn_blocking(move || get_blocking(addr, "/metrics")).await??;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .with_context(|| format!("no {series} in the proxy metrics"))?
+        .parse()
+        .with_context(|| format!("{series} is not a number"))
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn proxy_metrics_count_syncs_and_programmed_services() -> Result<()> {
+    let env = setup("svc-metrics").await?;
+    let mode =
+        tokio::task::spawn_blocking(|| get_blocking(METRICS.parse()?, "/proxyMode")).await??;
+    assert_eq!(mode, "nftables");
+    let syncs = "kubeproxy_sync_proxy_rules_duration_seconds_count";
+    let (syncs_before, services_before) =
+        (metric(syncs).await?, metric("nodus_proxy_services").await?);
+
+    let ip = env.web_pod("web").await?;
+    let service = env.service("web", json!({})).await?;
+    env.endpoints("web", &[ip]).await?;
+    assert_eq!(
+        answers(SocketAddr::new(cluster_ip(&service)?, 80), 1).await?,
+        set(&["web"])
+    );
+
+    ensure!(metric(syncs).await? > syncs_before, "no sync was counted");
+    ensure!(
+        metric("nodus_proxy_services").await? >= services_before + 1.0,
+        "the new Service is not counted"
+    );
+    ensure!(metric("nodus_proxy_rules").await? > 0.0, "no rules counted");
+    ensure!(
+        metric("kubeproxy_sync_partial_proxy_rules_duration_seconds_count").await? > 0.0,
+        "changes after the first sync are applied in place"
+    );
+    let last = metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds").await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    ensure!(
+        (now - last).abs() < 120.0,
+        "the last sync ({last}) is not recent (now {now})"
+    );
     env.finish().await
 }

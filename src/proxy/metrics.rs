@@ -84,7 +84,6 @@ pub struct ProxyMetrics {
     pub services: usize,
     pub skipped_services: usize,
     pub transaction_operations: usize,
-    pub transaction_bytes: usize,
 }
 
 impl Default for ProxyMetrics {
@@ -100,7 +99,6 @@ impl Default for ProxyMetrics {
             services: 0,
             skipped_services: 0,
             transaction_operations: 0,
-            transaction_bytes: 0,
         }
     }
 }
@@ -122,7 +120,6 @@ impl ProxyMetrics {
         self.skipped_services = report.skipped.len();
         if report.applied {
             self.transaction_operations = report.operations;
-            self.transaction_bytes = report.bytes;
         }
     }
 
@@ -204,12 +201,6 @@ impl ProxyMetrics {
             "gauge",
             self.transaction_operations.to_string(),
         );
-        gauge(
-            "nodus_proxy_last_transaction_bytes",
-            "Size of the last transaction sent to the kernel, in bytes of nft text",
-            "gauge",
-            self.transaction_bytes.to_string(),
-        );
         out
     }
 }
@@ -270,10 +261,10 @@ mod tests {
         Report {
             applied: true,
             full,
+            via: "netlink",
             services: 3,
             rules: 42,
             operations: 7,
-            bytes: 900,
             apply_time: Duration::from_millis(2),
             skipped: vec![],
             checks: ServiceChecks::new(),

@@ -114,7 +114,7 @@ pub async fn run(client: Client, settings: ProxySettings, cancel: CancellationTo
     sync::run(
         client,
         settings,
-        Arc::new(sync::System::default()),
+        Arc::new(sync::System::new()),
         sync::Published {
             health: health_tx,
             checks: checks_tx,

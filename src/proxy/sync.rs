@@ -36,6 +36,7 @@ use kube::{Api, Client, Resource};
 use nodus_net::proxy::apply::{self, Nft};
 use nodus_net::proxy::conntrack::{self, Conntrack};
 use nodus_net::proxy::model::ProxyState;
+use nodus_net::proxy::netlink::{self, Netlink};
 use nodus_net::proxy::ruleset::{Builder, Ruleset};
 use nodus_net::proxy::transaction::{Transaction, Update};
 use tokio::sync::watch;
@@ -62,30 +63,95 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("applying the ruleset")]
-    Apply(#[source] apply::Error),
+    Apply(#[source] ApplyError),
     #[error("the apply task did not finish")]
     Task(#[source] tokio::task::JoinError),
 }
 
+/// How one transaction was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub duration: Duration,
+    pub via: &'static str,
+}
+
+/// An error applying a transaction; the next sync is a full one.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Nft(#[from] apply::Error),
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
+}
+
 /// The kernel side, behind a narrow trait so the loop can be tested with a recording double.
-/// Calls block (they run processes) and are made from `spawn_blocking`.
+/// Calls block (they talk to the kernel or run processes) and are made from `spawn_blocking`.
 pub trait Dataplane: Send + Sync + 'static {
-    /// Runs one atomic `nft -f -` transaction.
-    fn apply(&self, script: &str) -> Result<Duration, apply::Error>;
+    /// Applies one transaction atomically.
+    fn apply(&self, tx: &Transaction<'_>) -> Result<Applied, ApplyError>;
     /// Deletes stale UDP conntrack entries; returns how many.
     fn clean(&self, cleanup: Cleanup) -> Result<u64, conntrack::Error>;
 }
 
-/// The real kernel: `nft` and `conntrack` from `PATH`.
-#[derive(Debug, Default)]
+/// The real kernel: in-place updates straight through netlink, full replaces (and anything the
+/// netlink encoder does not cover) as text through `nft -f -`; `conntrack` from `PATH`.
+///
+/// Why both: a full replace is rare and nft's text is the reference form, while an update must
+/// be fast, and nft 1.0.6 spends ~140 ms at 10k services just loading its cache (see
+/// `nodus_net::proxy::netlink`).
+#[derive(Debug)]
 pub struct System {
     pub nft: Nft,
+    /// `None` when no netfilter netlink socket could be opened: everything goes through nft.
+    pub netlink: Option<Netlink>,
     pub conntrack: Conntrack,
 }
 
+impl Default for System {
+    fn default() -> Self {
+        System::new()
+    }
+}
+
+impl System {
+    pub fn new() -> Self {
+        let netlink = Netlink::open()
+            .inspect_err(|err| {
+                warn!(error = %error_chain(err), "no netfilter netlink socket; every proxy sync goes through nft");
+            })
+            .ok();
+        System {
+            nft: Nft::new(),
+            netlink,
+            conntrack: Conntrack::default(),
+        }
+    }
+}
+
 impl Dataplane for System {
-    fn apply(&self, script: &str) -> Result<Duration, apply::Error> {
-        self.nft.run(script)
+    fn apply(&self, tx: &Transaction<'_>) -> Result<Applied, ApplyError> {
+        if let Some(netlink) = self.netlink.as_ref().filter(|_| !tx.full) {
+            match netlink.apply(tx) {
+                Ok(duration) => {
+                    return Ok(Applied {
+                        duration,
+                        via: "netlink",
+                    });
+                }
+                Err(netlink::Error::Unsupported(what)) => {
+                    debug!(
+                        what,
+                        "update not encodable for netlink; applying it with nft"
+                    );
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let duration = self.nft.run(&tx.render())?;
+        Ok(Applied {
+            duration,
+            via: "nft",
+        })
     }
 
     fn clean(&self, cleanup: Cleanup) -> Result<u64, conntrack::Error> {
@@ -166,12 +232,13 @@ pub struct Report {
     pub applied: bool,
     /// Whether it replaced the whole table (else it changed only what differed).
     pub full: bool,
+    /// How the transaction reached the kernel ("netlink" or "nft").
+    pub via: &'static str,
     pub services: usize,
     /// Rules in the desired ruleset.
     pub rules: usize,
-    /// Operations in the transaction, and the size of its text.
+    /// Operations in the transaction.
     pub operations: usize,
-    pub bytes: usize,
     pub apply_time: Duration,
     /// Services left out, each with its reason.
     pub skipped: Vec<Skipped>,
@@ -225,49 +292,58 @@ impl<D: Dataplane> Syncer<D> {
         let periodic_full = self
             .last_full
             .is_none_or(|t| now.saturating_duration_since(t) >= FULL_SYNC_PERIOD);
-        let transaction = match &self.applied {
-            Some(applied) if !self.needs_full && !periodic_full => {
-                match Transaction::update(applied, &desired) {
-                    Update::Unchanged => None,
-                    Update::Apply(tx) => Some(tx),
-                    Update::NeedsFull => Some(Transaction::full(&desired)),
-                }
-            }
-            _ => Some(Transaction::full(&desired)),
-        };
+        let force_full = self.needs_full || periodic_full;
         let mut report = Report {
             applied: false,
             full: false,
+            via: "",
             services: state.services.len(),
             rules: desired.rule_count(),
             operations: 0,
-            bytes: 0,
             apply_time: Duration::ZERO,
             skipped,
             checks: health::service_checks(&state),
             cleanups: 0,
             cleanup_failures: 0,
         };
-        if let Some(tx) = transaction {
-            report.full = tx.full;
-            report.operations = tx.len();
-            let text = tx.render();
-            drop(tx);
-            report.bytes = text.len();
-            // Until this apply succeeds, the kernel may hold anything: the next try is full.
-            self.needs_full = true;
-            self.applied = None;
-            let dataplane = self.dataplane.clone();
-            let result = tokio::task::spawn_blocking(move || dataplane.apply(&text))
-                .await
-                .map_err(SyncError::Task)?;
-            report.apply_time = result.map_err(SyncError::Apply)?;
+        // Until an apply succeeds the kernel may hold anything: a failure leaves `applied`
+        // empty, which makes the next sync a full one.
+        self.needs_full = true;
+        let applied = self.applied.take();
+        let dataplane = self.dataplane.clone();
+        // The diff borrows both rulesets, so they go to the blocking thread and come back.
+        let (outcome, applied, desired) = tokio::task::spawn_blocking(move || {
+            let outcome = match applied.as_ref().filter(|_| !force_full) {
+                Some(applied) => match Transaction::update(applied, &desired) {
+                    Update::Unchanged => Ok(None),
+                    Update::Apply(tx) => dataplane.apply(&tx).map(|a| Some((a, tx.len(), false))),
+                    Update::NeedsFull => {
+                        let tx = Transaction::full(&desired);
+                        dataplane.apply(&tx).map(|a| Some((a, tx.len(), true)))
+                    }
+                },
+                None => {
+                    let tx = Transaction::full(&desired);
+                    dataplane.apply(&tx).map(|a| Some((a, tx.len(), true)))
+                }
+            };
+            (outcome, applied, desired)
+        })
+        .await
+        .map_err(SyncError::Task)?;
+        let done = outcome.map_err(SyncError::Apply)?;
+        drop(applied);
+        if let Some((how, operations, full)) = done {
             report.applied = true;
-            self.needs_full = false;
-            if report.full {
+            report.full = full;
+            report.via = how.via;
+            report.operations = operations;
+            report.apply_time = how.duration;
+            if full {
                 self.last_full = Some(now);
             }
         }
+        self.needs_full = false;
         self.applied = Some(desired);
 
         // Stale flows are judged against the last successful sync even when nothing was
@@ -534,7 +610,7 @@ fn log_report(report: &Report, took: Duration, notable: bool) {
         info!(
             services = report.services,
             rules = report.rules,
-            bytes = report.bytes,
+            via = report.via,
             skipped = report.skipped.len(),
             apply_time = ?report.apply_time,
             took = ?took,
@@ -547,7 +623,7 @@ fn log_report(report: &Report, took: Duration, notable: bool) {
             services = report.services,
             rules = report.rules,
             operations = report.operations,
-            bytes = report.bytes,
+            via = report.via,
             skipped = report.skipped.len(),
             cleanups = report.cleanups,
             apply_time = ?report.apply_time,
@@ -620,18 +696,18 @@ mod tests {
     }
 
     impl Dataplane for Recording {
-        fn apply(&self, script: &str) -> Result<Duration, apply::Error> {
+        fn apply(&self, tx: &Transaction<'_>) -> Result<Applied, ApplyError> {
             if *self.fail.lock().expect("test lock") {
-                return Err(apply::Error::Spawn {
+                return Err(ApplyError::Nft(apply::Error::Spawn {
                     program: "nft".into(),
                     source: std::io::Error::other("test failure"),
-                });
+                }));
             }
-            self.applied
-                .lock()
-                .expect("test lock")
-                .push(script.to_owned());
-            Ok(Duration::from_millis(1))
+            self.applied.lock().expect("test lock").push(tx.render());
+            Ok(Applied {
+                duration: Duration::from_millis(1),
+                via: "test",
+            })
         }
 
         fn clean(&self, cleanup: Cleanup) -> Result<u64, conntrack::Error> {

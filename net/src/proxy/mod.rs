@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod conntrack;
 pub mod model;
+pub mod netlink;
 pub mod ruleset;
 pub mod tracer;
 pub mod transaction;

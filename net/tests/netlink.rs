@@ -1,0 +1,642 @@
+//! `proxy::netlink` against the kernel: in-place updates sent as one netlink batch must leave
+//! exactly the table that the same update as `nft -f -` text leaves, down to the expressions.
+//!
+//! Invariants: every namespace a test creates is removed by a Drop guard, even when the test
+//! fails; the netlink socket is opened by a thread that entered the test namespace with setns(2)
+//! (a socket stays in the namespace it was created in); without root, `ip` or `nft`, tests skip
+//! with a message instead of failing.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
+use nodus_net::proxy::apply::Nft;
+use nodus_net::proxy::model::{
+    Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
+    TrafficPolicy,
+};
+use nodus_net::proxy::netlink::{Error as NetlinkError, Netlink};
+use nodus_net::proxy::ruleset::{Ruleset, build};
+use nodus_net::proxy::transaction::{Transaction, Update};
+
+/// Why a test cannot run here, if it cannot.
+fn unsupported() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root to create network namespaces".into());
+    }
+    for tool in ["ip", "nft"] {
+        let found = Command::new(tool)
+            .arg(if tool == "ip" { "-V" } else { "--version" })
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("needs `{tool}` on PATH"));
+        }
+    }
+    None
+}
+
+macro_rules! require_kernel {
+    () => {
+        if let Some(why) = unsupported() {
+            eprintln!("skipping {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("nodus-nl{}-{n}-{role}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("running ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    fn nft(&self) -> Nft {
+        Nft::with_command("ip", ["netns", "exec", self.name.as_str(), "nft"])
+    }
+
+    /// A netlink socket in this namespace, opened by a thread that entered it.
+    fn netlink(&self) -> Netlink {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+            Netlink::open().expect("opening the netlink socket")
+        })
+        .join()
+        .expect("the namespace thread panicked")
+    }
+
+    /// `nft --debug=netlink list table`: every rule's expressions, as the kernel holds them.
+    fn expressions(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "--debug=netlink"])
+            .args(["list", "table", "inet", "nodus"])
+            .output()
+            .expect("running nft --debug=netlink");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Best effort: a failure here must not hide the test's own failure.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `nft list table` with chains, sets and set elements in a canonical order: the kernel lists
+/// objects in creation order and hash sets in any order, neither of which is behaviour.
+fn canonical_listing(listing: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in listing.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("\t") && !line.starts_with("\t\t") && trimmed.ends_with('{') {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(trimmed);
+            block.push(' ');
+            if line == "\t}" {
+                blocks.push(canonical_elements(&current.take().expect("an open block")));
+            }
+        }
+    }
+    blocks.sort();
+    blocks
+}
+
+fn canonical_elements(block: &str) -> String {
+    let Some(start) = block.find("elements = {") else {
+        return block.to_owned();
+    };
+    let body_start = start + "elements = {".len();
+    let body_end = body_start + block[body_start..].find('}').expect("closed elements");
+    let mut elements: Vec<&str> = block[body_start..body_end]
+        .split(',')
+        .map(str::trim)
+        .collect();
+    elements.sort();
+    format!(
+        "{}{}{}",
+        &block[..body_start],
+        elements.join(", "),
+        &block[body_end..]
+    )
+}
+
+/// `nft --debug=netlink list` in a canonical form: rules per chain in order without their
+/// handles, set elements sorted, anonymous set numbers dropped, chains and sets sorted.
+fn canonical_expressions(dump: &str) -> Vec<String> {
+    let unnumber = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find("__map") {
+            out.push_str(&rest[..i + 5]);
+            rest = rest[i + 5..].trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        out
+    };
+    let mut sets = Vec::new();
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut header: Option<String> = None;
+    let mut lines: Vec<String> = Vec::new();
+    let mut flush = |header: &mut Option<String>, lines: &mut Vec<String>| {
+        let Some(h) = header.take() else { return };
+        if h.contains(" @") {
+            lines.sort();
+            sets.push(format!("{h}\n{}", lines.join("\n")));
+        } else {
+            // `inet nodus CHAIN HANDLE [PREVIOUS]`
+            let chain = h.split(' ').nth(2).unwrap_or_default().to_owned();
+            chains.entry(chain).or_default().push(lines.join("\n"));
+        }
+        lines.clear();
+    };
+    for line in dump.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            flush(&mut header, &mut lines);
+            header = Some(unnumber(line));
+        } else {
+            lines.push(unnumber(line.trim()));
+        }
+    }
+    flush(&mut header, &mut lines);
+    sets.sort();
+    sets.extend(
+        chains
+            .into_iter()
+            .map(|(chain, rules)| format!("chain {chain}\n{}", rules.join("\n--\n"))),
+    );
+    sets
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
+    Endpoint::ready(ip(addr), port, local)
+}
+
+fn port(protocol: Protocol, port: u16, node_port: Option<u16>, eps: Vec<Endpoint>) -> ServicePort {
+    ServicePort {
+        name: format!("{protocol}-{port}"),
+        protocol,
+        port,
+        node_port,
+        endpoints: eps,
+    }
+}
+
+fn svc(name: &str, cluster_ips: &[&str], ports: Vec<ServicePort>) -> Service {
+    Service {
+        namespace: "test".into(),
+        name: name.into(),
+        cluster_ips: cluster_ips.iter().map(|s| ip(s)).collect(),
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        ports,
+    }
+}
+
+fn node_only() -> Node {
+    Node {
+        node_port_addresses: NodePortAddresses::Only(vec![ip("10.97.0.1"), ip("fd00:97::1")]),
+        cluster_cidrs: vec![
+            "10.99.0.0/16".parse().expect("CIDR"),
+            "fd00:99::/64".parse().expect("CIDR"),
+        ],
+    }
+}
+
+/// All local addresses for node ports, and prefixes that are not whole bytes.
+fn node_all_local() -> Node {
+    Node {
+        node_port_addresses: NodePortAddresses::AllLocal,
+        cluster_cidrs: vec![
+            "10.99.0.0/16".parse().expect("CIDR"),
+            "10.100.0.0/14".parse().expect("CIDR"),
+            "fd00:99::/60".parse().expect("CIDR"),
+        ],
+    }
+}
+
+fn endpoints(count: usize, base: &str, port: u16) -> Vec<Endpoint> {
+    (0..count)
+        .map(|i| ep(&format!("{base}.{}", i + 2), port, i % 3 == 0))
+        .collect()
+}
+
+/// Proxy states covering every shape the ruleset has; updates between any two are in place
+/// except where an affinity timeout or a base chain changes.
+fn states() -> Vec<ProxyState> {
+    use Protocol::{Sctp, Tcp, Udp};
+    let web = svc(
+        "web",
+        &["10.98.0.10"],
+        vec![port(Tcp, 80, None, endpoints(2, "10.99.0", 8080))],
+    );
+    let dns = svc(
+        "dns",
+        &["10.98.0.53"],
+        vec![
+            port(Udp, 53, None, vec![ep("10.99.1.2", 5353, true)]),
+            port(Tcp, 53, None, vec![ep("10.99.1.2", 5353, true)]),
+        ],
+    );
+    let mut exposed = svc(
+        "exposed",
+        &["10.98.0.20"],
+        vec![port(Tcp, 443, Some(30443), endpoints(2, "10.99.2", 8443))],
+    );
+    exposed.external_ips = vec![ip("192.0.2.20")];
+    exposed.load_balancer_ips = vec![ip("192.0.2.21")];
+    let no_eps = svc(
+        "empty",
+        &["10.98.0.30"],
+        vec![port(Tcp, 80, Some(30080), vec![])],
+    );
+
+    let mut changed_web = web.clone();
+    changed_web.ports[0].endpoints = endpoints(3, "10.99.0", 8080);
+    changed_web.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 60,
+    };
+    let mut changed_dns = dns.clone();
+    changed_dns.ports[0].endpoints.clear();
+    let mut local = exposed.clone();
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.ports[0].endpoints = vec![ep("10.99.2.2", 8443, true), ep("10.99.3.2", 8443, false)];
+
+    let mut dual = changed_web.clone();
+    dual.cluster_ips.push(ip("fd00:98::10"));
+    dual.ports[0].endpoints.push(ep("fd00:99::2", 8080, true));
+    dual.ports[0].endpoints.push(ep("fd00:99::3", 8080, false));
+    let mut v6 = svc(
+        "v6",
+        &["fd00:98::20"],
+        vec![port(
+            Tcp,
+            443,
+            Some(30444),
+            vec![ep("fd00:99::4", 8443, true)],
+        )],
+    );
+    v6.external_ips = vec![ip("2001:db8::20")];
+    v6.external_traffic_policy = TrafficPolicy::Local;
+    let sctp = svc(
+        "sctp",
+        &["10.98.0.40"],
+        vec![port(Sctp, 9999, None, vec![ep("10.99.4.2", 9999, false)])],
+    );
+
+    // More endpoints than the numgen cascade takes (an anonymous vmap), and exactly as many.
+    let wide = svc(
+        "wide",
+        &["10.98.0.50"],
+        vec![port(Tcp, 80, None, endpoints(40, "10.99.5", 8080))],
+    );
+    let mut cascade = svc(
+        "cascade",
+        &["10.98.0.51"],
+        vec![port(Udp, 53, Some(30053), endpoints(32, "10.99.6", 53))],
+    );
+    cascade.internal_traffic_policy = TrafficPolicy::Local;
+    // Endpoints, but none local under a Local policy: drop.
+    let mut remote = svc(
+        "remote",
+        &["10.98.0.52"],
+        vec![port(Tcp, 80, Some(30052), vec![ep("10.99.7.2", 80, false)])],
+    );
+    remote.external_traffic_policy = TrafficPolicy::Local;
+    let mut wider = wide.clone();
+    wider.ports[0].endpoints = endpoints(41, "10.99.5", 8080);
+    wider.ports[0].endpoints.remove(3);
+
+    let state = |node: fn() -> Node, services: Vec<Service>| ProxyState {
+        node: node(),
+        services,
+    };
+    vec![
+        state(node_only, vec![]),
+        state(node_only, vec![web.clone(), dns.clone()]),
+        state(
+            node_only,
+            vec![web.clone(), dns.clone(), exposed.clone(), no_eps.clone()],
+        ),
+        state(
+            node_only,
+            vec![
+                changed_web.clone(),
+                changed_dns.clone(),
+                local.clone(),
+                no_eps.clone(),
+            ],
+        ),
+        state(
+            node_only,
+            vec![dual.clone(), v6.clone(), sctp.clone(), local.clone()],
+        ),
+        state(
+            node_only,
+            vec![wide.clone(), cascade.clone(), remote.clone(), dual.clone()],
+        ),
+        state(
+            node_only,
+            vec![wider, cascade.clone(), remote, dual.clone(), v6.clone()],
+        ),
+        state(node_all_local, vec![dual, v6, sctp, local, no_eps, cascade]),
+    ]
+}
+
+fn rulesets(states: &[ProxyState]) -> Vec<Ruleset> {
+    states
+        .iter()
+        .map(|s| {
+            let b = build(s);
+            assert!(b.skipped.is_empty(), "{:?}", b.skipped);
+            b.ruleset
+        })
+        .collect()
+}
+
+#[test]
+fn updates_through_netlink_match_updates_through_nft() {
+    require_kernel!();
+    let via_netlink = Netns::new("netlink");
+    let via_text = Netns::new("text");
+    let (nft, text) = (via_netlink.nft(), via_text.nft());
+    let netlink = via_netlink.netlink();
+    let rulesets = rulesets(&states());
+    let mut applied = 0;
+    for (i, from) in rulesets.iter().enumerate() {
+        for (j, to) in rulesets.iter().enumerate() {
+            let tx = match Transaction::update(from, to) {
+                Update::Apply(tx) => tx,
+                Update::Unchanged => {
+                    assert_eq!(i, j);
+                    continue;
+                }
+                Update::NeedsFull => continue,
+            };
+            nft.apply(from).expect("full apply");
+            text.apply(from).expect("full apply");
+            netlink
+                .apply(&tx)
+                .unwrap_or_else(|e| panic!("update {i} -> {j} via netlink: {e}"));
+            text.run(&tx.render())
+                .unwrap_or_else(|e| panic!("update {i} -> {j} via nft: {e}"));
+            assert_eq!(
+                canonical_listing(&nft.list().expect("list")),
+                canonical_listing(&text.list().expect("list")),
+                "update {i} -> {j}: listings differ"
+            );
+            assert_eq!(
+                canonical_expressions(&via_netlink.expressions()),
+                canonical_expressions(&via_text.expressions()),
+                "update {i} -> {j}: expressions differ"
+            );
+            applied += 1;
+        }
+    }
+    // Only the affinity timeout of one service differs between some states.
+    assert!(
+        applied >= 40,
+        "only {applied} in-place updates were compared"
+    );
+}
+
+#[test]
+fn a_refused_batch_changes_nothing() {
+    require_kernel!();
+    let ns = Netns::new("refused");
+    let nft = ns.nft();
+    let netlink = ns.netlink();
+    let rulesets = rulesets(&states());
+    nft.apply(&rulesets[1]).expect("full apply");
+    let before = nft.list().expect("list");
+    let before_expressions = ns.expressions();
+
+    // Computed against the wrong applied state: it flushes and fills chains the kernel does not
+    // have, after adding many objects that must not survive.
+    let Update::Apply(wrong) = Transaction::update(&rulesets[3], &rulesets[2]) else {
+        panic!("expected an in-place update");
+    };
+    match netlink.apply(&wrong) {
+        Err(NetlinkError::Refused { op, errno }) => {
+            assert_eq!(errno, Errno::ENOENT, "{op}");
+            assert!(op.contains("inet nodus"), "{op}");
+        }
+        other => panic!("expected a refused batch, got {other:?}"),
+    }
+    assert_eq!(nft.list().expect("list"), before);
+    assert_eq!(ns.expressions(), before_expressions);
+
+    // The socket is still usable: the right update goes through.
+    let Update::Apply(right) = Transaction::update(&rulesets[1], &rulesets[2]) else {
+        panic!("expected an in-place update");
+    };
+    netlink.apply(&right).expect("the right update");
+    nft.apply(&rulesets[2]).expect("full apply");
+    let full = canonical_listing(&nft.list().expect("list"));
+    nft.apply(&rulesets[1]).expect("full apply");
+    netlink.apply(&right).expect("the right update");
+    assert_eq!(canonical_listing(&nft.list().expect("list")), full);
+}
+
+#[test]
+fn a_full_replace_is_unsupported_and_sends_nothing() {
+    require_kernel!();
+    let ns = Netns::new("full");
+    let nft = ns.nft();
+    let netlink = ns.netlink();
+    let rulesets = rulesets(&states());
+    nft.apply(&rulesets[1]).expect("full apply");
+    let before = nft.list().expect("list");
+    match netlink.apply(&Transaction::full(&rulesets[2])) {
+        Err(NetlinkError::Unsupported(why)) => assert!(why.contains("full"), "{why}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert_eq!(nft.list().expect("list"), before);
+}
+
+// The benchmark's generator, as in `net/tests/netns.rs`.
+
+const TCP_PORT: u16 = 8080;
+
+fn node_config() -> Node {
+    Node {
+        node_port_addresses: NodePortAddresses::Only(vec![ip("10.97.0.1")]),
+        cluster_cidrs: vec!["10.99.0.0/16".parse().expect("CIDR")],
+    }
+}
+
+fn service(cluster_ip: &str, protocol: Protocol, port: u16) -> Service {
+    Service {
+        namespace: "test".into(),
+        name: format!("svc-{}", cluster_ip.replace('.', "-")),
+        cluster_ips: vec![ip(cluster_ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol,
+            port,
+            node_port: None,
+            endpoints: vec![],
+        }],
+    }
+}
+
+/// Services × 2 endpoints each, spread over a /16 of cluster IPs.
+fn many(count: usize) -> ProxyState {
+    let services = (0..count)
+        .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            let mut s = service(&format!("10.98.{hi}.{lo}"), Protocol::Tcp, 80);
+            s.name = format!("bench-{i}");
+            s.ports[0].node_port = (i < 2000).then(|| 30000 + i as u16);
+            s.ports[0].endpoints = (0..2)
+                .map(|e| {
+                    Endpoint::ready(ip(&format!("10.{}.{hi}.{lo}", 100 + e)), TCP_PORT, e == 0)
+                })
+                .collect();
+            s
+        })
+        .collect();
+    ProxyState {
+        node: node_config(),
+        services,
+    }
+}
+
+/// The state with endpoint `which` of service `i` removed.
+fn without_endpoint(mut state: ProxyState, i: usize, which: usize) -> ProxyState {
+    state.services[i].ports[0].endpoints.remove(which);
+    state
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// 10,000 services × 2 endpoints applied as nft text, then 100 one-endpoint changes through
+/// netlink (and a few through nft, for comparison). Prints figures, asserts none:
+/// `cargo test --release -p nodus-net --test netlink netlink_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints figures, asserts none; run with --ignored --nocapture"]
+fn netlink_timing() {
+    require_kernel!();
+    let count: usize = std::env::var("NODUS_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(10_000);
+    let ns = Netns::new("timing");
+    let nft = ns.nft();
+    let netlink = ns.netlink();
+    let base = many(count);
+    let t0 = Instant::now();
+    let mut applied = build(&base).ruleset;
+    nft.run(&Transaction::full(&applied).render())
+        .expect("cold apply");
+    println!(
+        "{count} services × 2 endpoints ({} rules): full apply via nft {}",
+        applied.rule_count(),
+        ms(t0.elapsed())
+    );
+    let change = |k: usize| {
+        // Alternately drop an endpoint of one service and restore it, walking over services.
+        let i = (k / 2 * 97) % count;
+        if k.is_multiple_of(2) {
+            without_endpoint(base.clone(), i, k % 4 / 2)
+        } else {
+            base.clone()
+        }
+    };
+    let mut in_netlink = Vec::new();
+    let mut ops = Vec::new();
+    for k in 0..100 {
+        let desired = build(&change(k)).ruleset;
+        let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
+            panic!("an endpoint change must be an in-place update");
+        };
+        ops.push(Duration::from_nanos(tx.len() as u64));
+        in_netlink.push(netlink.apply(&tx).expect("applying the change via netlink"));
+        drop(tx);
+        applied = desired;
+    }
+    let mut in_nft = Vec::new();
+    for k in 100..110 {
+        let desired = build(&change(k)).ruleset;
+        let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
+            panic!("an endpoint change must be an in-place update");
+        };
+        in_nft.push(nft.run(&tx.render()).expect("applying the change via nft"));
+        drop(tx);
+        applied = desired;
+    }
+    in_netlink.sort();
+    in_nft.sort();
+    ops.sort();
+    println!(
+        "one-endpoint change ({} ops p50) via Netlink::apply, 100 changes: p50 {} p99 {} max {}",
+        percentile(&ops, 50).as_nanos(),
+        ms(percentile(&in_netlink, 50)),
+        ms(percentile(&in_netlink, 99)),
+        ms(in_netlink[in_netlink.len() - 1]),
+    );
+    println!(
+        "the same kind of change via nft -f -, 10 changes: p50 {} max {}",
+        ms(percentile(&in_nft, 50)),
+        ms(in_nft[in_nft.len() - 1]),
+    );
+}

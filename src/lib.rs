@@ -10,5 +10,6 @@ pub mod events;
 pub mod node;
 pub mod pods;
 pub mod proxy;
+pub mod volumes;
 
 pub use nodus_api::quantity;

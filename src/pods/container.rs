@@ -51,6 +51,8 @@ pub struct HostFiles {
     pub termination_log: Option<String>,
     /// The pod's managed /etc/hosts.
     pub etc_hosts: Option<String>,
+    /// The container's volumes (see `crate::volumes`).
+    pub volume_mounts: Vec<Mount>,
 }
 
 /// cpu shares for a request in milli-cpu (the kubelet's `MilliCPUToShares`).
@@ -179,8 +181,10 @@ pub fn config(
                 .to_string(),
         ),
     ]);
-    let mut mounts = Vec::new();
-    if let Some(etc_hosts) = &host.etc_hosts {
+    let mut mounts = host.volume_mounts.clone();
+    // A volume mounted at /etc/hosts wins over the managed file, as with the kubelet.
+    let own_hosts = mounts.iter().any(|m| m.container_path == "/etc/hosts");
+    if let Some(etc_hosts) = host.etc_hosts.as_ref().filter(|_| !own_hosts) {
         mounts.push(Mount {
             container_path: "/etc/hosts".into(),
             host_path: etc_hosts.clone(),
@@ -305,6 +309,7 @@ mod tests {
             ..Pod::default()
         };
         let host = HostFiles {
+            volume_mounts: Vec::new(),
             termination_log: Some("/var/lib/nodus/pods/u/containers/app/abc".into()),
             etc_hosts: Some("/var/lib/nodus/pods/u/etc-hosts".into()),
         };

@@ -34,7 +34,9 @@ use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
 use super::{cgroups, hooks, host_files, pull_secrets};
+use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
+use crate::volumes::{self, PodVolumes};
 
 /// The longest a worker sleeps without looking again (a safety net behind the events).
 const RESYNC: Duration = Duration::from_secs(10);
@@ -44,6 +46,12 @@ const ERROR_RETRY: Duration = Duration::from_secs(2);
 /// difference (a stop the runtime has not finished, a call that keeps failing), and
 /// repeating them at once would only spin.
 const REPEAT_DELAY: Duration = Duration::from_secs(1);
+/// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+/// refreshed from their sources (and tokens renewed when due).
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+/// Retry delays after a failed volume set-up.
+const VOLUME_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const VOLUME_RETRY_MAX: Duration = Duration::from_secs(60);
 /// The attempts key for the sandbox itself.
 const SANDBOX: &str = "";
 
@@ -96,10 +104,16 @@ struct Worker {
     /// The actions of the previous pass.
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
+    volumes: PodVolumes,
+    /// When the volumes were last set up, and when a failed set-up may be tried again.
+    volumes_checked: Option<std::time::Instant>,
+    volume_retry: Backoff,
+    volume_retry_at: Option<Timestamp>,
 }
 
 /// Runs one pod's worker until the pod is gone from both the runtime and the API.
 pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: CancellationToken) {
+    let volumes = PodVolumes::new(shared.root_dir.join("pods").join(&key.uid));
     let mut worker = Worker {
         key,
         shared,
@@ -109,6 +123,10 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         posted: None,
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
+        volumes,
+        volumes_checked: None,
+        volume_retry: Backoff::new(VOLUME_RETRY_INITIAL, VOLUME_RETRY_MAX),
+        volume_retry_at: None,
     };
     if let Some(rejection) = worker.rejection.clone() {
         // Nothing of a rejected pod ever runs; it only reports its failure.
@@ -247,6 +265,12 @@ impl Worker {
             debug!(pod = %self.key, from = ?self.stage, to = ?plan.stage, "pod stage");
             self.stage = plan.stage;
         }
+        if let Some(pod) = desired
+            && self.stage == Stage::Syncing
+            && self.rejection.is_none()
+        {
+            self.volumes_pass(pod, &mut plan, now).await;
+        }
         if desired.is_some() && !matches!(self.stage, Stage::Terminated { removed: true }) {
             self.report(&pod, &spec, &runtime, now).await;
         }
@@ -289,12 +313,74 @@ impl Worker {
         Ok(Pass::Again)
     }
 
+    /// Sets up the pod's volumes before anything of it starts, and refreshes them while it
+    /// runs. Until a first set-up succeeds, creating the sandbox or a container waits, with a
+    /// FailedMount event each try, as upstream's "unable to attach or mount volumes".
+    async fn volumes_pass(&mut self, pod: &Pod, plan: &mut lifecycle::Plan, now: Timestamp) {
+        let has_volumes = pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.volumes.as_ref().is_some_and(|v| !v.is_empty()));
+        if !has_volumes {
+            return;
+        }
+        let due = !self.volumes.ready()
+            || self
+                .volumes_checked
+                .is_none_or(|t| t.elapsed() >= VOLUME_REFRESH);
+        let retry_later = self.volume_retry_at.filter(|at| *at > now);
+        if due && retry_later.is_none() {
+            let ctx = volumes::Context {
+                client: self.shared.client.clone(),
+                downward: Downward {
+                    node_name: self.shared.node_name.clone(),
+                    host_ips: self.shared.host_ips.clone(),
+                    pod_ips: Vec::new(),
+                    allocatable_milli_cpu: self.shared.allocatable_milli_cpu,
+                    allocatable_memory: self.shared.allocatable_memory,
+                },
+            };
+            match self.volumes.set_up(&ctx, pod).await {
+                Ok(()) => {
+                    self.volumes_checked = Some(std::time::Instant::now());
+                    self.volume_retry.reset();
+                    self.volume_retry_at = None;
+                }
+                Err(err) => {
+                    warn!(pod = %self.key, error = %err, "setting up volumes failed");
+                    self.shared.events.warning(
+                        events::reference(pod, None),
+                        "FailedMount",
+                        err.to_string(),
+                    );
+                    let delay =
+                        k8s_openapi::jiff::SignedDuration::try_from(self.volume_retry.next_delay())
+                            .unwrap_or_default();
+                    self.volume_retry_at = now.checked_add(delay).ok();
+                }
+            }
+        }
+        if !self.volumes.ready() {
+            plan.actions.retain(|a| {
+                !matches!(
+                    a,
+                    Action::CreateSandbox { .. } | Action::StartContainer { .. }
+                )
+            });
+            if let Some(at) = self.volume_retry_at {
+                plan.wake_at = Some(plan.wake_at.map_or(at, |w| w.min(at)));
+            }
+        }
+    }
+
     async fn remove_orphan(&mut self, runtime: PodRuntime) -> Result<Pass, nodus_cri::Error> {
         if runtime.is_empty() {
             let _ = cgroups::remove(&cgroups::pod_cgroup("BestEffort", &self.key.uid));
             let _ = cgroups::remove(&cgroups::pod_cgroup("Burstable", &self.key.uid));
             let _ = cgroups::remove(&cgroups::pod_cgroup("Guaranteed", &self.key.uid));
-            let _ = std::fs::remove_dir_all(self.pod_dir());
+            if let Err(err) = volumes::tear_down(&self.pod_dir()) {
+                warn!(pod = %self.key, error = %err, "removing the orphan's volumes failed");
+            }
             let _ = std::fs::remove_dir_all(self.log_dir());
             return Ok(Pass::Finished);
         }
@@ -748,14 +834,6 @@ impl Worker {
             failure(StartFailure::Config, message)
         };
 
-        // Volumes arrive with their own work; until then a container that needs one is
-        // refused visibly rather than started without it.
-        if let Some(mount) = container.volume_mounts.iter().flatten().next() {
-            return Err(config_error(format!(
-                "volume \"{}\" cannot be mounted: nodus does not support pod volumes yet",
-                mount.name
-            )));
-        }
         if let Ok(Some(info)) = self.shared.images.inspect(&image).await {
             let uid = info.uid.map(|u| u.value);
             container::verify_non_root(spec, container, uid, &info.username).map_err(|reason| {
@@ -780,6 +858,10 @@ impl Worker {
         let env = env::resolve(container, pod, &sources, &downward)
             .map_err(|e| config_error(e.to_string()))?;
         let (command, args) = env::expand_command(container, &env);
+        let volume_mounts = self
+            .volumes
+            .container_mounts(spec, container, &env)
+            .map_err(config_error)?;
 
         let termination_log = self.termination_log(&container.name, attempt);
         host_files::write(&termination_log, "")
@@ -789,6 +871,7 @@ impl Worker {
             termination_log: Some(termination_log.to_string_lossy().into_owned()),
             etc_hosts: (spec.host_network != Some(true) && etc_hosts.exists())
                 .then(|| etc_hosts.to_string_lossy().into_owned()),
+            volume_mounts,
         };
         let config = container::config(pod, spec, container, attempt, env, command, args, &host);
         let runtime = &self.shared.runtime;
@@ -913,9 +996,12 @@ impl Worker {
         Ok(sources)
     }
 
-    /// Removes what the pod left on the host: its files, logs and cgroup.
+    /// Removes what the pod left on the host: its volumes and files, logs and cgroup.
     fn remove_host_state(&self, spec: &PodSpec) {
-        for path in [self.pod_dir(), self.log_dir()] {
+        if let Err(err) = volumes::tear_down(&self.pod_dir()) {
+            warn!(pod = %self.key, error = %err, "removing the pod's volumes failed");
+        }
+        for path in [self.log_dir()] {
             if let Err(err) = std::fs::remove_dir_all(&path)
                 && err.kind() != std::io::ErrorKind::NotFound
             {

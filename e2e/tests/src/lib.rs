@@ -4,6 +4,8 @@
 //! The tests themselves are `#[ignore]`d so that a plain `cargo test` (no cluster) skips
 //! them; `e2e/test` runs them with `--ignored` once the cluster is up.
 
+pub mod pods;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -184,8 +186,8 @@ impl TestNamespace {
         kube::Api::namespaced(self.client.clone(), &self.name)
     }
 
-    /// Creates a pod from JSON, bound to `node` and without a service-account token
-    /// volume (volumes are not supported yet).
+    /// Creates a pod from JSON, bound to `node`; without a service-account token volume unless
+    /// the JSON asks for one (most tests do not need the API from inside the pod).
     pub async fn create_pod(
         &self,
         node: &str,
@@ -194,7 +196,9 @@ impl TestNamespace {
         pod["apiVersion"] = "v1".into();
         pod["kind"] = "Pod".into();
         pod["spec"]["nodeName"] = node.into();
-        pod["spec"]["automountServiceAccountToken"] = false.into();
+        if pod["spec"]["automountServiceAccountToken"].is_null() {
+            pod["spec"]["automountServiceAccountToken"] = false.into();
+        }
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod)?;
         Ok(self.pods().create(&Default::default(), &pod).await?)
     }

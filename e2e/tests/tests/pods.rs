@@ -4,104 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Event, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
-use nodus_e2e::{Cluster, TestNamespace, poll};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use nodus_e2e::pods::*;
+use nodus_e2e::poll;
 use serde_json::json;
-
-const IMAGE: &str = "busybox:1.36";
-
-async fn setup(prefix: &str) -> Result<(Cluster, TestNamespace, String)> {
-    let cluster = Cluster::from_env()?;
-    let ns = TestNamespace::create(cluster.admin().await?, prefix).await?;
-    let node = cluster.node_name();
-    Ok((cluster, ns, node))
-}
-
-fn pod(name: &str, policy: &str, containers: serde_json::Value) -> serde_json::Value {
-    json!({
-        "metadata": { "name": name },
-        "spec": { "restartPolicy": policy, "terminationGracePeriodSeconds": 5, "containers": containers },
-    })
-}
-
-fn sh(name: &str, script: &str) -> serde_json::Value {
-    json!({ "name": name, "image": IMAGE, "command": ["sh", "-c", script] })
-}
-
-async fn wait_pod<T>(
-    ns: &TestNamespace,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&Pod) -> Option<T>,
-) -> Result<T> {
-    let pods = ns.pods();
-    poll(timeout, what, || async {
-        Ok(check(&pods.get(name).await?))
-    })
-    .await
-}
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    let status = pod.status.as_ref()?;
-    status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .find(|c| c.name == name)
-}
-
-fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
-    container(pod, name)?
-        .state
-        .as_ref()?
-        .waiting
-        .as_ref()?
-        .reason
-        .clone()
-}
-
-async fn events_for(ns: &TestNamespace, pod: &str) -> Result<Vec<(String, String)>> {
-    let events: Api<Event> = Api::namespaced(ns.pods().into_client(), &ns.name);
-    Ok(events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(pod))
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect())
-}
-
-/// Waits until the pod has an event with `reason` whose message satisfies `message`;
-/// events are published in the background, so they may trail the status a little.
-async fn wait_event(
-    ns: &TestNamespace,
-    pod: &str,
-    reason: &str,
-    message: impl Fn(&str) -> bool,
-) -> Result<()> {
-    let what = format!("a {reason} event for {pod}");
-    poll(Duration::from_secs(15), &what, || async {
-        let events = events_for(ns, pod).await?;
-        Ok(events
-            .iter()
-            .any(|(r, m)| r == reason && message(m))
-            .then_some(()))
-    })
-    .await
-    .map_err(|err| anyhow::anyhow!("{err}"))
-}
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]

@@ -1,12 +1,16 @@
-//! Soak: many pods created and deleted leave nothing behind on the node — no sandbox,
-//! container, network namespace, IP allocation, cgroup or log directory.
+//! Soak: many pods with volumes created and deleted leave nothing behind on the node — no
+//! sandbox, container, network namespace, IP allocation, cgroup, log directory, pod directory or
+//! mount (each pod has a configMap with a subPath, a secret, and disk and memory emptyDirs, so
+//! tmpfs and bind mounts are in play).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use futures::future::try_join_all;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
 use nodus_e2e::{Cluster, TestNamespace, poll};
 use serde_json::json;
 
@@ -49,6 +53,14 @@ fn leftovers() -> Result<Vec<String>> {
             found.push(format!("{what}: {}", entry.path().display()));
         }
     }
+    let pods_dir = state.join("nodus/pods");
+    for line in std::fs::read_to_string("/proc/self/mountinfo")?.lines() {
+        if let Some(point) = line.split(' ').nth(4)
+            && Path::new(point).starts_with(&pods_dir)
+        {
+            found.push(format!("mount: {point}"));
+        }
+    }
     for controller in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
         for qos in ["besteffort", "burstable"] {
             let dir = controller.path().join("kubepods").join(qos);
@@ -72,6 +84,19 @@ async fn creating_and_deleting_many_pods_leaves_nothing_behind() -> Result<()> {
     let ns = TestNamespace::create(cluster.admin().await?, "soak").await?;
     let node = cluster.node_name();
     let pods = ns.pods();
+    let client = pods.clone().into_client();
+    let config: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "soak" }, "data": { "app.conf": "x=1" },
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &config)
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "soak" }, "stringData": { "token": "t" },
+    }))?;
+    Api::<Secret>::namespaced(client, &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
     for batch in 0..PODS / BATCH {
         try_join_all((0..BATCH).map(|i| {
             let (ns, node) = (&ns, &node);
@@ -80,7 +105,21 @@ async fn creating_and_deleting_many_pods_leaves_nothing_behind() -> Result<()> {
                     "metadata": { "name": format!("soak-{batch}-{i}") },
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
-                        "containers": [{ "name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"] }],
+                        "containers": [{
+                            "name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                            "volumeMounts": [
+                                { "name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf" },
+                                { "name": "sec", "mountPath": "/sec" },
+                                { "name": "disk", "mountPath": "/disk" },
+                                { "name": "mem", "mountPath": "/mem" },
+                            ],
+                        }],
+                        "volumes": [
+                            { "name": "cfg", "configMap": { "name": "soak" } },
+                            { "name": "sec", "secret": { "secretName": "soak" } },
+                            { "name": "disk", "emptyDir": {} },
+                            { "name": "mem", "emptyDir": { "medium": "Memory" } },
+                        ],
                     },
                 });
                 ns.create_pod(node, spec).await

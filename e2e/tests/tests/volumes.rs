@@ -1,0 +1,356 @@
+//! Volumes as a pod sees them: every test's container checks its own files and reports through
+//! its exit code and termination message, so what is asserted is what a process in the pod
+//! reads, not only what the API says.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use nodus_e2e::TestNamespace;
+use nodus_e2e::pods::*;
+use serde_json::json;
+
+/// A busybox script prelude: `check ACTUAL EXPECTED WHAT` fails the container with a message.
+const CHECK: &str = "check() { [ \"$1\" = \"$2\" ] || { echo \"$3: got '$1', want '$2'\" > /dev/termination-log; exit 1; }; }; ";
+
+async fn config_map(ns: &TestNamespace, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..ConfigMap::default()
+    };
+    api.create(&PostParams::default(), &cm).await?;
+    Ok(())
+}
+
+async fn secret(ns: &TestNamespace, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..Secret::default()
+    };
+    api.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+/// Waits for the pod to finish and returns (phase, the named container's termination message).
+async fn finished(
+    ns: &TestNamespace,
+    name: &str,
+    container_name: &str,
+) -> Result<(String, String)> {
+    wait_pod(
+        ns,
+        name,
+        Duration::from_secs(60),
+        &format!("{name} to finish"),
+        |p: &Pod| {
+            let phase = phase(p);
+            (phase == "Succeeded" || phase == "Failed").then(|| {
+                let message = container(p, container_name)
+                    .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+                    .unwrap_or_default();
+                (phase.to_owned(), message.trim().to_owned())
+            })
+        },
+    )
+    .await
+}
+
+async fn succeeds(ns: &TestNamespace, name: &str, container_name: &str) -> Result<String> {
+    let (phase, message) = finished(ns, name, container_name).await?;
+    ensure!(phase == "Succeeded", "{name} {phase}: {message}");
+    Ok(message)
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn config_map_and_secret_files_have_their_items_and_modes() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-files").await?;
+    config_map(&ns, "cfg", &[("a", "alpha"), ("b", "beta")]).await?;
+    secret(&ns, "creds", &[("pw", "s3cret")]).await?;
+    let script = format!(
+        "{CHECK}\
+         check \"$(cat /cfg/conf/a.txt)\" alpha cm-content; \
+         check \"$(stat -L -c %a /cfg/conf/a.txt)\" 400 cm-mode; \
+         check \"$(ls /cfg)\" conf cm-items-only; \
+         check \"$(cat /sec/pw)\" s3cret secret-content; \
+         check \"$(stat -L -c %a /sec/pw)\" 440 secret-mode; \
+         check \"$(grep -c ' /sec tmpfs ' /proc/mounts)\" 1 secret-on-tmpfs; \
+         if touch /cfg/x 2>/dev/null; then echo cfg-writable > /dev/termination-log; exit 1; fi; \
+         echo ok > /dev/termination-log"
+    );
+    let mut spec = pod("files", "Never", json!([sh("app", &script)]));
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([
+        { "name": "cfg", "mountPath": "/cfg" },
+        { "name": "sec", "mountPath": "/sec" },
+    ]);
+    spec["spec"]["volumes"] = json!([
+        { "name": "cfg", "configMap": { "name": "cfg", "items": [{ "key": "a", "path": "conf/a.txt", "mode": 0o400 }] } },
+        { "name": "sec", "secret": { "secretName": "creds", "defaultMode": 0o440 } },
+    ]);
+    ns.create_pod(&node, spec).await?;
+    assert_eq!(succeeds(&ns, "files", "app").await?, "ok");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_updated_config_map_reaches_the_mounted_file() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-update").await?;
+    config_map(&ns, "live", &[("k", "v1")]).await?;
+    let script = "until grep -q v2 /cfg/k; do sleep 0.2; done; cat /cfg/k > /dev/termination-log";
+    let mut spec = pod("watcher", "Never", json!([sh("app", script)]));
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "cfg", "mountPath": "/cfg" }]);
+    spec["spec"]["volumes"] = json!([{ "name": "cfg", "configMap": { "name": "live" } }]);
+    ns.create_pod(&node, spec).await?;
+    wait_pod(
+        &ns,
+        "watcher",
+        Duration::from_secs(60),
+        "watcher to run",
+        |p| (phase(p) == "Running").then_some(()),
+    )
+    .await?;
+    let api: Api<ConfigMap> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    api.patch(
+        "live",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "k": "v2" } })),
+    )
+    .await?;
+    assert_eq!(succeeds(&ns, "watcher", "app").await?, "v2");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn downward_api_files_hold_labels_annotations_and_limits() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-downward").await?;
+    let script = "{ cat /info/labels; echo '|'; cat /info/annotations; echo '|'; cat /info/name; \
+                  echo '|'; cat /info/cpu; } > /dev/termination-log";
+    let mut spec = pod("downward", "Never", json!([sh("app", script)]));
+    spec["metadata"]["labels"] = json!({ "app": "web", "tier": "front" });
+    spec["metadata"]["annotations"] = json!({ "note": "hi" });
+    spec["spec"]["containers"][0]["resources"] = json!({ "limits": { "cpu": "250m" } });
+    spec["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "info", "mountPath": "/info" }]);
+    spec["spec"]["volumes"] = json!([{ "name": "info", "downwardAPI": { "items": [
+        { "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } },
+        { "path": "annotations", "fieldRef": { "fieldPath": "metadata.annotations" } },
+        { "path": "name", "fieldRef": { "fieldPath": "metadata.name" } },
+        { "path": "cpu", "resourceFieldRef": { "containerName": "app", "resource": "limits.cpu", "divisor": "1m" } },
+    ] } }]);
+    ns.create_pod(&node, spec).await?;
+    let message = succeeds(&ns, "downward", "app").await?;
+    let parts: Vec<&str> = message.split('|').map(str::trim).collect();
+    assert_eq!(
+        parts,
+        [
+            "app=\"web\"\ntier=\"front\"",
+            "note=\"hi\"",
+            "downward",
+            "250"
+        ],
+        "{message}"
+    );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_empty_dir_is_shared_by_init_and_app_and_a_memory_one_is_tmpfs() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-empty").await?;
+    let mut spec = pod(
+        "shared",
+        "Never",
+        json!([sh(
+            "app",
+            &format!(
+                "{CHECK}check \"$(cat /data/hello)\" from-init shared; \
+                 check \"$(grep -c ' /mem tmpfs ' /proc/mounts)\" 1 memory-is-tmpfs; \
+                 check \"$(grep -c ' /data tmpfs ' /proc/mounts)\" 0 disk-is-not-tmpfs; \
+                 echo ok > /dev/termination-log"
+            )
+        )]),
+    );
+    spec["spec"]["initContainers"] = json!([sh("init", "echo from-init > /data/hello")]);
+    spec["spec"]["initContainers"][0]["volumeMounts"] =
+        json!([{ "name": "data", "mountPath": "/data" }]);
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([
+        { "name": "data", "mountPath": "/data" },
+        { "name": "mem", "mountPath": "/mem" },
+    ]);
+    spec["spec"]["volumes"] = json!([
+        { "name": "data", "emptyDir": {} },
+        { "name": "mem", "emptyDir": { "medium": "Memory", "sizeLimit": "16Mi" } },
+    ]);
+    ns.create_pod(&node, spec).await?;
+    assert_eq!(succeeds(&ns, "shared", "app").await?, "ok");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn host_path_types_are_checked_and_created() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-hostpath").await?;
+    // A file where a directory is wanted: refused with upstream's message, never started.
+    let mut wrong = pod("wrong", "Never", json!([sh("app", "true")]));
+    wrong["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "h", "mountPath": "/h" }]);
+    wrong["spec"]["volumes"] =
+        json!([{ "name": "h", "hostPath": { "path": "/etc/hostname", "type": "Directory" } }]);
+    ns.create_pod(&node, wrong).await?;
+    wait_event(&ns, "wrong", "FailedMount", |m| {
+        m.contains("hostPath type check failed: /etc/hostname is not a directory")
+    })
+    .await?;
+    let reason = wait_pod(
+        &ns,
+        "wrong",
+        Duration::from_secs(10),
+        "a waiting reason",
+        |p| waiting_reason(p, "app"),
+    )
+    .await?;
+    assert_eq!(reason, "ContainerCreating");
+
+    // DirectoryOrCreate makes the directory on the host, and the container writes into it.
+    let host_dir = format!("/tmp/nodus-e2e-{}", ns.name);
+    let mut made = pod(
+        "made",
+        "Never",
+        json!([sh("app", "echo from-pod > /h/file")]),
+    );
+    made["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "h", "mountPath": "/h" }]);
+    made["spec"]["volumes"] =
+        json!([{ "name": "h", "hostPath": { "path": host_dir, "type": "DirectoryOrCreate" } }]);
+    ns.create_pod(&node, made).await?;
+    succeeds(&ns, "made", "app").await?;
+    let written = std::fs::read_to_string(format!("{host_dir}/file"));
+    let _ = std::fs::remove_dir_all(&host_dir);
+    assert_eq!(
+        written.context("the file the pod wrote")?.trim(),
+        "from-pod"
+    );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_missing_config_map_waits_with_failed_mount_until_it_appears() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-missing").await?;
+    let mut spec = pod(
+        "late",
+        "Never",
+        json!([sh("app", "cat /cfg/k > /dev/termination-log")]),
+    );
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "cfg", "mountPath": "/cfg" }]);
+    spec["spec"]["volumes"] = json!([{ "name": "cfg", "configMap": { "name": "later" } }]);
+    ns.create_pod(&node, spec).await?;
+    wait_event(&ns, "late", "FailedMount", |m| {
+        m == "MountVolume.SetUp failed for volume \"cfg\" : configmap \"later\" not found"
+    })
+    .await?;
+    let pod = ns.pods().get("late").await?;
+    assert_eq!(
+        waiting_reason(&pod, "app").as_deref(),
+        Some("ContainerCreating")
+    );
+    assert_eq!(phase(&pod), "Pending");
+
+    config_map(&ns, "later", &[("k", "arrived")]).await?;
+    assert_eq!(succeeds(&ns, "late", "app").await?, "arrived");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn sub_paths_mount_one_entry_and_never_lead_outside_the_volume() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-subpath").await?;
+    config_map(&ns, "app", &[("app.conf", "x=1"), ("other", "y")]).await?;
+    let mut one = pod(
+        "one-file",
+        "Never",
+        json!([sh(
+            "app",
+            "{ cat /etc/app.conf; ls /etc/other 2>&1 | wc -l; } > /dev/termination-log; test ! -e /etc/other"
+        )]),
+    );
+    one["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf" }]);
+    one["spec"]["volumes"] = json!([{ "name": "cfg", "configMap": { "name": "app" } }]);
+    ns.create_pod(&node, one).await?;
+    let message = succeeds(&ns, "one-file", "app").await?;
+    assert!(message.starts_with("x=1"), "{message}");
+
+    // A symlink planted by an init container to the host's /etc: the app never starts.
+    let mut planted = pod(
+        "planted",
+        "Never",
+        json!([sh("app", "cat /leak/hostname > /dev/termination-log")]),
+    );
+    planted["spec"]["initContainers"] = json!([sh("init", "ln -s /etc /data/evil")]);
+    planted["spec"]["initContainers"][0]["volumeMounts"] =
+        json!([{ "name": "data", "mountPath": "/data" }]);
+    planted["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "data", "mountPath": "/leak", "subPath": "evil" }]);
+    planted["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+    ns.create_pod(&node, planted).await?;
+
+    // `..` arriving through subPathExpr, which the API cannot see before expansion.
+    let mut climbing = pod("climbing", "Never", json!([sh("app", "ls /up")]));
+    climbing["spec"]["containers"][0]["env"] =
+        json!([{ "name": "UP", "value": "../../../../../etc" }]);
+    climbing["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "data", "mountPath": "/up", "subPathExpr": "$(UP)" }]);
+    climbing["spec"]["volumes"] = json!([{ "name": "data", "emptyDir": {} }]);
+    ns.create_pod(&node, climbing).await?;
+
+    for (name, expected) in [
+        ("planted", "subPath \"evil\" leads outside its volume"),
+        ("climbing", "must not contain '..'"),
+    ] {
+        let message = wait_pod(
+            &ns,
+            name,
+            Duration::from_secs(60),
+            &format!("{name} to be refused"),
+            |p| {
+                let waiting = container(p, "app")?.state.as_ref()?.waiting.as_ref()?;
+                (waiting.reason.as_deref() == Some("CreateContainerConfigError"))
+                    .then(|| waiting.message.clone().unwrap_or_default())
+            },
+        )
+        .await?;
+        assert!(message.contains(expected), "{name}: {message}");
+        let pod = ns.pods().get(name).await?;
+        let app = container(&pod, "app").context("app status")?;
+        assert!(
+            app.state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .is_none()
+        );
+        assert_eq!(app.restart_count, 0);
+    }
+    ns.delete_pods().await
+}

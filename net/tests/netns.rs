@@ -34,6 +34,7 @@ use nodus_net::proxy::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
     TrafficPolicy,
 };
+use nodus_net::proxy::netlink::Netlink;
 use nodus_net::proxy::ruleset::{Builder, Ruleset, build};
 use nodus_net::proxy::transaction::{Transaction, Update};
 
@@ -766,9 +767,10 @@ fn connect_latency(count: usize) -> (Duration, Duration) {
 }
 
 /// The proxy benchmark of the services issue: cold sync, one endpoint change (build + diff +
-/// render + nft, the whole path of a sync), peak memory, and connect latency with few and many
-/// services. Run by `e2e/bench`, or by hand:
-/// `cargo test --release -p nodus-net --test netns proxy_benchmark -- --ignored --nocapture`.
+/// netlink batch, the whole path of a sync after the first), peak memory, and connect latency
+/// with few and many services. Run by `e2e/bench`, or by hand:
+/// `cargo test --release -p nodus-net --test netns proxy_benchmark -- --ignored --nocapture`
+/// (`NODUS_BENCH_SERVICES=1000,10000` picks the sizes).
 #[test]
 #[ignore = "benchmark: prints figures, asserts none; run with --ignored --nocapture"]
 fn proxy_benchmark() {
@@ -779,12 +781,15 @@ fn proxy_benchmark() {
         .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
     let changes = 100;
     println!(
-        "| services × 2 endpoints | rules | cold sync | change p50 | change p99 | nft share p50 | text p50 |"
+        "| services × 2 endpoints | rules | cold sync (nft) | change p50 | change p99 | kernel commit p50 | same change via nft p50 |"
     );
     println!("|---|---|---|---|---|---|---|");
     for &count in &sizes {
         let ns = Netns::new("bench");
         let nft = ns.nft();
+        let netlink = ns
+            .exec(Netlink::open)
+            .expect("a netlink socket in the namespace");
         let base = many(count);
         let mut builder = Builder::default();
         let t0 = Instant::now();
@@ -794,8 +799,8 @@ fn proxy_benchmark() {
         let cold = t0.elapsed();
         let mut applied = built;
         let mut total = Vec::new();
-        let mut in_nft = Vec::new();
-        let mut sizes_text = Vec::new();
+        let mut in_kernel = Vec::new();
+        let mut via_nft = Vec::new();
         for k in 0..changes {
             // Alternately drop an endpoint of one service and restore it, walking over services.
             let i = (k / 2 * 97) % count;
@@ -809,24 +814,34 @@ fn proxy_benchmark() {
             let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
                 panic!("an endpoint change must be an in-place update");
             };
-            let text = tx.render();
+            // Every tenth change also goes through nft, for comparison: there and back.
+            if k % 10 == 0 {
+                in_kernel.push(netlink.apply(&tx).expect("applying the change"));
+                total.push(start.elapsed());
+                let back = Transaction::update(&desired, &applied);
+                let Update::Apply(back) = back else {
+                    panic!("the way back is an update too")
+                };
+                netlink.apply(&back).expect("going back");
+                via_nft.push(nft.run(&tx.render()).expect("the change via nft"));
+            } else {
+                in_kernel.push(netlink.apply(&tx).expect("applying the change"));
+                total.push(start.elapsed());
+            }
             drop(tx);
-            in_nft.push(nft.run(&text).expect("applying the change"));
-            total.push(start.elapsed());
-            sizes_text.push(Duration::from_nanos(text.len() as u64));
             applied = desired;
         }
         total.sort();
-        in_nft.sort();
-        sizes_text.sort();
+        in_kernel.sort();
+        via_nft.sort();
         println!(
-            "| {count} | {} | {} | {} | {} | {} | {} B |",
+            "| {count} | {} | {} | {} | {} | {} | {} |",
             applied.rule_count(),
             ms(cold),
             ms(percentile(&total, 50)),
             ms(percentile(&total, 99)),
-            ms(percentile(&in_nft, 50)),
-            percentile(&sizes_text, 50).as_nanos(),
+            ms(percentile(&in_kernel, 50)),
+            ms(percentile(&via_nft, 50)),
         );
     }
     let (own, nft) = peak_rss_mib();

@@ -17,7 +17,7 @@
 //! [`Transaction::update`] ask for a full replace instead; they come only with node changes or a
 //! Service's affinity timeout, so they are rare.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -187,15 +187,29 @@ impl<'a> Transaction<'a> {
                 if set.is_dynamic() {
                     continue;
                 }
-                let old = g.old_sets.get(name);
-                let deleted: Vec<Element<'a>> = old
-                    .into_iter()
-                    .flat_map(elements)
-                    .filter(|e| !contains(set, e))
-                    .collect();
-                let new: Vec<Element<'a>> = elements(set)
-                    .filter(|e| !old.is_some_and(|old| contains(old, e)))
-                    .collect();
+                let (deleted, new) = match g.old_sets.get(name) {
+                    Some(old) => {
+                        let (addrs_deleted, addrs_new) = merge_diff(
+                            old.addrs.iter().map(|a| (a, &())),
+                            set.addrs.iter().map(|a| (a, &())),
+                        );
+                        let (map_deleted, map_new) = merge_diff(old.map.iter(), set.map.iter());
+                        let addr = |(a, _): (&'a IpAddr, &())| Element::Addr(a);
+                        let entry = |(k, v)| Element::Map(k, v);
+                        let deleted: Vec<Element<'a>> = addrs_deleted
+                            .into_iter()
+                            .map(addr)
+                            .chain(map_deleted.into_iter().map(entry))
+                            .collect();
+                        let new: Vec<Element<'a>> = addrs_new
+                            .into_iter()
+                            .map(addr)
+                            .chain(map_new.into_iter().map(entry))
+                            .collect();
+                        (deleted, new)
+                    }
+                    None => (Vec::new(), elements(set).collect()),
+                };
                 if !deleted.is_empty() {
                     ops.push(Op::DeleteElements {
                         set: name,
@@ -288,20 +302,25 @@ fn groups<'a>(applied: &'a Ruleset, desired: &'a Ruleset) -> Vec<Group<'a>> {
         Some(o) => (&o.chains, &o.sets),
         None => (&NO_CHAINS, &NO_SETS),
     };
-    let ids: BTreeSet<&String> = applied
-        .services
-        .keys()
-        .chain(desired.services.keys())
-        .collect();
-    for id in ids {
-        let (old, new) = (applied.services.get(id), desired.services.get(id));
-        if let (Some(o), Some(n)) = (old, new)
+    // Both maps are sorted by id: walk them in step instead of looking every id up.
+    let mut old = applied.services.iter().peekable();
+    let mut new = desired.services.iter().peekable();
+    loop {
+        let (o, n) = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((a, _)), Some((b, _))) if a == b => (old.next(), new.next()),
+            (Some((a, _)), Some((b, _))) if a < b => (old.next(), None),
+            (Some(_), None) => (old.next(), None),
+            _ => (None, new.next()),
+        };
+        let (o, n) = (o.map(|(_, v)| v), n.map(|(_, v)| v));
+        if let (Some(o), Some(n)) = (o, n)
             && (std::sync::Arc::ptr_eq(o, n) || o == n)
         {
             continue;
         }
-        let (old_chains, old_sets) = pick(old);
-        let (new_chains, new_sets) = pick(new);
+        let (old_chains, old_sets) = pick(o);
+        let (new_chains, new_sets) = pick(n);
         groups.push(Group {
             old_chains,
             new_chains,
@@ -312,18 +331,38 @@ fn groups<'a>(applied: &'a Ruleset, desired: &'a Ruleset) -> Vec<Group<'a>> {
     groups
 }
 
+/// What differs between two sequences sorted by key, as `(removed, added)`: an entry whose value
+/// changed is in both. One pass, no lookups.
+fn merge_diff<'a, K: Ord + 'a, V: PartialEq + 'a>(
+    old: impl Iterator<Item = (&'a K, &'a V)>,
+    new: impl Iterator<Item = (&'a K, &'a V)>,
+) -> (Vec<(&'a K, &'a V)>, Vec<(&'a K, &'a V)>) {
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(&(ok, ov)), Some(&(nk, nv))) if ok == nk => {
+                if ov != nv {
+                    removed.push((ok, ov));
+                    added.push((nk, nv));
+                }
+                old.next();
+                new.next();
+            }
+            (Some(&(ok, _)), Some(&(nk, _))) if ok < nk => removed.extend(old.next()),
+            (Some(_), None) => removed.extend(old.next()),
+            _ => added.extend(new.next()),
+        }
+    }
+    (removed, added)
+}
+
 fn elements(set: &Set) -> impl Iterator<Item = Element<'_>> {
     set.addrs
         .iter()
         .map(Element::Addr)
         .chain(set.map.iter().map(|(k, v)| Element::Map(k, v)))
-}
-
-fn contains(set: &Set, element: &Element<'_>) -> bool {
-    match element {
-        Element::Addr(ip) => set.addrs.contains(ip),
-        Element::Map(key, verdict) => set.map.get(key) == Some(verdict),
-    }
 }
 
 fn render_op(out: &mut String, t: &str, op: &Op<'_>) {

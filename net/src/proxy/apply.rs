@@ -4,21 +4,18 @@
 //! kernel switches from the old table to the new one at once or not at all (a refused transaction
 //! leaves the previous ruleset in place); only `table inet nodus` is ever named.
 //!
-//! Why nft text through `nft -f -`: the `nftables` crate drives `nft -j` and cannot express verdict
-//! maps (nor parse `masquerade fully-random`), and raw netlink would mean re-implementing nft's
-//! compiler (set keys, concatenations, verdict maps) for little gain: one process spawn per sync is
-//! a few milliseconds, and the measured cost is the kernel commit, which any interface pays. Measured
-//! with `apply_timing` in `net/tests/netns.rs` (2-core VM, kernel 6.18, nft 1.0.6), services × 2
-//! endpoints, full replace: 1k services (8k rules, 1.4 MB of text) 0.22 s cold, 0.25 s p50 re-apply;
-//! 10k services (64k rules, 12 MB) 3.1 s cold, 2.6 s p50 re-apply; nft's own parsing is ~1 s of
-//! user time at 10k, the rest is kernel. (With one anonymous set per service the 10k commit took
-//! ~50 s of kernel time; see `ruleset::NUMGEN_CASCADE_MAX`.)
+//! Why nft text for full replaces: it is nft's reference form (golden files, `nft list` agree with
+//! it), and the `nftables` crate drives `nft -j`, which cannot express verdict maps (nor parse
+//! `masquerade fully-random`). A full replace is rare (start, after a failure, hourly), and its
+//! cost is mostly the kernel's: measured with `proxy_benchmark` in `net/tests/netns.rs` (2-core
+//! VM, kernel 6.18, nft 1.0.6, services × 2 endpoints): 1k services (8k rules) 0.25 s, 10k (64k
+//! rules, 12 MB of text) 2.2 s, of which nft's parsing is ~1 s of user time. (With one anonymous
+//! set per service the 10k commit took ~50 s of kernel time; see `ruleset::NUMGEN_CASCADE_MAX`.)
 //!
-//! A sync after the first sends only the difference against the last applied ruleset (see
-//! `transaction`), so affinity sets survive and a small change is a small transaction; but nft
-//! 1.0.6 still dumps every chain of the table into its cache before an `add rule` or
-//! `delete chain` (about 140 ms at 10k services, measured by `proxy_benchmark` in
-//! `net/tests/netns.rs`), which is why small updates can also go straight to netlink.
+//! In-place updates (every other sync, see `transaction`) go through `netlink` instead: nft 1.0.6
+//! dumps every chain of the table into its cache before an `add rule` or `delete chain`, about
+//! 140 ms at 10k services however small the change. This module still applies them when the
+//! netlink encoder declines one.
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -77,6 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         max_pods: config.max_pods,
         port: config.port,
         thresholds: config.eviction_hard.clone(),
+        reserved: config.reserved,
         nodefs_path: existing_ancestor(&config.root_dir),
     };
 
@@ -114,6 +115,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .map_or(0, |m| m.0)
         };
         let runtime = Runtime::connect(config.runtime_endpoint.clone());
+        let (services, writer) = kube::runtime::reflector::store();
+        tasks.spawn(reflect_services(
+            client.clone(),
+            writer,
+            shutdown.child_token(),
+        ));
         let pods = Arc::new(pods::worker::Shared {
             client: client.clone(),
             images: pods::images::Images::new(runtime.clone()),
@@ -139,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             pod_logs_dir: config.pod_logs_dir.clone(),
             allocatable_milli_cpu: milli("cpu"),
             allocatable_memory: milli("memory") / 1000,
+            services,
         });
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
         if let Some(proxy) = &config.proxy {
@@ -203,4 +211,28 @@ fn existing_ancestor(path: &std::path::Path) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or(std::path::Path::new("/"))
         .to_path_buf()
+}
+
+/// Keeps `writer`'s store of every Service current, for the containers' service variables
+/// (the kubelet's service informer; nodes may list and watch Services).
+async fn reflect_services(
+    client: kube::Client,
+    writer: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Service>,
+    cancel: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client);
+    let stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| async move {
+            if let Err(err) = event {
+                tracing::warn!(error = %crate::node::runtime::error_chain(&err), "watching Services failed; retrying");
+            }
+        });
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = stream => {}
+    }
 }

@@ -65,6 +65,15 @@ pub struct Flags {
     #[arg(long, value_name = "SIGNAL<QUANTITY,...")]
     pub eviction_hard: Option<String>,
 
+    /// Resources reserved for Kubernetes system daemons, e.g. cpu=100m,memory=256Mi,
+    /// ephemeral-storage=1Gi,pid=1000; subtracted from allocatable (kubelet's --kube-reserved).
+    #[arg(long, value_name = "NAME=QUANTITY,...")]
+    pub kube_reserved: Option<String>,
+
+    /// Resources reserved for the operating system, in the same form (--system-reserved).
+    #[arg(long, value_name = "NAME=QUANTITY,...")]
+    pub system_reserved: Option<String>,
+
     /// IP addresses of the cluster DNS service, comma-separated; pods with dnsPolicy
     /// ClusterFirst resolve through them. Without it they use the host's resolver.
     #[arg(long, value_name = "IP,...")]

@@ -7,6 +7,7 @@
 mod eviction;
 mod flags;
 mod labels;
+mod reserved;
 mod taints;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use nodus_cri::Endpoint;
 
 pub use eviction::{Quantity, Signal, Thresholds};
 pub use flags::Flags;
+pub use reserved::Reserved;
 
 /// The validated configuration of the agent.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub port: u16,
     pub eviction_hard: Thresholds,
+    /// `--kube-reserved` plus `--system-reserved`.
+    pub reserved: Reserved,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
@@ -133,6 +137,15 @@ impl Config {
                 Thresholds::parse(raw).map_err(|reason| invalid("eviction-hard", raw, reason))?
             }
         };
+        let reserved = |flag: &'static str, raw: Option<&str>| {
+            raw.map_or(Ok(Reserved::default()), |raw| {
+                Reserved::parse(raw).map_err(|reason| invalid(flag, raw, reason))
+            })
+        };
+        let reserved = reserved("kube-reserved", flags.kube_reserved.as_deref())?.plus(reserved(
+            "system-reserved",
+            flags.system_reserved.as_deref(),
+        )?);
         let cluster_dns = match flags.cluster_dns.as_deref() {
             None | Some("") => Vec::new(),
             Some(raw) => raw
@@ -216,6 +229,7 @@ impl Config {
             cni_conf_dir: flags.cni_conf_dir,
             port: flags.port,
             eviction_hard,
+            reserved,
             cluster_dns,
             cluster_domain: flags.cluster_domain,
             resolv_conf: flags.resolv_conf,

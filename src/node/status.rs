@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::conditions::{self, Condition, Observation};
 use super::machine::{self, Machine};
 use super::runtime::{RuntimeState, error_chain};
-use crate::config::{Signal, Thresholds};
+use crate::config::{Reserved, Signal, Thresholds};
 
 /// How often the status is recomputed (the kubelet's nodeStatusUpdateFrequency).
 pub const UPDATE_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,6 +50,8 @@ pub struct NodeFacts {
     pub max_pods: u32,
     pub port: u16,
     pub thresholds: Thresholds,
+    /// `--kube-reserved` plus `--system-reserved`.
+    pub reserved: Reserved,
     /// The filesystem whose usage is `nodefs` (the agent's root directory).
     pub nodefs_path: PathBuf,
 }
@@ -117,8 +119,9 @@ impl NodeFacts {
         addresses
     }
 
-    /// Capacity, and allocatable as the kubelet computes it: capacity less huge pages (for
-    /// memory) and less the hard eviction thresholds, so pods never fill the node into them.
+    /// Capacity, and allocatable as the kubelet computes it: capacity less the reserved
+    /// resources, less huge pages (for memory) and less the hard eviction thresholds, so pods
+    /// never fill the node into them.
     fn resources(
         &self,
         nodefs_capacity: u64,
@@ -139,10 +142,21 @@ impl NodeFacts {
             capacity.insert(name.clone(), bytes.to_string());
         }
         let mut allocatable = capacity.clone();
+        let reserved = self.reserved;
+        let milli_cpu = (u64::from(machine.cpus) * 1000).saturating_sub(reserved.milli_cpu);
+        allocatable.insert(
+            "cpu".into(),
+            if milli_cpu % 1000 == 0 {
+                (milli_cpu / 1000).to_string()
+            } else {
+                format!("{milli_cpu}m")
+            },
+        );
         allocatable.insert(
             "memory".into(),
             machine
                 .memory_bytes
+                .saturating_sub(reserved.memory_bytes)
                 .saturating_sub(hugepages_total)
                 .saturating_sub(threshold(Signal::MemoryAvailable, machine.memory_bytes))
                 .to_string(),
@@ -150,6 +164,7 @@ impl NodeFacts {
         allocatable.insert(
             "ephemeral-storage".into(),
             nodefs_capacity
+                .saturating_sub(reserved.ephemeral_bytes)
                 .saturating_sub(threshold(Signal::NodefsAvailable, nodefs_capacity))
                 .to_string(),
         );
@@ -307,6 +322,7 @@ mod tests {
             max_pods: 110,
             port: 10250,
             thresholds: Thresholds::kubelet_defaults(),
+            reserved: Reserved::default(),
             nodefs_path: "/".into(),
         }
     }
@@ -372,9 +388,26 @@ mod tests {
             q(&report.allocatable, "ephemeral-storage"),
             (1000u64 << 20).saturating_sub(104857600).to_string()
         );
+        assert_eq!(q(&report.allocatable, "cpu"), "2");
         assert_eq!(
             report.node_info.container_runtime_version,
             "containerd://1.6.20"
+        );
+
+        // Reservations come off allocatable, not capacity.
+        let mut reserving = facts();
+        reserving.reserved = Reserved::parse("cpu=250m,memory=1Gi,ephemeral-storage=100Mi")
+            .expect("valid reservation");
+        let reserved = reserving.report(&observation(&runtime), 1000 << 20, &runtime);
+        assert_eq!(q(&reserved.capacity, "cpu"), "2");
+        assert_eq!(q(&reserved.allocatable, "cpu"), "1750m");
+        assert_eq!(
+            q(&reserved.allocatable, "memory"),
+            ((8u64 << 30) - (1 << 30) - (64 << 20) - (100 << 20)).to_string()
+        );
+        assert_eq!(
+            q(&reserved.allocatable, "ephemeral-storage"),
+            ((1000u64 << 20) - (100 << 20) - 104857600).to_string()
         );
         assert_eq!(report.node_info.kubelet_version, kubelet_version());
         assert_eq!(report.addresses[0].type_, "InternalIP");

@@ -17,6 +17,9 @@ use crate::quantity;
 pub struct Sources {
     pub config_maps: HashMap<String, ConfigMap>,
     pub secrets: HashMap<String, Secret>,
+    /// The service variables (see `super::service_env`): usable in `$(VAR)`, and added after
+    /// the container's own unless it sets the same name.
+    pub services: Vec<(String, String)>,
 }
 
 /// Facts about the node and pod needed by `fieldRef` and `resourceFieldRef`.
@@ -160,8 +163,12 @@ pub fn resolve(
     for var in container.env.iter().flatten() {
         let value = match &var.value_from {
             None => {
-                let lookup: HashMap<&str, &str> =
-                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let lookup: HashMap<&str, &str> = sources
+                    .services
+                    .iter()
+                    .chain(env.iter())
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 expand(var.value.as_deref().unwrap_or_default(), &lookup)
             }
             Some(source) => {
@@ -212,6 +219,11 @@ pub fn resolve(
             }
         };
         set(&mut env, var.name.clone(), value);
+    }
+    for (key, value) in &sources.services {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.clone(), value.clone()));
+        }
     }
     Ok(env)
 }

@@ -25,5 +25,6 @@ pub mod observed;
 pub mod pull_secrets;
 pub mod qos;
 pub mod sandbox;
+pub mod service_env;
 pub mod status;
 pub mod worker;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use nodus_cri::Runtime;
 use nodus_cri::api::PodSandboxConfig;
@@ -33,7 +34,7 @@ use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
-use super::{cgroups, hooks, host_files, pull_secrets};
+use super::{cgroups, hooks, host_files, pull_secrets, service_env};
 use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
 use crate::volumes::{self, PodVolumes};
@@ -52,6 +53,8 @@ const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 /// Retry delays after a failed volume set-up.
 const VOLUME_RETRY_INITIAL: Duration = Duration::from_secs(1);
 const VOLUME_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a container start waits for the first list of Services (its environment needs it).
+const SERVICES_WAIT: Duration = Duration::from_secs(10);
 /// The attempts key for the sandbox itself.
 const SANDBOX: &str = "";
 
@@ -70,6 +73,8 @@ pub struct Shared {
     pub pod_logs_dir: PathBuf,
     pub allocatable_milli_cpu: i128,
     pub allocatable_memory: i128,
+    /// Every Service, for the containers' service variables.
+    pub services: Store<Service>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -843,7 +848,11 @@ impl Worker {
                 ))
             })?;
         }
-        let sources = self.env_sources(container).await.map_err(config_error)?;
+        let mut sources = self.env_sources(container).await.map_err(config_error)?;
+        sources.services = self
+            .service_variables(pod, spec)
+            .await
+            .map_err(config_error)?;
         let downward = Downward {
             node_name: self.shared.node_name.clone(),
             host_ips: self.shared.host_ips.clone(),
@@ -958,6 +967,28 @@ impl Worker {
         grace
             .saturating_sub(started.elapsed())
             .max(lifecycle::MIN_GRACE)
+    }
+
+    /// The service variables for the pod's containers; waits briefly for the first list of
+    /// Services, and fails (a config error, retried) rather than start without them.
+    async fn service_variables(
+        &self,
+        pod: &Pod,
+        spec: &PodSpec,
+    ) -> Result<Vec<(String, String)>, String> {
+        let store = &self.shared.services;
+        tokio::time::timeout(SERVICES_WAIT, store.wait_until_ready())
+            .await
+            .map_err(|_| {
+                "services have not yet been read at least once, cannot construct envvars".to_owned()
+            })?
+            .map_err(|_| "the service list is not available".to_owned())?;
+        let services = store.state();
+        Ok(service_env::variables(
+            services.iter().map(|s| s.as_ref()),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            spec.enable_service_links != Some(false),
+        ))
     }
 
     /// Reads the ConfigMaps and Secrets the container's environment names.

@@ -35,6 +35,11 @@ impl Cluster {
         self.e2e_dir.join(".cluster/admin.kubeconfig")
     }
 
+    /// The cluster CA's certificate (PEM).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.e2e_dir.join(".cluster/pki/ca.crt")
+    }
+
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.e2e_dir.join(".cluster/node.kubeconfig")
     }

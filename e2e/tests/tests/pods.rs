@@ -660,3 +660,33 @@ async fn a_host_port_reaches_the_pod_from_the_node_address() -> Result<()> {
     assert_eq!(reason, "NodePorts");
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_container_over_its_memory_limit_is_oom_killed() -> Result<()> {
+    let (_cluster, ns, node) = setup("pods-oom").await?;
+    // `tail` keeps its "last line" in memory, and /dev/zero has no newline: it grows until
+    // the cgroup's limit kills it.
+    let mut hog = sh("hog", "tail /dev/zero");
+    hog["resources"] = json!({ "limits": { "memory": "24Mi" }, "requests": { "memory": "24Mi" } });
+    ns.create_pod(&node, pod("hog", "Never", json!([hog])))
+        .await?;
+    let (reason, code) = wait_pod(
+        &ns,
+        "hog",
+        Duration::from_secs(60),
+        "hog to be killed",
+        |p| {
+            let terminated = container(p, "hog")?.state.as_ref()?.terminated.as_ref()?;
+            Some((
+                terminated.reason.clone().unwrap_or_default(),
+                terminated.exit_code,
+            ))
+        },
+    )
+    .await?;
+    assert_eq!((reason.as_str(), code), ("OOMKilled", 137));
+    let pod = ns.pods().get("hog").await?;
+    assert_eq!(phase(&pod), "Failed");
+    ns.delete_pods().await
+}

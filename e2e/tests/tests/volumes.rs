@@ -354,3 +354,53 @@ async fn sub_paths_mount_one_entry_and_never_lead_outside_the_volume() -> Result
     }
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pod_calls_the_api_with_its_service_account_token_and_service_variables() -> Result<()> {
+    let (cluster, ns, node) = setup("vol-token").await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(ns.pods().into_client(), &ns.name);
+    let db: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "web-db" },
+        "spec": { "ports": [{ "name": "pg", "port": 5432 }] },
+    }))?;
+    let db = services.create(&PostParams::default(), &db).await?;
+    let db_ip = db
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service's cluster IP")?;
+    nodus_e2e::wait_programmed(&cluster_ip_of_kubernetes(&ns).await?).await?;
+
+    let script = format!(
+        "{CHECK}D=/var/run/secrets/kubernetes.io/serviceaccount; \
+         check \"$(cat $D/namespace)\" {ns} namespace-file; \
+         check \"$WEB_DB_SERVICE_PORT_PG\" 5432 service-port-variable; \
+         out=$(wget -q -S -O /dev/null --no-check-certificate \
+               --header \"Authorization: Bearer $(cat $D/token)\" \
+               https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api 2>&1); \
+         echo \"$out\" | grep -q 'HTTP/1.1 200' || {{ echo \"api: $out\" > /dev/termination-log; exit 1; }}; \
+         {{ echo $WEB_DB_SERVICE_HOST; cat $D/ca.crt; }} > /dev/termination-log",
+        ns = ns.name
+    );
+    let mut spec = pod("caller", "Never", json!([sh("app", &script)]));
+    spec["spec"]["automountServiceAccountToken"] = true.into();
+    ns.create_pod(&node, spec).await?;
+    let message = succeeds(&ns, "caller", "app").await?;
+    let (host, ca) = message.split_once('\n').context("host and CA")?;
+    assert_eq!(host, db_ip, "WEB_DB_SERVICE_HOST");
+    let cluster_ca = std::fs::read_to_string(cluster.ca_cert())?;
+    assert_eq!(ca.trim(), cluster_ca.trim(), "ca.crt is the cluster's CA");
+    ns.delete_pods().await
+}
+
+async fn cluster_ip_of_kubernetes(ns: &TestNamespace) -> Result<String> {
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(ns.pods().into_client(), "default");
+    services
+        .get("kubernetes")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the kubernetes Service's cluster IP")
+}

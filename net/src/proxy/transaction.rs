@@ -331,12 +331,15 @@ fn groups<'a>(applied: &'a Ruleset, desired: &'a Ruleset) -> Vec<Group<'a>> {
     groups
 }
 
+/// Borrowed entries of a sorted map or set.
+type Entries<'a, K, V> = Vec<(&'a K, &'a V)>;
+
 /// What differs between two sequences sorted by key, as `(removed, added)`: an entry whose value
 /// changed is in both. One pass, no lookups.
 fn merge_diff<'a, K: Ord + 'a, V: PartialEq + 'a>(
     old: impl Iterator<Item = (&'a K, &'a V)>,
     new: impl Iterator<Item = (&'a K, &'a V)>,
-) -> (Vec<(&'a K, &'a V)>, Vec<(&'a K, &'a V)>) {
+) -> (Entries<'a, K, V>, Entries<'a, K, V>) {
     let (mut old, mut new) = (old.peekable(), new.peekable());
     let (mut removed, mut added) = (Vec::new(), Vec::new());
     loop {

@@ -147,6 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             allocatable_milli_cpu: milli("cpu"),
             allocatable_memory: milli("memory") / 1000,
             services,
+            thresholds: config.eviction_hard.clone(),
         });
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
         if let Some(proxy) = &config.proxy {

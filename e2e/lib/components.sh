@@ -109,9 +109,11 @@ start_containerd() {
 }
 
 # nodus finds the node's IP itself (the default route's interface), as the kubelet does;
-# the e2e tests check it against the harness's own lookup.
+# the e2e tests check it against the harness's own lookup. NODUS_EXTRA_ARGS (split on
+# spaces) adds flags, for tests that need a differently configured agent for a while.
 start_nodus() {
 	running nodus && return 0
+	# shellcheck disable=SC2086 # NODUS_EXTRA_ARGS is a list of flags
 	start_process nodus "$NODUS_BIN" \
 		--kubeconfig "$NODE_KUBECONFIG" \
 		--container-runtime-endpoint "unix://$CONTAINERD_SOCK" \
@@ -120,14 +122,15 @@ start_nodus() {
 		--pod-cidr "$POD_CIDR" \
 		--pod-logs-dir "$STATE_DIR/pod-logs" \
 		--cluster-cidr "$CLUSTER_CIDR" \
-		-v 2
+		-v 2 ${NODUS_EXTRA_ARGS:-}
 }
 
 # nodus-control with the admin credentials (its least-privilege RBAC comes with its
 # controllers).
 start_control() {
 	running nodus-control && return 0
-	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" -v 2
+	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" \
+		--root-ca-file "$PKI_DIR/ca.crt" -v 2
 }
 
 node_ready() {

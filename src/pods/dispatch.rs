@@ -18,16 +18,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::admission::{self, Rejection, Usage};
-use super::metadata::PodKey;
+use super::housekeeping;
+use super::metadata::{CONTAINER_NAME, PodKey};
 use super::worker::{self, Inbox, Shared};
 use crate::node::runtime::error_chain;
 
 /// How often the runtime is relisted to notice container state changes.
 const RELIST: Duration = Duration::from_secs(1);
+/// How often the eviction manager measures the node and the pods (the kubelet's 10 s).
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
 
 struct Handle {
     desired: watch::Sender<Option<Arc<Pod>>>,
     wake: Arc<Notify>,
+    evict: watch::Sender<Option<Rejection>>,
 }
 
 struct Dispatcher {
@@ -43,16 +47,22 @@ struct Dispatcher {
     cancel: CancellationToken,
     /// Runtime object states at the last relist, by object ID: (pod UID, state).
     states: HashMap<String, (String, i32)>,
+    /// Running containers at the last relist, by pod UID: (name, ID).
+    running: HashMap<String, Vec<(String, String)>>,
+    /// Pods told to go by the eviction manager.
+    evicted: HashSet<String>,
 }
 
 impl Dispatcher {
     fn spawn(&mut self, key: PodKey, pod: Option<Arc<Pod>>, rejection: Option<Rejection>) {
         let (desired, receiver) = watch::channel(pod);
+        let (evict, evicted) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         let inbox = Inbox {
             desired: receiver,
             wake: wake.clone(),
             rejection,
+            evicted,
         };
         let uid = key.uid.clone();
         let (shared, cancel) = (self.shared.clone(), self.cancel.child_token());
@@ -61,7 +71,14 @@ impl Dispatcher {
             worker::run(key, shared, inbox, cancel).await;
             task_uid
         });
-        self.workers.insert(uid, Handle { desired, wake });
+        self.workers.insert(
+            uid,
+            Handle {
+                desired,
+                wake,
+                evict,
+            },
+        );
     }
 
     fn apply(&mut self, pod: Pod) {
@@ -160,6 +177,21 @@ impl Dispatcher {
             states.insert(id.clone(), (key.uid.clone(), state));
             keys.entry(key.uid.clone()).or_insert(key);
         }
+        self.running.clear();
+        for c in &containers {
+            if c.state != nodus_cri::api::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            let (Some(key), Some(name)) =
+                (PodKey::from_labels(&c.labels), c.labels.get(CONTAINER_NAME))
+            else {
+                continue;
+            };
+            self.running
+                .entry(key.uid)
+                .or_default()
+                .push((name.clone(), c.id.clone()));
+        }
         let mut changed: HashSet<&str> = HashSet::new();
         for (id, (uid, state)) in &states {
             if self.states.get(id).is_none_or(|(_, old)| old != state) {
@@ -188,6 +220,43 @@ impl Dispatcher {
             }
         }
         self.states = states;
+    }
+}
+
+impl Dispatcher {
+    /// One round of the eviction manager: measures off the loop, then tells each chosen pod's
+    /// worker to evict it and stops counting it as admitted.
+    async fn housekeeping(&mut self) {
+        let running: Vec<(Pod, Vec<(String, String)>)> = self
+            .admitted
+            .iter()
+            .filter(|(uid, _)| !self.evicted.contains(*uid))
+            .filter_map(|(uid, pod)| Some((pod.clone(), self.running.get(uid)?.clone())))
+            .collect();
+        let paths = housekeeping::Paths {
+            root_dir: self.shared.root_dir.clone(),
+            pod_logs_dir: self.shared.pod_logs_dir.clone(),
+        };
+        let thresholds = self.shared.thresholds.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            housekeeping::round(
+                &paths,
+                &thresholds,
+                running.iter().map(|(p, c)| (p, c.clone())).collect(),
+            )
+        })
+        .await;
+        let Ok(evictions) = round else {
+            return;
+        };
+        for (uid, eviction) in evictions {
+            if let Some(handle) = self.workers.get(&uid) {
+                warn!(uid, message = %eviction.message, "evicting pod");
+                handle.evict.send_replace(Some(eviction));
+                self.evicted.insert(uid.clone());
+                self.admitted.remove(&uid);
+            }
+        }
     }
 }
 
@@ -260,7 +329,11 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         tasks: JoinSet::new(),
         cancel: cancel.clone(),
         states: HashMap::new(),
+        running: HashMap::new(),
+        evicted: HashSet::new(),
     };
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut listed: HashSet<String> = HashSet::new();
     let mut synced = false;
     let mut relist = tokio::time::interval(RELIST);
@@ -304,12 +377,14 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 if let Ok(uid) = done {
                     dispatcher.workers.remove(&uid);
                     dispatcher.admitted.remove(&uid);
+                    dispatcher.evicted.remove(&uid);
                 }
             }
             // Only once the API's view is complete (pods listed, node known) can a runtime
             // object without a pod be told from one whose pod is still on its way.
             _ = relist.tick(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
             _ = runtime_changed.notified(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
+            _ = housekeeping.tick(), if synced => dispatcher.housekeeping().await,
         }
     }
     // Workers stop with the token; pods keep running in the runtime for the next start.

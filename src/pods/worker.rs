@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus, Secret, Service,
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store;
@@ -75,6 +77,8 @@ pub struct Shared {
     pub allocatable_memory: i128,
     /// Every Service, for the containers' service variables.
     pub services: Store<Service>,
+    /// The hard eviction thresholds (`--eviction-hard`).
+    pub thresholds: crate::config::Thresholds,
 }
 
 impl std::fmt::Debug for Shared {
@@ -95,6 +99,8 @@ pub struct Inbox {
     pub wake: Arc<Notify>,
     /// Set when admission refused the pod: it fails with this reason and never runs.
     pub rejection: Option<Rejection>,
+    /// Set by the eviction manager: the pod is stopped and fails with this reason.
+    pub evicted: watch::Receiver<Option<Rejection>>,
 }
 
 struct Worker {
@@ -109,6 +115,7 @@ struct Worker {
     /// The actions of the previous pass.
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
+    evicted: Option<Rejection>,
     volumes: PodVolumes,
     /// When the volumes were last set up, and when a failed set-up may be tried again.
     volumes_checked: Option<std::time::Instant>,
@@ -128,6 +135,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         posted: None,
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
+        evicted: None,
         volumes,
         volumes_checked: None,
         volume_retry: Backoff::new(VOLUME_RETRY_INITIAL, VOLUME_RETRY_MAX),
@@ -153,6 +161,10 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         if desired.is_some() {
             worker.last_pod = desired.clone();
         }
+        let eviction = inbox.evicted.borrow_and_update().clone();
+        if let Some(eviction) = eviction {
+            worker.evict(eviction, desired.as_deref());
+        }
         let pass = worker
             .pass(desired.as_deref(), &mut inbox.desired, &cancel)
             .await;
@@ -174,6 +186,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
             _ = cancel.cancelled() => return,
             _ = inbox.desired.changed() => {}
             _ = inbox.wake.notified() => {}
+            _ = inbox.evicted.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -318,6 +331,28 @@ impl Worker {
         Ok(Pass::Again)
     }
 
+    /// The eviction manager chose this pod: stop its containers with the eviction's short
+    /// grace, then keep it failed with the eviction's reason. Once only.
+    fn evict(&mut self, eviction: Rejection, pod: Option<&Pod>) {
+        if self.evicted.is_some() || self.rejection.is_some() {
+            return;
+        }
+        if let Some(pod) = pod {
+            self.shared.events.warning(
+                events::reference(pod, None),
+                "Evicted",
+                eviction.message.clone(),
+            );
+        }
+        if self.stage == Stage::Syncing {
+            self.stage = Stage::Terminating {
+                grace: Duration::from_secs(super::eviction::GRACE_SECONDS),
+                remove: false,
+            };
+        }
+        self.evicted = Some(eviction);
+    }
+
     /// Sets up the pod's volumes before anything of it starts, and refreshes them while it
     /// runs. Until a first set-up succeeds, creating the sandbox or a container waits, with a
     /// FailedMount event each try, as upstream's "unable to attach or mount volumes".
@@ -456,13 +491,30 @@ impl Worker {
             now,
         };
         let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
-        if let Some(rejection) = &self.rejection {
+        if let Some(failure) = self.rejection.as_ref().or(self.evicted.as_ref()) {
             status.phase = Some("Failed".into());
-            status.reason = Some(rejection.reason.clone());
-            status.message = Some(rejection.message.clone());
+            status.reason = Some(failure.reason.clone());
+            status.message = Some(failure.message.clone());
+        }
+        if let Some(eviction) = &self.evicted {
+            // Upstream marks a pod the kubelet stops for node pressure as disrupted.
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                    reason: Some("TerminationByKubelet".into()),
+                    message: Some(eviction.message.clone()),
+                    last_transition_time: Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+                    ),
+                    ..PodCondition::default()
+                });
         }
         // Conditions other agents own (scheduler, disruption, readiness gates) are kept.
         let ours = [
+            "DisruptionTarget",
             "PodReadyToStartContainers",
             "Initialized",
             "Ready",

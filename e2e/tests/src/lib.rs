@@ -63,8 +63,15 @@ impl Cluster {
 
     /// Runs `e2e/cluster ARGS` (e.g. `stop containerd`), failing on a non-zero exit.
     pub fn script(&self, args: &[&str]) -> Result<()> {
+        self.script_with_nodus_args(args, "")
+    }
+
+    /// Runs `e2e/cluster ARGS` with `NODUS_EXTRA_ARGS` set, so a (re)started nodus gets
+    /// `nodus_args` (space-separated) on top of the harness's flags.
+    pub fn script_with_nodus_args(&self, args: &[&str], nodus_args: &str) -> Result<()> {
         let output = Command::new(self.e2e_dir.join("cluster"))
             .args(args)
+            .env("NODUS_EXTRA_ARGS", nodus_args)
             .output()?;
         ensure!(
             output.status.success(),

@@ -32,49 +32,7 @@ pub struct Usage {
 /// A pod's effective requests: the larger of the sum of its app containers' and the
 /// largest init container's (sidecars count with the apps), plus its overhead.
 pub fn requests(spec: &PodSpec) -> BTreeMap<String, i128> {
-    let of = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, i128> {
-        super::qos::requirements(c)
-            .0
-            .into_iter()
-            .filter_map(|(name, q)| quantity::parse(&q.0).map(|m| (name, m.0)))
-            .collect()
-    };
-    let mut apps: BTreeMap<String, i128> = BTreeMap::new();
-    let add = |total: &mut BTreeMap<String, i128>, more: BTreeMap<String, i128>| {
-        for (name, value) in more {
-            *total.entry(name).or_default() += value;
-        }
-    };
-    for container in &spec.containers {
-        add(&mut apps, of(container));
-    }
-    let mut sidecars: BTreeMap<String, i128> = BTreeMap::new();
-    let mut total = BTreeMap::new();
-    for init in spec.init_containers.iter().flatten() {
-        let own = of(init);
-        if init.restart_policy.as_deref() == Some("Always") {
-            add(&mut sidecars, own);
-            continue;
-        }
-        // An init container runs beside the sidecars started before it.
-        let mut running = sidecars.clone();
-        add(&mut running, own);
-        for (name, value) in running {
-            let slot = total.entry(name).or_insert(0);
-            *slot = (*slot).max(value);
-        }
-    }
-    add(&mut apps, sidecars);
-    for (name, value) in apps {
-        let slot = total.entry(name).or_insert(0);
-        *slot = (*slot).max(value);
-    }
-    for (name, q) in spec.overhead.clone().unwrap_or_default() {
-        if let Some(m) = quantity::parse(&q.0) {
-            *total.entry(name).or_default() += m.0;
-        }
-    }
-    total
+    super::qos::pod_totals(spec, super::qos::Side::Requests)
 }
 
 /// The host ports a pod asks for.

@@ -6,12 +6,17 @@
 //! /kubepods/burstable/pod<uid>       Burstable
 //! /kubepods/besteffort/pod<uid>      BestEffort
 //! ```
-//! The runtime creates these directories as it places containers; the runtime removes each
-//! container's own cgroup, but not the pod's, which is ours to remove.
+//! We create the pod's cgroup before its sandbox and give it the pod's totals (cpu shares,
+//! and a CFS quota and memory limit when every container has one), so the pod as a whole is
+//! held to what it asked for, as the kubelet's pod cgroups do; BestEffort pods share the
+//! minimum cpu weight. The runtime places each container in a child of it and removes that
+//! child, but not the pod's cgroup, which is ours to remove.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use super::qos::PodResources;
 
 pub const ROOT: &str = "/kubepods";
 const CGROUP_FS: &str = "/sys/fs/cgroup";
@@ -22,6 +27,40 @@ pub fn pod_cgroup(qos_class: &str, uid: &str) -> String {
         "Burstable" => format!("{ROOT}/burstable/pod{uid}"),
         _ => format!("{ROOT}/besteffort/pod{uid}"),
     }
+}
+
+/// A value for one cgroup file of one controller (cgroup v1 names, with the v2 equivalents).
+/// Only on hosts with that v1 controller mounted: on a cgroup v2 host a missing
+/// `/sys/fs/cgroup/<controller>` must not be created (it would become a cgroup of that name),
+/// and the runtime's own container limits still apply there.
+fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> io::Result<()> {
+    let root = Path::new(CGROUP_FS).join(controller);
+    if !root.join("tasks").exists() {
+        return Ok(());
+    }
+    let dir = root.join(cgroup.trim_start_matches('/'));
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(file), value)
+}
+
+/// Creates the pod's cgroup (cgroup v1 controllers cpu and memory) with the pod's totals.
+pub fn configure_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io::Result<()> {
+    let cgroup = pod_cgroup(qos_class, uid);
+    if qos_class == "BestEffort" {
+        // Upstream: the BestEffort tier gets the smallest cpu weight there is.
+        write("cpu", &format!("{ROOT}/besteffort"), "cpu.shares", "2")?;
+    }
+    let shares = super::container::cpu_shares(Some(resources.milli_cpu_request));
+    write("cpu", &cgroup, "cpu.shares", &shares.to_string())?;
+    if let Some(limit) = resources.milli_cpu_limit {
+        write("cpu", &cgroup, "cpu.cfs_period_us", "100000")?;
+        let quota = super::container::cpu_quota(limit);
+        write("cpu", &cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
+    }
+    if let Some(limit) = resources.memory_limit {
+        write("memory", &cgroup, "memory.limit_in_bytes", &limit.to_string())?;
+    }
+    Ok(())
 }
 
 /// Every directory that holds `cgroup` in the mounted hierarchies (one per cgroup v1

@@ -734,6 +734,13 @@ impl Worker {
                     );
                 }
                 let _ = std::fs::create_dir_all(self.log_dir());
+                let class = super::qos::class(&spec);
+                if let Err(err) =
+                    cgroups::configure_pod(class, &self.key.uid, &super::qos::pod_resources(&spec))
+                {
+                    // The containers' own limits still hold; only the pod-wide cap is missing.
+                    warn!(pod = %self.key, error = %err, "configuring the pod cgroup failed");
+                }
                 let config = self.sandbox_config(pod, &spec, attempt);
                 match runtime.run_pod_sandbox(config, "").await {
                     Ok(id) => {

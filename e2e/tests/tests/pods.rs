@@ -690,3 +690,34 @@ async fn a_container_over_its_memory_limit_is_oom_killed() -> Result<()> {
     assert_eq!(phase(&pod), "Failed");
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pods_cgroup_holds_the_sum_of_its_containers_limits() -> Result<()> {
+    let (_cluster, ns, node) = setup("pods-cgroup").await?;
+    let limited = |name: &str| {
+        let mut c = sh(name, "sleep 3600");
+        c["resources"] = json!({ "limits": { "cpu": "250m", "memory": "32Mi" } });
+        c
+    };
+    let created = ns
+        .create_pod(&node, pod("pair", "Never", json!([limited("a"), limited("b")])))
+        .await?;
+    wait_pod(&ns, "pair", Duration::from_secs(60), "pair to run", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    // Guaranteed (requests default to limits): the pod's cgroup sits right under kubepods.
+    let uid = created.metadata.uid.context("uid")?;
+    let read = |controller: &str, file: &str| -> Result<String> {
+        let path = format!("/sys/fs/cgroup/{controller}/kubepods/pod{uid}/{file}");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .to_owned())
+    };
+    assert_eq!(read("memory", "memory.limit_in_bytes")?, (64u64 << 20).to_string());
+    assert_eq!(read("cpu", "cpu.cfs_quota_us")?, "50000");
+    assert_eq!(read("cpu", "cpu.shares")?, "512");
+    ns.delete_pods().await
+}

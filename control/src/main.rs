@@ -1,6 +1,6 @@
 //! The `nodus-control` binary: parses flags, sets up logging and signals, builds the API
-//! client and runs the scheduler until SIGTERM or SIGINT. Errors are printed here once, as
-//! one line with their causes.
+//! client and runs the scheduler and the controllers until SIGTERM or SIGINT. Errors are
+//! printed here once, as one line with their causes.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -11,10 +11,10 @@ use clap::Parser;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use nodus_control::{controllers, scheduler};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-/// The nodus control plane: scheduler (controllers to come).
+/// The nodus control plane: scheduler and controllers.
 #[derive(Debug, Parser)]
 #[command(name = "nodus-control", version)]
 struct Flags {
@@ -24,6 +24,10 @@ struct Flags {
     /// Schedule the pods whose spec.schedulerName is this.
     #[arg(long, default_value = "default-scheduler")]
     scheduler_name: String,
+    /// The cluster CA bundle (PEM) to publish as `kube-root-ca.crt` in every namespace;
+    /// without it, the kubeconfig's CA.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
     /// Log verbosity, as the Kubernetes components count it (-v 4 for debug).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -48,6 +52,11 @@ fn main() -> ExitCode {
 async fn run(flags: Flags) -> anyhow::Result<()> {
     // kube's error already names the file.
     let kubeconfig = Kubeconfig::read_from(&flags.kubeconfig).context("reading the kubeconfig")?;
+    // Upstream's order: the flag, else the CA the controller manager itself trusts.
+    let root_ca = match &flags.root_ca_file {
+        Some(path) => Some(controllers::root_ca::from_file(path)?),
+        None => controllers::root_ca::from_kubeconfig(&kubeconfig)?,
+    };
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", flags.kubeconfig.display()))?;
@@ -75,6 +84,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         client.clone(),
         shutdown.child_token(),
     ));
+    let accounts = tokio::spawn(controllers::service_account::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
+    let namespaces = tokio::spawn(controllers::namespace::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
+    let publisher = match root_ca {
+        Some(ca) => Some(tokio::spawn(controllers::root_ca::run(
+            client.clone(),
+            ca,
+            shutdown.child_token(),
+        ))),
+        None => {
+            warn!(
+                "no --root-ca-file and no CA in the kubeconfig: kube-root-ca.crt is not published"
+            );
+            None
+        }
+    };
     scheduler::run(
         client,
         scheduler::Config {
@@ -87,6 +117,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = taints.await;
     let _ = endpoints.await;
+    let _ = accounts.await;
+    let _ = namespaces.await;
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
     info!("nodus-control stopped");
     Ok(())
 }

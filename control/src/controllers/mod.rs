@@ -1,6 +1,34 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
-//! one module each. Today: the node taints that follow node conditions, and the
-//! EndpointSlices of Services with selectors.
+//! one module each. Today: the node taints that follow node conditions, the EndpointSlices
+//! of Services with selectors, the `kube-root-ca.crt` ConfigMap and `default`
+//! ServiceAccount of every namespace, and the emptying of namespaces being deleted.
 
 pub mod endpointslice;
+pub mod namespace;
 pub mod node_taints;
+pub mod per_namespace;
+pub mod queue;
+pub mod root_ca;
+pub mod service_account;
+
+/// The error and its causes as one line.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// The API server refused new content because the namespace is being deleted (the
+/// `NamespaceLifecycle` admission plugin's cause): not a failure for a controller that
+/// fills namespaces, since the content would go with the namespace anyway.
+pub(crate) fn namespace_terminating(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}

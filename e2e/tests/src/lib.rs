@@ -149,8 +149,8 @@ where
 }
 
 /// A namespace of its own for one test, with the `default` ServiceAccount that pod
-/// admission requires (no controller creates it in this cluster yet). Its pods are
-/// deleted when the test ends.
+/// admission requires (made here if nodus-control's controller has not made it yet). Its
+/// pods are deleted when the test ends.
 pub struct TestNamespace {
     pub name: String,
     client: Client,
@@ -190,7 +190,12 @@ impl TestNamespace {
             },
             ..ServiceAccount::default()
         };
-        accounts.create(&PostParams::default(), &account).await?;
+        // nodus-control's ServiceAccount controller usually makes it first; either will do.
+        match accounts.create(&PostParams::default(), &account).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(err) => return Err(err.into()),
+        }
         Ok(Self { name, client })
     }
 

@@ -58,7 +58,12 @@ pub fn configure_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io
         write("cpu", &cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
     }
     if let Some(limit) = resources.memory_limit {
-        write("memory", &cgroup, "memory.limit_in_bytes", &limit.to_string())?;
+        write(
+            "memory",
+            &cgroup,
+            "memory.limit_in_bytes",
+            &limit.to_string(),
+        )?;
     }
     Ok(())
 }

@@ -701,7 +701,10 @@ async fn a_pods_cgroup_holds_the_sum_of_its_containers_limits() -> Result<()> {
         c
     };
     let created = ns
-        .create_pod(&node, pod("pair", "Never", json!([limited("a"), limited("b")])))
+        .create_pod(
+            &node,
+            pod("pair", "Never", json!([limited("a"), limited("b")])),
+        )
         .await?;
     wait_pod(&ns, "pair", Duration::from_secs(60), "pair to run", |p| {
         (phase(p) == "Running").then_some(())
@@ -716,7 +719,10 @@ async fn a_pods_cgroup_holds_the_sum_of_its_containers_limits() -> Result<()> {
             .trim()
             .to_owned())
     };
-    assert_eq!(read("memory", "memory.limit_in_bytes")?, (64u64 << 20).to_string());
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes")?,
+        (64u64 << 20).to_string()
+    );
     assert_eq!(read("cpu", "cpu.cfs_quota_us")?, "50000");
     assert_eq!(read("cpu", "cpu.shares")?, "512");
     ns.delete_pods().await

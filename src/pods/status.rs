@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::attempts::{Attempts, StartFailure};
 use super::lifecycle::{is_sidecar, should_restart};
 use super::observed::{ContainerRecord, Exit, PodRuntime, RunState};
+use super::probes::Verdicts;
 use super::qos;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,12 @@ pub struct Context<'a> {
     pub host_ips: &'a [String],
     pub host_network: bool,
     pub now: Timestamp,
+    /// The probes' verdicts, by container ID (see `super::probes`).
+    pub probes: &'a Verdicts,
 }
+
+/// No probe results: what a container without probes, or not yet probed, has.
+pub static NO_PROBES: std::sync::LazyLock<Verdicts> = std::sync::LazyLock::new(Verdicts::new);
 
 fn time(t: Option<Timestamp>) -> Option<Time> {
     t.map(Time)
@@ -162,10 +168,14 @@ fn container_status(
                 }),
                 ..ContainerState::default()
             });
-            // Readiness probes arrive with the kubelet API work: until they are run, a
-            // container that has one is not reported ready rather than falsely ready.
-            status.ready = container.readiness_probe.is_none();
-            status.started = Some(true);
+            // Without a verdict yet, a probed container is neither started nor ready.
+            let verdict = ctx.probes.get(&latest.id);
+            let unprobed_start = container.startup_probe.is_none();
+            status.started = Some(verdict.map_or(unprobed_start, |v| v.started));
+            status.ready = verdict
+                .map_or(unprobed_start && container.readiness_probe.is_none(), |v| {
+                    v.ready
+                });
             status.last_state = previous_state;
         }
         RunState::Exited(exit) => {
@@ -329,6 +339,7 @@ pub fn phase(spec: &PodSpec, runtime: &PodRuntime, attempts: &Attempts, now: Tim
         host_ips: &[],
         host_network: false,
         now,
+        probes: &NO_PROBES,
     };
     let (init, apps) = container_statuses(spec, runtime, attempts, &ctx);
     phase_of(spec, &init, &apps)
@@ -489,6 +500,7 @@ mod tests {
             host_ips: &[],
             host_network: false,
             now: at(100),
+            probes: &NO_PROBES,
         }
     }
 

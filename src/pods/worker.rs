@@ -36,7 +36,7 @@ use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
-use super::{cgroups, hooks, host_files, pull_secrets, service_env};
+use super::{cgroups, hooks, host_files, probes, pull_secrets, service_env};
 use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
 use crate::volumes::{self, PodVolumes};
@@ -116,6 +116,9 @@ struct Worker {
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
     evicted: Option<Rejection>,
+    /// The worker's own bell (rung by the runtime relist and by the prober).
+    wake: Arc<Notify>,
+    prober: Option<Prober>,
     volumes: PodVolumes,
     /// When the volumes were last set up, and when a failed set-up may be tried again.
     volumes_checked: Option<std::time::Instant>,
@@ -136,6 +139,8 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
         evicted: None,
+        wake: inbox.wake.clone(),
+        prober: None,
         volumes,
         volumes_checked: None,
         volume_retry: Backoff::new(VOLUME_RETRY_INITIAL, VOLUME_RETRY_MAX),
@@ -288,6 +293,10 @@ impl Worker {
             && self.rejection.is_none()
         {
             self.volumes_pass(pod, &mut plan, now).await;
+            self.probes_pass(pod, &spec, &runtime, &mut plan);
+        } else {
+            // Probes run only while the pod runs.
+            self.prober = None;
         }
         if desired.is_some() && !matches!(self.stage, Stage::Terminated { removed: true }) {
             self.report(&pod, &spec, &runtime, now).await;
@@ -329,6 +338,106 @@ impl Worker {
             work.await;
         }
         Ok(Pass::Again)
+    }
+
+    /// Keeps the prober told which containers run (starting it for a pod with probes), and
+    /// turns a failed liveness or startup probe into a kill of that container, after which
+    /// the restart policy applies as for any exit.
+    fn probes_pass(
+        &mut self,
+        pod: &Pod,
+        spec: &PodSpec,
+        runtime: &PodRuntime,
+        plan: &mut lifecycle::Plan,
+    ) {
+        let containers: Vec<&Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .collect();
+        let probed = containers.iter().any(|c| {
+            c.startup_probe.is_some() || c.liveness_probe.is_some() || c.readiness_probe.is_some()
+        });
+        if !probed {
+            return;
+        }
+        let prober = self.prober.get_or_insert_with(|| {
+            Prober::start(probes::Context {
+                runtime: self.shared.runtime.clone(),
+                events: self.shared.events.clone(),
+                pod: Arc::new(pod.clone()),
+                wake: self.wake.clone(),
+            })
+        });
+        let pod_ip = runtime
+            .sandbox()
+            .and_then(|s| s.ips.first())
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| {
+                (spec.host_network == Some(true))
+                    .then(|| self.shared.host_ips.first()?.parse().ok())
+                    .flatten()
+            });
+        let running: Vec<probes::Target> = runtime
+            .containers
+            .iter()
+            .filter(|c| matches!(c.state, RunState::Running { .. }))
+            .filter_map(|c| {
+                let container = containers.iter().find(|s| s.name == c.name)?;
+                let started = *prober
+                    .started
+                    .entry(c.id.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+                Some(probes::Target {
+                    id: c.id.clone(),
+                    container: (*container).clone(),
+                    started,
+                })
+            })
+            .collect();
+        prober
+            .started
+            .retain(|id, _| running.iter().any(|t| &t.id == id));
+        let targets = probes::Targets {
+            pod_ip,
+            containers: running,
+        };
+        prober.targets.send_if_modified(|t| {
+            let changed = *t != targets;
+            if changed {
+                *t = targets.clone();
+            }
+            changed
+        });
+        let verdicts = prober.verdicts.borrow().clone();
+        for target in &targets.containers {
+            let Some(reason) = verdicts.get(&target.id).and_then(|v| v.restart.clone()) else {
+                continue;
+            };
+            if !prober.restarted.insert(target.id.clone()) {
+                continue;
+            }
+            self.shared.events.normal(
+                events::reference(pod, Some(&target.container.name)),
+                "Killing",
+                reason,
+            );
+            let probe_grace = target
+                .container
+                .liveness_probe
+                .as_ref()
+                .or(target.container.startup_probe.as_ref())
+                .and_then(|p| p.termination_grace_period_seconds);
+            let grace = probe_grace
+                .or(spec.termination_grace_period_seconds)
+                .unwrap_or(30);
+            plan.actions.push(Action::KillContainer {
+                id: target.id.clone(),
+                name: target.container.name.clone(),
+                grace: Duration::from_secs(grace.max(0) as u64),
+            });
+        }
     }
 
     /// The eviction manager chose this pod: stop its containers with the eviction's short
@@ -478,6 +587,11 @@ impl Worker {
     }
 
     async fn report(&mut self, pod: &Pod, spec: &PodSpec, runtime: &PodRuntime, now: Timestamp) {
+        let verdicts = self
+            .prober
+            .as_ref()
+            .map(|p| p.verdicts.borrow().clone())
+            .unwrap_or_default();
         let api_status = pod.status.clone();
         let previous = self.posted.clone().or(api_status.clone());
         let runtime_name = self.runtime_name();
@@ -489,6 +603,7 @@ impl Worker {
             host_ips: &self.shared.host_ips,
             host_network: spec.host_network == Some(true),
             now,
+            probes: &verdicts,
         };
         let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
         if let Some(failure) = self.rejection.as_ref().or(self.evicted.as_ref()) {
@@ -1101,6 +1216,34 @@ impl Worker {
         let cgroup = cgroups::pod_cgroup(super::qos::class(spec), &self.key.uid);
         if let Err(err) = cgroups::remove(&cgroup) {
             warn!(pod = %self.key, cgroup, error = %err, "removing the pod cgroup failed");
+        }
+    }
+}
+
+/// A running prober for the pod: what it is told, what it says, and its lifetime (it stops
+/// when this is dropped).
+struct Prober {
+    targets: watch::Sender<probes::Targets>,
+    verdicts: watch::Receiver<probes::Verdicts>,
+    /// When each running container was first seen running, for initial delays.
+    started: std::collections::HashMap<String, tokio::time::Instant>,
+    /// Containers already killed for a failed probe.
+    restarted: std::collections::HashSet<String>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Prober {
+    fn start(ctx: probes::Context) -> Prober {
+        let (targets, targets_rx) = watch::channel(probes::Targets::default());
+        let (verdicts_tx, verdicts) = watch::channel(probes::Verdicts::new());
+        let cancel = CancellationToken::new();
+        tokio::spawn(probes::run(ctx, targets_rx, verdicts_tx, cancel.clone()));
+        Prober {
+            targets,
+            verdicts,
+            started: Default::default(),
+            restarted: Default::default(),
+            _stop: cancel.drop_guard(),
         }
     }
 }

@@ -1,0 +1,143 @@
+//! Probes as the kubelet runs them: readiness gates the Ready condition, a failing liveness
+//! probe restarts the container (with the kubelet's events), a startup probe holds the others
+//! back, and httpGet and tcpSocket probes reach the pod over its IP.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Pod;
+use nodus_e2e::pods::*;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn ready(pod: &Pod, name: &str) -> Option<bool> {
+    Some(container(pod, name)?.ready)
+}
+
+fn pod_ready(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_readiness_probe_gates_ready_until_it_passes() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-ready").await?;
+    let mut app = sh("app", "sleep 4; touch /tmp/ready; sleep 3600");
+    app["readinessProbe"] =
+        json!({ "exec": { "command": ["cat", "/tmp/ready"] }, "periodSeconds": 1 });
+    ns.create_pod(&node, pod("gated", "Always", json!([app])))
+        .await?;
+    // Running but not ready while the probe fails.
+    let early = wait_pod(&ns, "gated", WAIT, "gated to run", |p| {
+        (phase(p) == "Running").then(|| (ready(p, "app"), pod_ready(p)))
+    })
+    .await?;
+    assert_eq!(early, (Some(false), Some("False".into())));
+    wait_event(&ns, "gated", "Unhealthy", |m| {
+        m.starts_with("Readiness probe failed:")
+    })
+    .await?;
+    // Then ready, container and pod.
+    wait_pod(&ns, "gated", WAIT, "gated to be ready", |p| {
+        (ready(p, "app") == Some(true) && pod_ready(p).as_deref() == Some("True")).then_some(())
+    })
+    .await?;
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_failing_liveness_probe_restarts_the_container() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-live").await?;
+    let mut app = sh("app", "sleep 3600");
+    app["livenessProbe"] = json!({
+        "exec": { "command": ["test", "-e", "/tmp/healthy"] },
+        "periodSeconds": 1, "failureThreshold": 2,
+    });
+    ns.create_pod(&node, pod("sick", "Always", json!([app])))
+        .await?;
+    wait_pod(&ns, "sick", WAIT, "a restart", |p| {
+        (container(p, "app")?.restart_count >= 1).then_some(())
+    })
+    .await?;
+    wait_event(&ns, "sick", "Killing", |m| {
+        m == "Container app failed liveness probe, will be restarted"
+    })
+    .await?;
+    wait_event(&ns, "sick", "Unhealthy", |m| {
+        m.starts_with("Liveness probe failed:")
+    })
+    .await?;
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn http_and_tcp_probes_reach_the_pod() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-http").await?;
+    let mut web = sh(
+        "web",
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    web["ports"] = json!([{ "name": "http", "containerPort": 8080 }]);
+    web["readinessProbe"] =
+        json!({ "httpGet": { "path": "/index.html", "port": "http" }, "periodSeconds": 1 });
+    web["livenessProbe"] =
+        json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1, "failureThreshold": 1 });
+    // A probe of a path that is not there fails with the status code.
+    let mut other = sh("other", "mkdir -p /www && exec httpd -f -p 9090 -h /www");
+    other["readinessProbe"] =
+        json!({ "httpGet": { "path": "/missing", "port": 9090 }, "periodSeconds": 1 });
+    ns.create_pod(&node, pod("web", "Always", json!([web, other])))
+        .await?;
+    wait_pod(&ns, "web", WAIT, "web to be ready", |p| {
+        (ready(p, "web") == Some(true)).then_some(())
+    })
+    .await?;
+    wait_event(&ns, "web", "Unhealthy", |m| {
+        m.contains("Readiness probe failed: HTTP probe failed with statuscode: 404")
+    })
+    .await?;
+    // By now the 1 s liveness probe has run several times: never restarted; the other
+    // container is never ready, and so neither is the pod.
+    let pod = ns.pods().get("web").await?;
+    assert_eq!(container(&pod, "web").map(|c| c.restart_count), Some(0));
+    assert_eq!(ready(&pod, "other"), Some(false));
+    assert_eq!(pod_ready(&pod).as_deref(), Some("False"));
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_startup_probe_holds_back_started_and_ready() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-startup").await?;
+    let mut app = sh("app", "sleep 4; touch /tmp/started; sleep 3600");
+    app["startupProbe"] = json!({
+        "exec": { "command": ["test", "-e", "/tmp/started"] },
+        "periodSeconds": 1, "failureThreshold": 30,
+    });
+    ns.create_pod(&node, pod("slow", "Always", json!([app])))
+        .await?;
+    let early = wait_pod(&ns, "slow", WAIT, "slow to run", |p| {
+        let c = container(p, "app")?;
+        c.state.as_ref()?.running.as_ref()?;
+        Some((c.started, c.ready))
+    })
+    .await?;
+    assert_eq!(early, (Some(false), false));
+    wait_pod(&ns, "slow", WAIT, "slow to start", |p| {
+        let c = container(p, "app")?;
+        (c.started == Some(true) && c.ready).then_some(())
+    })
+    .await?;
+    let pod = ns.pods().get("slow").await?;
+    assert_eq!(container(&pod, "app").map(|c| c.restart_count), Some(0));
+    ns.delete_pods().await
+}

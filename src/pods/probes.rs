@@ -1,0 +1,546 @@
+//! Probes: startup, liveness and readiness probes of a pod's containers, run on their own
+//! schedule beside the pod's worker, with the kubelet's semantics.
+//!
+//! - A probe first runs `initialDelaySeconds` after its container started, then every
+//!   `periodSeconds`, each try bounded by `timeoutSeconds`; `successThreshold` consecutive
+//!   successes or `failureThreshold` consecutive failures change its result.
+//! - Until a container's startup probe has succeeded, its liveness and readiness probes do not
+//!   run; a container without one is started at once.
+//! - Readiness starts as failed (not ready until a success), liveness and startup as unknown;
+//!   a liveness or startup failure asks the worker to restart the container.
+//! - Handlers: `exec` through the runtime's ExecSync (exit 0), `httpGet` (a status of 200 to
+//!   399), `tcpSocket` (a connection). `grpc` is reported as unsupported (a failure, with an
+//!   event saying so).
+//!
+//! Invariants: results are keyed by container ID, so a restarted container starts over; the
+//! prober never blocks the worker: it publishes a snapshot through a `watch` channel and rings
+//! the worker's bell when a result changes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nodus_cri::Runtime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{self, Events};
+
+/// Upstream's User-Agent for HTTP probes.
+const USER_AGENT: &str = "kube-probe/1.37";
+/// How much of a failing probe's output goes into its event.
+const OUTPUT_LIMIT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+        }
+    }
+}
+
+/// A probe's schedule and thresholds, defaulted as the API does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Schedule {
+    pub fn of(probe: &Probe) -> Schedule {
+        let secs =
+            |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+        let count = |v: Option<i32>, default: i32| v.unwrap_or(default).max(1) as u32;
+        Schedule {
+            initial_delay: secs(probe.initial_delay_seconds, 0),
+            period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
+            timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+            success_threshold: count(probe.success_threshold, 1),
+            failure_threshold: count(probe.failure_threshold, 3),
+        }
+    }
+}
+
+/// One probe's running tally.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `None` until the thresholds decide.
+    pub result: Option<bool>,
+    successes: u32,
+    failures: u32,
+}
+
+impl Tally {
+    /// Counts one outcome; returns whether the result changed.
+    pub fn record(&mut self, success: bool, schedule: &Schedule) -> bool {
+        let before = self.result;
+        if success {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= schedule.success_threshold {
+                self.result = Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= schedule.failure_threshold {
+                self.result = Some(false);
+            }
+        }
+        self.result != before
+    }
+}
+
+/// What the worker reads for one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the container counts as started (startup probe passed, or none).
+    pub started: bool,
+    /// Whether it counts as ready (readiness probe passed, or none), once started.
+    pub ready: bool,
+    /// Set when a liveness or startup probe failed: the container must be restarted.
+    pub restart: Option<String>,
+}
+
+/// Verdicts by container ID.
+pub type Verdicts = HashMap<String, Verdict>;
+
+/// The verdict for a container from its probes' tallies.
+pub fn verdict(container: &Container, tallies: &HashMap<Kind, Tally>) -> Verdict {
+    let result = |kind| tallies.get(&kind).and_then(|t| t.result);
+    let started = container.startup_probe.is_none() || result(Kind::Startup) == Some(true);
+    let ready =
+        started && (container.readiness_probe.is_none() || result(Kind::Readiness) == Some(true));
+    let restart = if result(Kind::Startup) == Some(false) {
+        Some(format!(
+            "Container {} failed startup probe, will be restarted",
+            container.name
+        ))
+    } else if started && result(Kind::Liveness) == Some(false) {
+        Some(format!(
+            "Container {} failed liveness probe, will be restarted",
+            container.name
+        ))
+    } else {
+        None
+    };
+    Verdict {
+        started,
+        ready,
+        restart,
+    }
+}
+
+/// A running container the prober should watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub id: String,
+    pub container: Container,
+    /// When it started, on the prober's clock.
+    pub started: Instant,
+}
+
+/// What the worker tells the prober: the pod's IP and its running containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Targets {
+    pub pod_ip: Option<IpAddr>,
+    pub containers: Vec<Target>,
+}
+
+/// Outcome of one try: success, and what to say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub success: bool,
+    pub output: String,
+}
+
+fn port_of(port: &IntOrString, container: &Container) -> Option<u16> {
+    match port {
+        IntOrString::Int(p) => u16::try_from(*p).ok(),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .or_else(|| name.parse().ok()),
+    }
+}
+
+/// Runs one try of `probe` against `target`.
+pub async fn run_once(
+    runtime: &Runtime,
+    probe: &Probe,
+    target: &Target,
+    pod_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> Outcome {
+    let fail = |output: String| Outcome {
+        success: false,
+        output,
+    };
+    if let Some(exec) = &probe.exec {
+        let command = exec.command.clone().unwrap_or_default();
+        return match runtime.exec_sync(&target.id, command, timeout).await {
+            Ok(out) => {
+                let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+                output.push_str(&String::from_utf8_lossy(&out.stderr));
+                if out.exit_code == 0 {
+                    Outcome {
+                        success: true,
+                        output,
+                    }
+                } else if output.trim().is_empty() {
+                    fail(format!("command exited with {}", out.exit_code))
+                } else {
+                    fail(output)
+                }
+            }
+            Err(err) => fail(err.runtime_message()),
+        };
+    }
+    let host = |h: Option<&String>| -> Option<IpAddr> {
+        h.filter(|h| !h.is_empty())
+            .and_then(|h| h.parse().ok())
+            .or(pod_ip)
+    };
+    if let Some(http) = &probe.http_get {
+        let (Some(ip), Some(port)) = (
+            host(http.host.as_ref()),
+            port_of(&http.port, &target.container),
+        ) else {
+            return fail("no address to probe".into());
+        };
+        if http.scheme.as_deref() == Some("HTTPS") {
+            return fail("HTTPS probes are not supported by nodus yet".into());
+        }
+        let path = http
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let headers: Vec<(String, String)> = http
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect();
+        return match tokio::time::timeout(
+            timeout,
+            http_get(SocketAddr::new(ip, port), &path, &headers),
+        )
+        .await
+        {
+            Ok(Ok(code)) if (200..400).contains(&code) => Outcome {
+                success: true,
+                output: String::new(),
+            },
+            Ok(Ok(code)) => fail(format!("HTTP probe failed with statuscode: {code}")),
+            Ok(Err(err)) => fail(format!(
+                "Get \"http://{}/{}\": {err}",
+                SocketAddr::new(ip, port),
+                path.trim_start_matches('/')
+            )),
+            Err(_) => fail(format!(
+                "Get \"http://{}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                SocketAddr::new(ip, port)
+            )),
+        };
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let (Some(ip), Some(port)) = (
+            host(tcp.host.as_ref()),
+            port_of(&tcp.port, &target.container),
+        ) else {
+            return fail("no address to probe".into());
+        };
+        let addr = SocketAddr::new(ip, port);
+        return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Outcome {
+                success: true,
+                output: String::new(),
+            },
+            Ok(Err(err)) => fail(format!("dial tcp {addr}: connect: {err}")),
+            Err(_) => fail(format!("dial tcp {addr}: i/o timeout")),
+        };
+    }
+    if probe.grpc.is_some() {
+        return fail("gRPC probes are not supported by nodus yet".into());
+    }
+    fail("the probe has no handler".into())
+}
+
+/// One HTTP/1.1 GET; returns the status code.
+async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    if !has("User-Agent") {
+        request.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
+    }
+    if !has("Accept") {
+        request.push_str("Accept: */*\r\n");
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 8192 {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "malformed HTTP response: {:?}",
+                line.lines().next().unwrap_or_default()
+            ))
+        })
+}
+
+fn probe_of(container: &Container, kind: Kind) -> Option<&Probe> {
+    match kind {
+        Kind::Startup => container.startup_probe.as_ref(),
+        Kind::Liveness => container.liveness_probe.as_ref(),
+        Kind::Readiness => container.readiness_probe.as_ref(),
+    }
+}
+
+/// What the prober needs from the pod's worker.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub runtime: Runtime,
+    pub events: Events,
+    /// The pod, for event references.
+    pub pod: Arc<k8s_openapi::api::core::v1::Pod>,
+    /// Rung when a verdict changes.
+    pub wake: Arc<Notify>,
+}
+
+/// Runs the pod's probes until cancelled, following `targets`, publishing to `verdicts`.
+pub async fn run(
+    ctx: Context,
+    mut targets: watch::Receiver<Targets>,
+    verdicts: watch::Sender<Verdicts>,
+    cancel: CancellationToken,
+) {
+    // (container ID, kind) → tally and next due time.
+    let mut tallies: HashMap<String, HashMap<Kind, Tally>> = HashMap::new();
+    let mut due: HashMap<(String, Kind), Instant> = HashMap::new();
+    loop {
+        let current = targets.borrow_and_update().clone();
+        let now = Instant::now();
+        tallies.retain(|id, _| current.containers.iter().any(|t| &t.id == id));
+        due.retain(|(id, _), _| current.containers.iter().any(|t| &t.id == id));
+        let mut runs = Vec::new();
+        for target in &current.containers {
+            let tally = tallies.entry(target.id.clone()).or_default();
+            let started = verdict(&target.container, tally).started;
+            for kind in [Kind::Startup, Kind::Liveness, Kind::Readiness] {
+                let Some(probe) = probe_of(&target.container, kind) else {
+                    continue;
+                };
+                // Liveness and readiness wait for the startup probe; startup stops once passed.
+                if (kind != Kind::Startup && !started) || (kind == Kind::Startup && started) {
+                    continue;
+                }
+                let schedule = Schedule::of(probe);
+                let at = *due
+                    .entry((target.id.clone(), kind))
+                    .or_insert(target.started + schedule.initial_delay);
+                if at <= now {
+                    runs.push((target.clone(), kind, probe.clone(), schedule));
+                }
+            }
+        }
+        let pod_ip = current.pod_ip;
+        let outcomes =
+            futures::future::join_all(runs.into_iter().map(|(target, kind, probe, schedule)| {
+                let runtime = ctx.runtime.clone();
+                async move {
+                    let outcome =
+                        run_once(&runtime, &probe, &target, pod_ip, schedule.timeout).await;
+                    (target, kind, schedule, outcome)
+                }
+            }))
+            .await;
+        let mut changed = false;
+        for (target, kind, schedule, outcome) in outcomes {
+            let tally = tallies
+                .entry(target.id.clone())
+                .or_default()
+                .entry(kind)
+                .or_default();
+            changed |= tally.record(outcome.success, &schedule);
+            due.insert((target.id.clone(), kind), Instant::now() + schedule.period);
+            if !outcome.success {
+                let mut output = outcome.output.trim().to_owned();
+                output.truncate(OUTPUT_LIMIT);
+                ctx.events.warning(
+                    events::reference(&ctx.pod, Some(&target.container.name)),
+                    "Unhealthy",
+                    format!("{} probe failed: {output}", kind.name()),
+                );
+            }
+        }
+        if changed {
+            let snapshot: Verdicts = current
+                .containers
+                .iter()
+                .map(|t| {
+                    (
+                        t.id.clone(),
+                        verdict(&t.container, tallies.get(&t.id).unwrap_or(&HashMap::new())),
+                    )
+                })
+                .collect();
+            verdicts.send_replace(snapshot);
+            ctx.wake.notify_one();
+        }
+        let next = due.values().min().copied();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = targets.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(success: u32, failure: u32) -> Schedule {
+        Schedule {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_and_a_success_resets_failures() {
+        let s = schedule(2, 3);
+        let mut t = Tally::default();
+        assert!(!t.record(true, &s), "one success of two: undecided");
+        assert!(t.record(true, &s));
+        assert_eq!(t.result, Some(true));
+        assert!(!t.record(false, &s));
+        assert!(!t.record(false, &s));
+        assert!(
+            !t.record(true, &s),
+            "a success in between resets the failures"
+        );
+        assert!(!t.record(false, &s));
+        assert!(!t.record(false, &s));
+        assert!(t.record(false, &s));
+        assert_eq!(t.result, Some(false));
+    }
+
+    fn container(startup: bool, liveness: bool, readiness: bool) -> Container {
+        let probe = || Some(Probe::default());
+        Container {
+            name: "app".into(),
+            startup_probe: if startup { probe() } else { None },
+            liveness_probe: if liveness { probe() } else { None },
+            readiness_probe: if readiness { probe() } else { None },
+            ..Container::default()
+        }
+    }
+
+    fn tallies(list: &[(Kind, Option<bool>)]) -> HashMap<Kind, Tally> {
+        list.iter()
+            .map(|(k, r)| {
+                (
+                    *k,
+                    Tally {
+                        result: *r,
+                        ..Tally::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verdicts_follow_the_kubelets_rules() {
+        // No probes: started and ready at once.
+        assert_eq!(
+            verdict(&container(false, false, false), &HashMap::new()),
+            Verdict {
+                started: true,
+                ready: true,
+                restart: None
+            }
+        );
+        // A readiness probe: not ready until it succeeds.
+        let c = container(false, false, true);
+        assert!(!verdict(&c, &HashMap::new()).ready);
+        assert!(verdict(&c, &tallies(&[(Kind::Readiness, Some(true))])).ready);
+        // A startup probe holds readiness back, and its failure restarts the container.
+        let c = container(true, true, true);
+        let v = verdict(&c, &tallies(&[(Kind::Readiness, Some(true))]));
+        assert!(!v.started && !v.ready);
+        assert!(
+            verdict(&c, &tallies(&[(Kind::Startup, Some(false))]))
+                .restart
+                .is_some()
+        );
+        // Liveness failure after start restarts.
+        let v = verdict(
+            &c,
+            &tallies(&[(Kind::Startup, Some(true)), (Kind::Liveness, Some(false))]),
+        );
+        assert_eq!(
+            v.restart.as_deref(),
+            Some("Container app failed liveness probe, will be restarted")
+        );
+    }
+
+    #[test]
+    fn named_ports_resolve_through_the_container() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "app", "ports": [{ "name": "http", "containerPort": 8080 }],
+        }))
+        .expect("container");
+        assert_eq!(port_of(&IntOrString::String("http".into()), &c), Some(8080));
+        assert_eq!(port_of(&IntOrString::Int(81), &c), Some(81));
+        assert_eq!(port_of(&IntOrString::String("nope".into()), &c), None);
+    }
+}

@@ -3,8 +3,7 @@
 //! named port with `ready` following pod readiness; the host reaches the ready backend through
 //! the ClusterIP; a deleted pod leaves the slice.
 //!
-//! The agent does not run probes yet and reports a pod with a readinessProbe as not ready: that is
-//! the not-ready backend here.
+//! The not-ready backend has a readiness probe on a path its server does not have (404).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -49,7 +48,8 @@ impl Env {
     }
 
     /// A busy box httpd pod labelled `app: web`, answering `/` with its name on container port
-    /// `http` (8080); with `probe`, it also has a readinessProbe. Returns its IP once it runs.
+    /// `http` (8080); with `probe`, it also has a readinessProbe that always fails (a 404).
+    /// Returns its IP once it runs.
     async fn web_pod(&self, name: &str, probe: bool) -> Result<IpAddr> {
         let mut container = json!({
             "name": "httpd",
@@ -60,7 +60,7 @@ impl Env {
         });
         if probe {
             container["readinessProbe"] =
-                json!({ "httpGet": { "path": "/", "port": 8080 }, "periodSeconds": 1 });
+                json!({ "httpGet": { "path": "/missing", "port": 8080 }, "periodSeconds": 1 });
         }
         self.ns
             .create_pod(

@@ -150,6 +150,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             thresholds: config.eviction_hard.clone(),
         });
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
+        let serving = match &config.tls_files {
+            Some((cert, key)) => crate::server::tls::Serving::Files {
+                cert: cert.to_string_lossy().into_owned(),
+                key: key.to_string_lossy().into_owned(),
+            },
+            None => crate::server::tls::Serving::SelfSigned {
+                hostname: config.hostname.clone(),
+                ips: node_ips.clone(),
+            },
+        };
+        tasks.spawn(crate::server::run(
+            client.clone(),
+            Runtime::connect(config.runtime_endpoint.clone()),
+            crate::server::Settings {
+                address: std::net::SocketAddr::new(config.address, config.port),
+                tls: serving,
+                client_ca: config.client_ca_file.clone(),
+                anonymous_auth: config.anonymous_auth,
+                node_name: config.node_name.clone(),
+                pod_logs_dir: config.pod_logs_dir.clone(),
+            },
+            shutdown.child_token(),
+        ));
         if let Some(proxy) = &config.proxy {
             let settings = crate::proxy::ProxySettings {
                 node_name: config.node_name.clone(),

@@ -10,6 +10,7 @@ pub mod events;
 pub mod node;
 pub mod pods;
 pub mod proxy;
+pub mod server;
 pub mod volumes;
 
 pub use nodus_api::quantity;

@@ -62,6 +62,21 @@ subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: Group
   name: system:nodes
+---
+# The API server reaches the kubelet API (logs, exec) with this client certificate; kubeadm
+# grants it the same role.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: nodus:apiserver-kubelet-client
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:kubelet-api-admin
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: kube-apiserver-kubelet-client
 YAML
 }
 
@@ -122,6 +137,7 @@ start_nodus() {
 		--pod-cidr "$POD_CIDR" \
 		--pod-logs-dir "$STATE_DIR/pod-logs" \
 		--cluster-cidr "$CLUSTER_CIDR" \
+		--client-ca-file "$PKI_DIR/ca.crt" \
 		-v 2 ${NODUS_EXTRA_ARGS:-}
 }
 

@@ -56,9 +56,31 @@ pub struct Flags {
     #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
 
-    /// Port of the node's kubelet API server, reported in the Node's daemonEndpoints.
+    /// Port of the node's kubelet API server (logs, health), also reported in the Node's
+    /// daemonEndpoints.
     #[arg(long, value_name = "PORT", default_value_t = 10250)]
     pub port: u16,
+
+    /// The IP address the kubelet API server listens on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
+
+    /// CA bundle that signs the client certificates the kubelet API accepts (the API server's
+    /// kubelet client certificate). Without it only bearer tokens authenticate.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Serving certificate and key of the kubelet API; without them nodus makes a
+    /// self-signed one for the node's name and addresses at start.
+    #[arg(long, value_name = "FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// Let requests without credentials reach the kubelet API as system:anonymous (still
+    /// subject to authorization). Off by default, unlike the kubelet's flag.
+    #[arg(long, default_value_t = false)]
+    pub anonymous_auth: bool,
 
     /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10%. They set the
     /// pressure conditions and are subtracted from allocatable. Default: the kubelet's.

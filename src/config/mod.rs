@@ -37,6 +37,11 @@ pub struct Config {
     pub pod_cidr: Option<IpNet>,
     pub cni_conf_dir: PathBuf,
     pub port: u16,
+    /// The kubelet API server's address, TLS files, client CA and anonymous access.
+    pub address: std::net::IpAddr,
+    pub client_ca_file: Option<PathBuf>,
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub anonymous_auth: bool,
     pub eviction_hard: Thresholds,
     /// `--kube-reserved` plus `--system-reserved`.
     pub reserved: Reserved,
@@ -228,6 +233,10 @@ impl Config {
             pod_cidr,
             cni_conf_dir: flags.cni_conf_dir,
             port: flags.port,
+            address: flags.address,
+            client_ca_file: flags.client_ca_file,
+            tls_files: flags.tls_cert_file.zip(flags.tls_private_key_file),
+            anonymous_auth: flags.anonymous_auth,
             eviction_hard,
             reserved,
             cluster_dns,

@@ -1,0 +1,389 @@
+//! The kubelet API server on port 10250 (`--address`, `--port`): HTTPS, every request
+//! authenticated and authorized (see [`auth`]), serving `/healthz`, `/pods` and
+//! `/containerLogs/{namespace}/{pod}/{container}`, the endpoint behind `kubectl logs`.
+//!
+//! ```text
+//!   kubectl logs ─> kube-apiserver ─(its kubelet client certificate)─> :10250
+//!     TLS (client CA) ─> who: cert CN/O | TokenReview | anonymous? ─> SubjectAccessReview
+//!       (nodes/<subresource>, cached) ─> route ─> CRI log files under --pod-logs-dir
+//! ```
+//!
+//! Invariants: nothing is served before authentication and authorization; a failed TLS
+//! handshake or a slow client never affects other connections; the server stops with its token.
+
+pub mod auth;
+pub mod logs;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes_util::{Body, body};
+use hyper::body::{Bytes, Frame};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use nodus_cri::Runtime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::auth::{Gate, Refusal, User};
+use crate::backoff::Backoff;
+use crate::pods::metadata::{CONTAINER_NAME, POD_UID};
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a followed log is checked for new lines and for its container's end.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub address: SocketAddr,
+    pub tls: tls::Serving,
+    pub client_ca: Option<PathBuf>,
+    pub anonymous_auth: bool,
+    pub node_name: String,
+    pub pod_logs_dir: PathBuf,
+}
+
+/// Response bodies: whole, or streamed (followed logs).
+mod bytes_util {
+    use super::*;
+    pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+    pub fn body(data: impl Into<Bytes>) -> Body {
+        use http_body_util::BodyExt;
+        http_body_util::Full::new(data.into()).boxed()
+    }
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut response = Response::new(body(message.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// What every request handler shares.
+struct Shared {
+    gate: Gate,
+    client: Client,
+    runtime: Runtime,
+    settings: Settings,
+}
+
+/// Serves until `cancel`; a bind failure is retried with backoff.
+pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: CancellationToken) {
+    let config = match tls::config(&settings.tls, settings.client_ca.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            warn!(error = %crate::node::runtime::error_chain(&err), "the kubelet API cannot serve TLS; not serving");
+            return;
+        }
+    };
+    let acceptor = TlsAcceptor::from(config);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let listener = loop {
+        match TcpListener::bind(settings.address).await {
+            Ok(listener) => break listener,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(address = %settings.address, error = %err, retry_in = ?delay, "cannot listen for the kubelet API");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    info!(address = %settings.address, "kubelet API listening");
+    let shared = Arc::new(Shared {
+        gate: Gate::new(
+            client.clone(),
+            settings.node_name.clone(),
+            settings.anonymous_auth,
+        ),
+        client,
+        runtime,
+        settings,
+    });
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (acceptor, shared, cancel) = (acceptor.clone(), shared.clone(), cancel.clone());
+        connections.spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    debug!(%peer, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(tls::identity)
+                .map(|(name, groups)| User { name, groups });
+            let service = service_fn(move |request| {
+                let (shared, certificate) = (shared.clone(), certificate.clone());
+                async move { Ok::<_, Infallible>(handle(&shared, certificate, request).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => if let Err(err) = result {
+                    debug!(%peer, error = %err, "kubelet API connection ended with an error");
+                },
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+async fn handle(
+    shared: &Shared,
+    certificate: Option<User>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let user = match shared
+        .gate
+        .authenticate(certificate, bearer.as_deref())
+        .await
+    {
+        Ok(user) => user,
+        Err(refusal) => return refused(refusal),
+    };
+    let path = request.uri().path().to_owned();
+    let attributes = auth::attributes(request.method(), &path);
+    if let Err(refusal) = shared.gate.authorize(&user, &attributes).await {
+        return refused(refusal);
+    }
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["healthz"] => text(StatusCode::OK, "ok"),
+        ["pods"] | ["pods", ""] => pods(shared).await,
+        ["containerLogs", namespace, pod, container] => {
+            container_logs(shared, namespace, pod, container, &query).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+fn refused(refusal: Refusal) -> Response<Body> {
+    let status = match refusal {
+        Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Refusal::Unavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, refusal.to_string())
+}
+
+/// The pods bound to this node, as a PodList.
+async fn pods(shared: &Shared) -> Response<Body> {
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let params =
+        ListParams::default().fields(&format!("spec.nodeName={}", shared.settings.node_name));
+    match api.list(&params).await {
+        Ok(list) => {
+            let json = serde_json::json!({
+                "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": list.items,
+            });
+            let mut response = Response::new(body(json.to_string()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn container_logs(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    container: &str,
+    query: &str,
+) -> Response<Body> {
+    let options = match logs::Options::from_query(query, Timestamp::now()) {
+        Ok(options) => options,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
+    let pod = match api.get_opt(name).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod {namespace}/{name} not found"),
+            );
+        }
+        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let pod_dir = shared
+        .settings
+        .pod_logs_dir
+        .join(format!("{namespace}_{name}_{uid}"));
+    let files = logs::attempts(&pod_dir, container);
+    let chosen = if options.previous {
+        files.len().checked_sub(2).and_then(|i| files.get(i))
+    } else {
+        files.last()
+    };
+    let Some(file) = chosen.cloned() else {
+        let message = if options.previous {
+            format!("previous terminated container \"{container}\" in pod \"{name}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )
+        };
+        return text(StatusCode::BAD_REQUEST, message);
+    };
+    let text_now = tokio::fs::read_to_string(&file).await.unwrap_or_default();
+    let rendered = logs::render(&text_now, &options);
+    if !options.follow || options.previous {
+        return text(StatusCode::OK, rendered);
+    }
+    follow(
+        shared,
+        file,
+        text_now.len() as u64,
+        rendered,
+        options,
+        uid,
+        container.to_owned(),
+    )
+    .await
+}
+
+/// Streams the log as it grows until the container is no longer running (or the client
+/// goes away, which closes the channel).
+async fn follow(
+    shared: &Shared,
+    file: PathBuf,
+    mut offset: u64,
+    first: String,
+    options: logs::Options,
+    uid: String,
+    container: String,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let runtime = shared.runtime.clone();
+    tokio::spawn(async move {
+        let mut sent = first.len();
+        if tx.send(Bytes::from(first)).await.is_err() {
+            return;
+        }
+        let mut pending = String::new();
+        let tail_done = logs::Options {
+            tail_lines: None,
+            since: None,
+            ..options.clone()
+        };
+        loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            let mut chunk = String::new();
+            if let Ok(mut f) = tokio::fs::File::open(&file).await
+                && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+                && let Ok(n) = f.read_to_string(&mut chunk).await
+            {
+                offset += n as u64;
+            }
+            if !chunk.is_empty() {
+                pending.push_str(&chunk);
+                // Only whole records; a record still being written waits for the next round.
+                let cut = pending.rfind('\n').map_or(0, |i| i + 1);
+                let ready: String = pending.drain(..cut).collect();
+                let mut out = logs::render(&ready, &tail_done);
+                if let Some(limit) = options.limit_bytes {
+                    out.truncate(limit.saturating_sub(sent));
+                }
+                sent += out.len();
+                if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                    return;
+                }
+                if options.limit_bytes.is_some_and(|l| sent >= l) {
+                    return;
+                }
+                continue;
+            }
+            if !running(&runtime, &uid, &container).await || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    let mut response = Response::new(http_body_util::StreamBody::new(stream).boxed());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether the pod's container of that name is running now.
+async fn running(runtime: &Runtime, uid: &str, container: &str) -> bool {
+    let filter = nodus_cri::api::ContainerFilter {
+        label_selector: [
+            (POD_UID.to_owned(), uid.to_owned()),
+            (CONTAINER_NAME.to_owned(), container.to_owned()),
+        ]
+        .into(),
+        ..nodus_cri::api::ContainerFilter::default()
+    };
+    runtime
+        .list_containers(Some(filter))
+        .await
+        .map(|list| {
+            list.iter()
+                .any(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
+        })
+        .unwrap_or(false)
+}

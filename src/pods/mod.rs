@@ -24,6 +24,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod metadata;
 pub mod observed;
+pub mod probe_tls;
 pub mod probes;
 pub mod pull_secrets;
 pub mod qos;

@@ -8,9 +8,9 @@
 //!   run; a container without one is started at once.
 //! - Readiness starts as failed (not ready until a success), liveness and startup as unknown;
 //!   a liveness or startup failure asks the worker to restart the container.
-//! - Handlers: `exec` through the runtime's ExecSync (exit 0), `httpGet` (a status of 200 to
-//!   399), `tcpSocket` (a connection). `grpc` is reported as unsupported (a failure, with an
-//!   event saying so).
+//! - Handlers: `exec` through the runtime's ExecSync (exit 0), `httpGet` over HTTP or HTTPS
+//!   (a status of 200 to 399; certificates are not verified, as upstream), `tcpSocket` (a
+//!   connection). `grpc` is reported as unsupported (a failure, with an event saying so).
 //!
 //! Invariants: results are keyed by container ID, so a restarted container starts over; the
 //! prober never blocks the worker: it publishes a snapshot through a `watch` channel and rings
@@ -229,9 +229,8 @@ pub async fn run_once(
         ) else {
             return fail("no address to probe".into());
         };
-        if http.scheme.as_deref() == Some("HTTPS") {
-            return fail("HTTPS probes are not supported by nodus yet".into());
-        }
+        let https = http.scheme.as_deref() == Some("HTTPS");
+        let scheme = if https { "https" } else { "http" };
         let path = http
             .path
             .clone()
@@ -245,7 +244,7 @@ pub async fn run_once(
             .collect();
         return match tokio::time::timeout(
             timeout,
-            http_get(SocketAddr::new(ip, port), &path, &headers),
+            http_get(SocketAddr::new(ip, port), https, &path, &headers),
         )
         .await
         {
@@ -255,12 +254,12 @@ pub async fn run_once(
             },
             Ok(Ok(code)) => fail(format!("HTTP probe failed with statuscode: {code}")),
             Ok(Err(err)) => fail(format!(
-                "Get \"http://{}/{}\": {err}",
+                "Get \"{scheme}://{}/{}\": {err}",
                 SocketAddr::new(ip, port),
                 path.trim_start_matches('/')
             )),
             Err(_) => fail(format!(
-                "Get \"http://{}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                "Get \"{scheme}://{}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
                 SocketAddr::new(ip, port)
             )),
         };
@@ -288,13 +287,28 @@ pub async fn run_once(
     fail("the probe has no handler".into())
 }
 
-/// One HTTP/1.1 GET; returns the status code.
+/// One HTTP/1.1 GET, over TLS when `https`; returns the status code.
 async fn http_get(
+    addr: SocketAddr,
+    https: bool,
+    path: &str,
+    headers: &[(String, String)],
+) -> std::io::Result<u16> {
+    let stream = TcpStream::connect(addr).await?;
+    if https {
+        let tls = super::probe_tls::connect(addr.ip(), stream).await?;
+        exchange(tls, addr, path, headers).await
+    } else {
+        exchange(stream, addr, path, headers).await
+    }
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     addr: SocketAddr,
     path: &str,
     headers: &[(String, String)],
 ) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect(addr).await?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     if !has("User-Agent") {
@@ -530,6 +544,47 @@ mod tests {
         assert_eq!(
             v.restart.as_deref(),
             Some("Container app failed liveness probe, will be restarted")
+        );
+    }
+
+    /// A one-shot HTTPS server answering `status`, with a self-signed certificate.
+    async fn https_server(status: u16) -> SocketAddr {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(stream).await.expect("handshake");
+            let mut buf = [0u8; 1024];
+            let _ = tls.read(&mut buf).await;
+            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let _ = tls.write_all(answer.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_probes_speak_tls_and_read_the_status() {
+        let ok = https_server(204).await;
+        assert_eq!(http_get(ok, true, "/", &[]).await.expect("a status"), 204);
+        let missing = https_server(404).await;
+        assert_eq!(
+            http_get(missing, true, "/", &[]).await.expect("a status"),
+            404
         );
     }
 

@@ -14,13 +14,13 @@ use tower::service_fn;
 use crate::api::image_service_client::ImageServiceClient;
 use crate::api::runtime_service_client::RuntimeServiceClient;
 use crate::api::{
-    AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, Image, ImageSpec,
+    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, Image, ImageSpec,
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox,
     PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    RuntimeConfig, StartContainerRequest, StatusRequest, StopContainerRequest,
-    StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
+    PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crate::{Endpoint, Error};
 
@@ -406,6 +406,44 @@ impl Runtime {
             stdout: reply.stdout,
             stderr: reply.stderr,
         })
+    }
+
+    /// Prepares a streaming exec in a container; returns the URL of the runtime's streaming
+    /// server that serves it (the caller proxies the client's upgraded connection there).
+    pub async fn exec(&self, request: ExecRequest) -> Result<String, Error> {
+        let reply = self
+            .runtime
+            .clone()
+            .exec(Self::request(request, Some(CALL_TIMEOUT)))
+            .await;
+        Ok(reply.map_err(self.call_error("Exec"))?.into_inner().url)
+    }
+
+    /// Prepares a streaming attach to a container's main process; returns the streaming URL.
+    pub async fn attach(&self, request: AttachRequest) -> Result<String, Error> {
+        let reply = self
+            .runtime
+            .clone()
+            .attach(Self::request(request, Some(CALL_TIMEOUT)))
+            .await;
+        Ok(reply.map_err(self.call_error("Attach"))?.into_inner().url)
+    }
+
+    /// Prepares port forwarding into a sandbox's network namespace; returns the streaming URL.
+    pub async fn port_forward(&self, sandbox_id: &str, ports: Vec<i32>) -> Result<String, Error> {
+        let request = PortForwardRequest {
+            pod_sandbox_id: sandbox_id.to_owned(),
+            port: ports,
+        };
+        let reply = self
+            .runtime
+            .clone()
+            .port_forward(Self::request(request, Some(CALL_TIMEOUT)))
+            .await;
+        Ok(reply
+            .map_err(self.call_error("PortForward"))?
+            .into_inner()
+            .url)
     }
 
     /// The image if the runtime has it, `None` if not.

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod logs;
+pub mod streaming;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -159,7 +160,9 @@ pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: C
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let connection = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => if let Err(err) = result {
@@ -204,6 +207,25 @@ async fn handle(
         ["containerLogs", namespace, pod, container] => {
             container_logs(shared, namespace, pod, container, &query).await
         }
+        ["exec" | "attach", namespace, pod, container] => {
+            let exec = parts[0] == "exec";
+            let (namespace, pod, container) = (
+                namespace.to_string(),
+                pod.to_string(),
+                container.to_string(),
+            );
+            match stream_url(shared, exec, &namespace, &pod, &container, &query).await {
+                Ok(url) => streaming::proxy(request, &url).await,
+                Err(response) => response,
+            }
+        }
+        ["portForward", namespace, pod] => {
+            let (namespace, pod) = (namespace.to_string(), pod.to_string());
+            match port_forward_url(shared, &namespace, &pod, &query).await {
+                Ok(url) => streaming::proxy(request, &url).await,
+                Err(response) => response,
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
 }
@@ -215,6 +237,127 @@ fn refused(refusal: Refusal) -> Response<Body> {
         Refusal::Unavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text(status, refusal.to_string())
+}
+
+/// The pod's UID, from the API (a name may have been reused).
+async fn pod_uid(shared: &Shared, namespace: &str, name: &str) -> Result<String, Response<Body>> {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(pod)) => Ok(pod.metadata.uid.unwrap_or_default()),
+        Ok(None) => Err(text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{name} not found"),
+        )),
+        Err(err) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+    }
+}
+
+/// A streaming session for exec or attach, prepared by the runtime.
+async fn stream_url(
+    shared: &Shared,
+    exec: bool,
+    namespace: &str,
+    name: &str,
+    container: &str,
+    query: &str,
+) -> Result<String, Response<Body>> {
+    let uid = pod_uid(shared, namespace, name).await?;
+    let filter = nodus_cri::api::ContainerFilter {
+        label_selector: [
+            (POD_UID.to_owned(), uid),
+            (CONTAINER_NAME.to_owned(), container.to_owned()),
+        ]
+        .into(),
+        ..nodus_cri::api::ContainerFilter::default()
+    };
+    let running = shared
+        .runtime
+        .list_containers(Some(filter))
+        .await
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))?
+        .into_iter()
+        .find(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not running in pod {namespace}/{name}"),
+            )
+        })?;
+    // The kubelet's parameter names, as the API server sends them.
+    let (stdin, stdout, stderr, tty) = (
+        streaming::flag(query, "input"),
+        streaming::flag(query, "output"),
+        streaming::flag(query, "error"),
+        streaming::flag(query, "tty"),
+    );
+    let url = if exec {
+        let cmd = streaming::values(query, "command");
+        if cmd.is_empty() {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "you must specify at least one command",
+            ));
+        }
+        shared
+            .runtime
+            .exec(nodus_cri::api::ExecRequest {
+                container_id: running.id,
+                cmd,
+                tty,
+                stdin,
+                stdout,
+                stderr: stderr && !tty,
+            })
+            .await
+    } else {
+        shared
+            .runtime
+            .attach(nodus_cri::api::AttachRequest {
+                container_id: running.id,
+                stdin,
+                tty,
+                stdout,
+                stderr: stderr && !tty,
+            })
+            .await
+    };
+    url.map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))
+}
+
+/// A port-forwarding session into the pod's sandbox, prepared by the runtime.
+async fn port_forward_url(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    query: &str,
+) -> Result<String, Response<Body>> {
+    let uid = pod_uid(shared, namespace, name).await?;
+    let filter = nodus_cri::api::PodSandboxFilter {
+        label_selector: [(POD_UID.to_owned(), uid)].into(),
+        ..nodus_cri::api::PodSandboxFilter::default()
+    };
+    let sandbox = shared
+        .runtime
+        .list_pod_sandboxes(Some(filter))
+        .await
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))?
+        .into_iter()
+        .find(|s| s.state == nodus_cri::api::PodSandboxState::SandboxReady as i32)
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("pod {namespace}/{name} has no running sandbox"),
+            )
+        })?;
+    let ports: Vec<i32> = streaming::values(query, "port")
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    shared
+        .runtime
+        .port_forward(&sandbox.id, ports)
+        .await
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))
 }
 
 /// The pods bound to this node, as a PodList.

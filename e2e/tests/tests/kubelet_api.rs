@@ -19,7 +19,8 @@ const WAIT: Duration = Duration::from_secs(60);
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn kubectl_logs_shows_the_output_with_its_options() -> Result<()> {
     let (cluster, ns, node) = setup("api-logs").await?;
-    let script = "for i in 1 2 3; do echo line $i; done; echo oops >&2; sleep 3600";
+    // stdout and stderr reach the log through separate pipes: the pause keeps their order.
+    let script = "for i in 1 2 3; do echo line $i; done; sleep 1; echo oops >&2; sleep 3600";
     ns.create_pod(&node, pod("talker", "Always", json!([sh("app", script)])))
         .await?;
     let logs = |extra: &[&str]| {
@@ -141,4 +142,161 @@ async fn the_kubelet_api_turns_away_strangers() -> Result<()> {
         .context("the issued token")?;
     assert_eq!(status(&url, Some(&token))?, "403", "a token without rights");
     Ok(())
+}
+
+/// `kubectl ARGS` with the admin kubeconfig and `input` on stdin: (exit code, stdout, stderr).
+/// Blocking: the tests' runtime has nothing else to do meanwhile.
+fn kubectl_raw(
+    cluster: &nodus_e2e::Cluster,
+    args: &[&str],
+    input: &str,
+) -> Result<(i32, String, String)> {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl's stdin")?
+        .write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn kubectl_exec_cp_and_attach_reach_the_container() -> Result<()> {
+    let (cluster, ns, node) = setup("api-exec").await?;
+    let script = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done";
+    ns.create_pod(&node, pod("box", "Always", json!([sh("app", script)])))
+        .await?;
+    wait_pod(&ns, "box", WAIT, "box to run", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    let (code, out, err) = kubectl_raw(
+        &cluster,
+        &[
+            "exec",
+            "-n",
+            &ns.name,
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        "",
+    )?;
+    // kubectl adds its own line about the exit code to stderr.
+    assert_eq!((code, out.as_str()), (3, "out\n"), "exec: {err}");
+    ensure!(err.starts_with("err\n"), "the command's stderr: {err:?}");
+
+    let (code, out, _) = kubectl_raw(
+        &cluster,
+        &["exec", "-i", "-n", &ns.name, "box", "--", "cat"],
+        "hello\nstdin\n",
+    )?;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello\nstdin\n"),
+        "exec with stdin"
+    );
+
+    // kubectl cp streams a tar through exec's stdin.
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("note.txt");
+    std::fs::write(&local, "copied in\n")?;
+    let target = format!("{}/box:/tmp/note.txt", ns.name);
+    let local_arg = local.to_string_lossy().into_owned();
+    let (code, _, err) = kubectl_raw(&cluster, &["cp", &local_arg, &target], "")?;
+    assert_eq!(code, 0, "kubectl cp: {err}");
+    let (_, out, _) = kubectl_raw(
+        &cluster,
+        &["exec", "-n", &ns.name, "box", "--", "cat", "/tmp/note.txt"],
+        "",
+    )?;
+    assert_eq!(out, "copied in\n");
+
+    // attach follows the main process's output; it runs until stopped.
+    let mut attach = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args(["attach", "-n", &ns.name, "box"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdout = attach.stdout.take().context("attach's stdout")?;
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let mut text = String::new();
+        while !text.contains("tick") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        text
+    });
+    let seen = tokio::time::timeout(Duration::from_secs(20), seen).await;
+    let _ = attach.kill();
+    let _ = attach.wait();
+    let seen = seen.context("attach showed nothing")??;
+    ensure!(seen.contains("tick"), "attach: {seen:?}");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn kubectl_port_forward_reaches_the_pods_port() -> Result<()> {
+    let (cluster, ns, node) = setup("api-forward").await?;
+    let web = sh(
+        "web",
+        "mkdir -p /www && echo forwarded > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    ns.create_pod(&node, pod("web", "Always", json!([web])))
+        .await?;
+    wait_pod(&ns, "web", WAIT, "web to run", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    let mut forward = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args(["port-forward", "-n", &ns.name, "pod/web", "18089:8080"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let answer = nodus_e2e::poll(
+        Duration::from_secs(30),
+        "the forwarded port to answer",
+        || async {
+            Ok(tokio::task::spawn_blocking(|| {
+                let output = Command::new("curl")
+                    .args(["-s", "--max-time", "2", "http://127.0.0.1:18089/"])
+                    .output()
+                    .ok()?;
+                let body = String::from_utf8_lossy(&output.stdout).into_owned();
+                (!body.is_empty()).then_some(body)
+            })
+            .await?)
+        },
+    )
+    .await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(answer?, "forwarded\n");
+    ns.delete_pods().await
 }

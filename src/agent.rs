@@ -148,6 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             allocatable_memory: milli("memory") / 1000,
             services,
             thresholds: config.eviction_hard.clone(),
+            log_limits: config.log_limits,
         });
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
         let serving = match &config.tls_files {

@@ -19,8 +19,9 @@ use crate::api::{
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox,
     PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
     PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StatusRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
+    ReopenContainerLogRequest, RunPodSandboxRequest, RuntimeConfig, StartContainerRequest,
+    StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest,
+    VersionRequest,
 };
 use crate::{Endpoint, Error};
 
@@ -406,6 +407,20 @@ impl Runtime {
             stdout: reply.stdout,
             stderr: reply.stderr,
         })
+    }
+
+    /// Asks the runtime to reopen a container's log file (after it was rotated away).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Error> {
+        let request = ReopenContainerLogRequest {
+            container_id: id.to_owned(),
+        };
+        let reply = self
+            .runtime
+            .clone()
+            .reopen_container_log(Self::request(request, Some(CALL_TIMEOUT)))
+            .await;
+        reply.map_err(self.call_error("ReopenContainerLog"))?;
+        Ok(())
     }
 
     /// Prepares a streaming exec in a container; returns the URL of the runtime's streaming

@@ -96,6 +96,15 @@ pub struct Flags {
     #[arg(long, value_name = "NAME=QUANTITY,...")]
     pub system_reserved: Option<String>,
 
+    /// A container's log is rotated once it is larger than this (kubelet's
+    /// --container-log-max-size).
+    #[arg(long, value_name = "QUANTITY", default_value = "10Mi")]
+    pub container_log_max_size: String,
+
+    /// How many log files a container keeps, the live one included (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub container_log_max_files: usize,
+
     /// IP addresses of the cluster DNS service, comma-separated; pods with dnsPolicy
     /// ClusterFirst resolve through them. Without it they use the host's resolver.
     #[arg(long, value_name = "IP,...")]

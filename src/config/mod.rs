@@ -45,6 +45,8 @@ pub struct Config {
     pub eviction_hard: Thresholds,
     /// `--kube-reserved` plus `--system-reserved`.
     pub reserved: Reserved,
+    /// `--container-log-max-size` and `--container-log-max-files`.
+    pub log_limits: crate::pods::log_rotation::Limits,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
@@ -151,6 +153,28 @@ impl Config {
             "system-reserved",
             flags.system_reserved.as_deref(),
         )?);
+        let max_bytes = crate::quantity::parse(&flags.container_log_max_size)
+            .map(|m| m.0 / 1000)
+            .filter(|b| *b > 0)
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or_else(|| {
+                invalid(
+                    "container-log-max-size",
+                    &flags.container_log_max_size,
+                    "must be a positive quantity",
+                )
+            })?;
+        if flags.container_log_max_files < 2 {
+            return Err(invalid(
+                "container-log-max-files",
+                &flags.container_log_max_files.to_string(),
+                "must be at least 2",
+            ));
+        }
+        let log_limits = crate::pods::log_rotation::Limits {
+            max_bytes,
+            max_files: flags.container_log_max_files,
+        };
         let cluster_dns = match flags.cluster_dns.as_deref() {
             None | Some("") => Vec::new(),
             Some(raw) => raw
@@ -239,6 +263,7 @@ impl Config {
             anonymous_auth: flags.anonymous_auth,
             eviction_hard,
             reserved,
+            log_limits,
             cluster_dns,
             cluster_domain: flags.cluster_domain,
             resolv_conf: flags.resolv_conf,

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::admission::{self, Rejection, Usage};
-use super::housekeeping;
 use super::metadata::{CONTAINER_NAME, PodKey};
 use super::worker::{self, Inbox, Shared};
+use super::{housekeeping, log_rotation};
 use crate::node::runtime::error_chain;
 
 /// How often the runtime is relisted to notice container state changes.
@@ -224,6 +224,40 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// Rotates the logs of running containers that outgrew `--container-log-max-size`.
+    async fn rotate_logs(&self) {
+        let limits = self.shared.log_limits;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (uid, pod) in &self.admitted {
+            let Some(containers) = self.running.get(uid) else {
+                continue;
+            };
+            let pod_dir = self
+                .shared
+                .pod_logs_dir
+                .join(PodKey::of(pod).log_dir_name());
+            for (name, id) in containers {
+                let Some(live) = log_rotation::live_log(&pod_dir.join(name)) else {
+                    continue;
+                };
+                match log_rotation::rotate_if_large(&live, limits, now) {
+                    Ok(true) => {
+                        if let Err(err) = self.shared.runtime.reopen_container_log(id).await {
+                            warn!(container = %id, error = %error_chain(&err), "reopening a rotated log failed");
+                        }
+                        if let Err(err) = log_rotation::prune(&live, limits) {
+                            warn!(log = %live.display(), error = %err, "pruning rotated logs failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        debug!(log = %live.display(), error = %err, "checking a log's size failed")
+                    }
+                }
+            }
+        }
+    }
+
     /// One round of the eviction manager: measures off the loop, then tells each chosen pod's
     /// worker to evict it and stops counting it as admitted.
     async fn housekeeping(&mut self) {
@@ -249,6 +283,7 @@ impl Dispatcher {
         let Ok(evictions) = round else {
             return;
         };
+        self.rotate_logs().await;
         for (uid, eviction) in evictions {
             if let Some(handle) = self.workers.get(&uid) {
                 warn!(uid, message = %eviction.message, "evicting pod");

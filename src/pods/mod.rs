@@ -22,6 +22,7 @@ pub mod host_files;
 pub mod housekeeping;
 pub mod images;
 pub mod lifecycle;
+pub mod log_rotation;
 pub mod metadata;
 pub mod observed;
 pub mod probe_tls;

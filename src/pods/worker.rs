@@ -79,6 +79,8 @@ pub struct Shared {
     pub services: Store<Service>,
     /// The hard eviction thresholds (`--eviction-hard`).
     pub thresholds: crate::config::Thresholds,
+    /// When containers' logs are rotated.
+    pub log_limits: super::log_rotation::Limits,
 }
 
 impl std::fmt::Debug for Shared {

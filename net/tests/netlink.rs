@@ -6,156 +6,21 @@
 //! (a socket stays in the namespace it was created in); without root, `ip` or `nft`, tests skip
 //! with a message instead of failing.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+#[macro_use]
+mod common;
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use common::{Netns, canonical_listing};
 use nix::errno::Errno;
-use nix::sched::{CloneFlags, setns};
-use nodus_net::proxy::apply::Nft;
 use nodus_net::proxy::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
     TrafficPolicy,
 };
-use nodus_net::proxy::netlink::{Error as NetlinkError, Netlink};
+use nodus_net::proxy::netlink::Error as NetlinkError;
 use nodus_net::proxy::ruleset::{Ruleset, build};
 use nodus_net::proxy::transaction::{Transaction, Update};
-
-/// Why a test cannot run here, if it cannot.
-fn unsupported() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root to create network namespaces".into());
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool)
-            .arg(if tool == "ip" { "-V" } else { "--version" })
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("needs `{tool}` on PATH"));
-        }
-    }
-    None
-}
-
-macro_rules! require_kernel {
-    () => {
-        if let Some(why) = unsupported() {
-            eprintln!("skipping {}: {why}", module_path!());
-            return;
-        }
-    };
-}
-
-/// A named network namespace, deleted on drop.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("nodus-nl{}-{n}-{role}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("running ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    fn nft(&self) -> Nft {
-        Nft::with_command("ip", ["netns", "exec", self.name.as_str(), "nft"])
-    }
-
-    /// A netlink socket in this namespace, opened by a thread that entered it.
-    fn netlink(&self) -> Netlink {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
-            Netlink::open().expect("opening the netlink socket")
-        })
-        .join()
-        .expect("the namespace thread panicked")
-    }
-
-    /// `nft --debug=netlink list table`: every rule's expressions, as the kernel holds them.
-    fn expressions(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "--debug=netlink"])
-            .args(["list", "table", "inet", "nodus"])
-            .output()
-            .expect("running nft --debug=netlink");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not hide the test's own failure.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// `nft list table` with chains, sets and set elements in a canonical order: the kernel lists
-/// objects in creation order and hash sets in any order, neither of which is behaviour.
-fn canonical_listing(listing: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in listing.lines() {
-        let trimmed = line.trim();
-        if line.starts_with("\t") && !line.starts_with("\t\t") && trimmed.ends_with('{') {
-            current = Some(String::new());
-        }
-        if let Some(block) = current.as_mut() {
-            block.push_str(trimmed);
-            block.push(' ');
-            if line == "\t}" {
-                blocks.push(canonical_elements(&current.take().expect("an open block")));
-            }
-        }
-    }
-    blocks.sort();
-    blocks
-}
-
-fn canonical_elements(block: &str) -> String {
-    let Some(start) = block.find("elements = {") else {
-        return block.to_owned();
-    };
-    let body_start = start + "elements = {".len();
-    let body_end = body_start + block[body_start..].find('}').expect("closed elements");
-    let mut elements: Vec<&str> = block[body_start..body_end]
-        .split(',')
-        .map(str::trim)
-        .collect();
-    elements.sort();
-    format!(
-        "{}{}{}",
-        &block[..body_start],
-        elements.join(", "),
-        &block[body_end..]
-    )
-}
 
 /// `nft --debug=netlink list` in a canonical form: rules per chain in order without their
 /// handles, set elements sorted, anonymous set numbers dropped, chains and sets sorted.
@@ -403,7 +268,7 @@ fn rulesets(states: &[ProxyState]) -> Vec<Ruleset> {
 
 #[test]
 fn updates_through_netlink_match_updates_through_nft() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft"]);
     let via_netlink = Netns::new("netlink");
     let via_text = Netns::new("text");
     let (nft, text) = (via_netlink.nft(), via_text.nft());
@@ -449,7 +314,7 @@ fn updates_through_netlink_match_updates_through_nft() {
 
 #[test]
 fn a_refused_batch_changes_nothing() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft"]);
     let ns = Netns::new("refused");
     let nft = ns.nft();
     let netlink = ns.netlink();
@@ -487,7 +352,7 @@ fn a_refused_batch_changes_nothing() {
 
 #[test]
 fn a_full_replace_is_unsupported_and_sends_nothing() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft"]);
     let ns = Netns::new("full");
     let nft = ns.nft();
     let netlink = ns.netlink();
@@ -499,144 +364,4 @@ fn a_full_replace_is_unsupported_and_sends_nothing() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     assert_eq!(nft.list().expect("list"), before);
-}
-
-// The benchmark's generator, as in `net/tests/netns.rs`.
-
-const TCP_PORT: u16 = 8080;
-
-fn node_config() -> Node {
-    Node {
-        node_port_addresses: NodePortAddresses::Only(vec![ip("10.97.0.1")]),
-        cluster_cidrs: vec!["10.99.0.0/16".parse().expect("CIDR")],
-    }
-}
-
-fn service(cluster_ip: &str, protocol: Protocol, port: u16) -> Service {
-    Service {
-        namespace: "test".into(),
-        name: format!("svc-{}", cluster_ip.replace('.', "-")),
-        cluster_ips: vec![ip(cluster_ip)],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        session_affinity: SessionAffinity::None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        ports: vec![ServicePort {
-            name: String::new(),
-            protocol,
-            port,
-            node_port: None,
-            endpoints: vec![],
-        }],
-    }
-}
-
-/// Services × 2 endpoints each, spread over a /16 of cluster IPs.
-fn many(count: usize) -> ProxyState {
-    let services = (0..count)
-        .map(|i| {
-            let (hi, lo) = (i / 250, i % 250 + 1);
-            let mut s = service(&format!("10.98.{hi}.{lo}"), Protocol::Tcp, 80);
-            s.name = format!("bench-{i}");
-            s.ports[0].node_port = (i < 2000).then(|| 30000 + i as u16);
-            s.ports[0].endpoints = (0..2)
-                .map(|e| {
-                    Endpoint::ready(ip(&format!("10.{}.{hi}.{lo}", 100 + e)), TCP_PORT, e == 0)
-                })
-                .collect();
-            s
-        })
-        .collect();
-    ProxyState {
-        node: node_config(),
-        services,
-    }
-}
-
-/// The state with endpoint `which` of service `i` removed.
-fn without_endpoint(mut state: ProxyState, i: usize, which: usize) -> ProxyState {
-    state.services[i].ports[0].endpoints.remove(which);
-    state
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// 10,000 services × 2 endpoints applied as nft text, then 100 one-endpoint changes through
-/// netlink (and a few through nft, for comparison). Prints figures, asserts none:
-/// `cargo test --release -p nodus-net --test netlink netlink_timing -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: prints figures, asserts none; run with --ignored --nocapture"]
-fn netlink_timing() {
-    require_kernel!();
-    let count: usize = std::env::var("NODUS_BENCH_SERVICES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(10_000);
-    let ns = Netns::new("timing");
-    let nft = ns.nft();
-    let netlink = ns.netlink();
-    let base = many(count);
-    let t0 = Instant::now();
-    let mut applied = build(&base).ruleset;
-    nft.run(&Transaction::full(&applied).render())
-        .expect("cold apply");
-    println!(
-        "{count} services × 2 endpoints ({} rules): full apply via nft {}",
-        applied.rule_count(),
-        ms(t0.elapsed())
-    );
-    let change = |k: usize| {
-        // Alternately drop an endpoint of one service and restore it, walking over services.
-        let i = (k / 2 * 97) % count;
-        if k.is_multiple_of(2) {
-            without_endpoint(base.clone(), i, k % 4 / 2)
-        } else {
-            base.clone()
-        }
-    };
-    let mut in_netlink = Vec::new();
-    let mut ops = Vec::new();
-    for k in 0..100 {
-        let desired = build(&change(k)).ruleset;
-        let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
-            panic!("an endpoint change must be an in-place update");
-        };
-        ops.push(Duration::from_nanos(tx.len() as u64));
-        in_netlink.push(netlink.apply(&tx).expect("applying the change via netlink"));
-        drop(tx);
-        applied = desired;
-    }
-    let mut in_nft = Vec::new();
-    for k in 100..110 {
-        let desired = build(&change(k)).ruleset;
-        let Update::Apply(tx) = Transaction::update(&applied, &desired) else {
-            panic!("an endpoint change must be an in-place update");
-        };
-        in_nft.push(nft.run(&tx.render()).expect("applying the change via nft"));
-        drop(tx);
-        applied = desired;
-    }
-    in_netlink.sort();
-    in_nft.sort();
-    ops.sort();
-    println!(
-        "one-endpoint change ({} ops p50) via Netlink::apply, 100 changes: p50 {} p99 {} max {}",
-        percentile(&ops, 50).as_nanos(),
-        ms(percentile(&in_netlink, 50)),
-        ms(percentile(&in_netlink, 99)),
-        ms(in_netlink[in_netlink.len() - 1]),
-    );
-    println!(
-        "the same kind of change via nft -f -, 10 changes: p50 {} max {}",
-        ms(percentile(&in_nft, 50)),
-        ms(in_nft[in_nft.len() - 1]),
-    );
 }

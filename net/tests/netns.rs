@@ -15,21 +15,21 @@
 //!                            route 10.98.0.0/16 (service IPs) dev br0
 //! ```
 
+#[macro_use]
+mod common;
+
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{Netns, canonical_listing, run};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sched::{CloneFlags, setns};
-use nodus_net::proxy::apply::{Error as ApplyError, Nft};
-use nodus_net::proxy::conntrack::Conntrack;
+use nodus_net::proxy::apply::Error as ApplyError;
 use nodus_net::proxy::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
     TrafficPolicy,
@@ -42,100 +42,6 @@ const NODE_IP: &str = "10.97.0.1";
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a test cannot run here, if it cannot.
-fn unsupported() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root to create network namespaces".into());
-    }
-    for tool in ["ip", "nft", "conntrack"] {
-        let found = Command::new(tool)
-            .arg(if tool == "ip" { "-V" } else { "--version" })
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("needs `{tool}` on PATH"));
-        }
-    }
-    None
-}
-
-macro_rules! require_kernel {
-    () => {
-        if let Some(why) = unsupported() {
-            eprintln!("skipping {}: {why}", module_path!());
-            return;
-        }
-    };
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A named network namespace, deleted on drop.
-#[derive(Debug)]
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("nodus-t{}-{n}-{role}", std::process::id());
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        run(&full);
-    }
-
-    fn nft(&self) -> Nft {
-        Nft::with_command("ip", ["netns", "exec", self.name.as_str(), "nft"])
-    }
-
-    fn conntrack(&self) -> Conntrack {
-        Conntrack::with_command("ip", ["netns", "exec", self.name.as_str(), "conntrack"])
-    }
-
-    /// Runs `f` on a thread that has entered this namespace.
-    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
-            f()
-        })
-    }
-
-    fn exec<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f).join().expect("the namespace thread panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Best effort: a failure here must not hide the test's own failure.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 /// A node namespace with pods behind a bridge and an external client.
 struct Lab {
@@ -366,7 +272,7 @@ fn tally(replies: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
 
 #[test]
 fn cluster_ip_spreads_over_endpoints() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let mut lab = Lab::new(3);
     lab.serve(0);
     lab.serve(1);
@@ -391,7 +297,7 @@ fn cluster_ip_spreads_over_endpoints() {
 
 #[test]
 fn node_port_works_on_the_node_ip() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let mut lab = Lab::new(1);
     lab.serve(0);
     let mut svc = service("10.98.0.11", Protocol::Tcp, 80, &[0]);
@@ -410,7 +316,7 @@ fn node_port_works_on_the_node_ip() {
 
 #[test]
 fn a_service_without_endpoints_rejects_at_once() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let lab = Lab::new(1);
     // Something on the node listens on the NodePort, so a refusal there comes from the ruleset,
     // not from the node's TCP stack finding no socket.
@@ -459,7 +365,7 @@ fn a_service_without_endpoints_rejects_at_once() {
 
 #[test]
 fn removing_an_endpoint_moves_traffic() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let mut lab = Lab::new(3);
     lab.serve(0);
     lab.serve(1);
@@ -477,7 +383,7 @@ fn removing_an_endpoint_moves_traffic() {
 
 #[test]
 fn udp_flow_moves_to_the_new_endpoint_after_conntrack_cleanup() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let mut lab = Lab::new(3);
     lab.serve(0);
     lab.serve(1);
@@ -522,7 +428,7 @@ fn udp_flow_moves_to_the_new_endpoint_after_conntrack_cleanup() {
 
 #[test]
 fn client_ip_affinity_survives_unrelated_updates() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let mut lab = Lab::new(3);
     lab.serve(0);
     lab.serve(1);
@@ -543,50 +449,9 @@ fn client_ip_affinity_survives_unrelated_updates() {
     }
 }
 
-/// `nft list table` with chains, sets and set elements in a canonical order: the kernel lists
-/// objects in creation order and hash sets in any order, neither of which is behaviour.
-fn canonical_listing(listing: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in listing.lines() {
-        let trimmed = line.trim();
-        if line.starts_with("\t") && !line.starts_with("\t\t") && trimmed.ends_with('{') {
-            current = Some(String::new());
-        }
-        if let Some(block) = current.as_mut() {
-            block.push_str(trimmed);
-            block.push(' ');
-            if line == "\t}" {
-                blocks.push(canonical_elements(&current.take().expect("an open block")));
-            }
-        }
-    }
-    blocks.sort();
-    blocks
-}
-
-fn canonical_elements(block: &str) -> String {
-    let Some(start) = block.find("elements = {") else {
-        return block.to_owned();
-    };
-    let body_start = start + "elements = {".len();
-    let body_end = body_start + block[body_start..].find('}').expect("closed elements");
-    let mut elements: Vec<&str> = block[body_start..body_end]
-        .split(',')
-        .map(str::trim)
-        .collect();
-    elements.sort();
-    format!(
-        "{}{}{}",
-        &block[..body_start],
-        elements.join(", "),
-        &block[body_end..]
-    )
-}
-
 #[test]
 fn in_place_updates_reach_the_same_kernel_state_as_a_full_apply() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let ns = Netns::new("update");
     let nft = ns.nft();
     let mut sticky = service("10.98.0.20", Protocol::Tcp, 80, &[0, 1]);
@@ -643,7 +508,7 @@ fn in_place_updates_reach_the_same_kernel_state_as_a_full_apply() {
 
 #[test]
 fn golden_rulesets_load_into_the_kernel() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let ns = Netns::new("golden");
     for (name, text) in [
         ("cluster-ip", include_str!("golden/cluster-ip.nft")),
@@ -659,7 +524,7 @@ fn golden_rulesets_load_into_the_kernel() {
 
 #[test]
 fn cleanup_removes_the_table_and_a_refused_transaction_changes_nothing() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let ns = Netns::new("cleanup");
     let nft = ns.nft();
     nft.cleanup().expect("cleanup without a table");
@@ -774,7 +639,7 @@ fn connect_latency(count: usize) -> (Duration, Duration) {
 #[test]
 #[ignore = "benchmark: prints figures, asserts none; run with --ignored --nocapture"]
 fn proxy_benchmark() {
-    require_kernel!();
+    require_kernel!(&["ip", "nft", "conntrack"]);
     let sizes: Vec<usize> = std::env::var("NODUS_BENCH_SERVICES")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())

@@ -3,7 +3,7 @@
 //!
 //! Why: nft 1.0.6 dumps the whole table into its cache before it runs `add rule` or `delete chain`,
 //! so at 10k services (~30k chains) every `nft -f -` costs ~140 ms however small the change. The
-//! kernel needs no cache. Measured with `netlink_timing` in `net/tests/netlink.rs` (2-core VM,
+//! kernel needs no cache. Measured with `proxy_benchmark` in `net/tests/netns.rs` (2-core VM,
 //! kernel 6.18, nft 1.0.6, 10k services × 2 endpoints, one-endpoint changes of ~6 ops): nft text
 //! 140-190 ms p50; this module 55-59 ms p50, 74-87 ms p99, of which encoding is ~0.2 ms. The rest
 //! is the kernel's commit, which any interface pays: a new jump or goto (in a rule or a map

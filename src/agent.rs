@@ -78,7 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         port: config.port,
         thresholds: config.eviction_hard.clone(),
         reserved: config.reserved,
-        nodefs_path: existing_ancestor(&config.root_dir),
+        nodefs_path: crate::node::machine::existing_ancestor(&config.root_dir),
     };
 
     let mut tasks = JoinSet::new();
@@ -227,15 +227,6 @@ async fn client(path: &PathBuf) -> Result<Client, Error> {
         path: path.clone(),
         source,
     })
-}
-
-/// The root directory may not exist yet on first start; its filesystem is that of the
-/// nearest existing ancestor.
-fn existing_ancestor(path: &std::path::Path) -> PathBuf {
-    path.ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(std::path::Path::new("/"))
-        .to_path_buf()
 }
 
 /// Keeps `writer`'s store of every Service current, for the containers' service variables

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod listen;
 pub mod node;
 pub mod pods;
 pub mod proxy;

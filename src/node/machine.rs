@@ -5,7 +5,7 @@
 //! unit-tested; the readers only open the files.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Static facts about the machine, read once at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +187,15 @@ pub fn hugepage_resource(page_bytes: u64) -> String {
 /// Current memory usage.
 pub fn memory_usage() -> Option<MemoryUsage> {
     parse_meminfo(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// The nearest existing ancestor of `path` (itself if it exists): a directory that may not
+/// exist yet lives on that ancestor's filesystem.
+pub fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
 }
 
 /// Size and headroom of the filesystem holding `path`.

@@ -158,7 +158,7 @@ pub fn pressure(paths: &Paths, thresholds: &Thresholds) -> Option<Pressure> {
     };
     let memory = machine::memory_usage()
         .and_then(|m| check(Signal::MemoryAvailable, m.available_bytes, m.total_bytes));
-    let nodefs = machine::fs_usage(&existing(&paths.root_dir)).and_then(|fs| {
+    let nodefs = machine::fs_usage(&machine::existing_ancestor(&paths.root_dir)).and_then(|fs| {
         check(
             Signal::NodefsAvailable,
             fs.available_bytes,
@@ -168,13 +168,6 @@ pub fn pressure(paths: &Paths, thresholds: &Thresholds) -> Option<Pressure> {
     let pids = machine::pid_usage()
         .and_then(|p| check(Signal::PidAvailable, p.max.saturating_sub(p.in_use), p.max));
     memory.or(nodefs).or(pids)
-}
-
-fn existing(path: &Path) -> PathBuf {
-    path.ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"))
-        .to_path_buf()
 }
 
 /// One round: the pods to evict, by UID. `running` lists each running pod with its

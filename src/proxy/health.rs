@@ -47,7 +47,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::mapping::ServiceKey;
-use crate::backoff::Backoff;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,21 +241,9 @@ pub async fn serve_proxy_health(
     timeout: Duration,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => break listener,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                warn!(%addr, error = %err, retry_in = ?delay, "cannot listen for proxy health checks");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let Some(listener) = crate::listen::bind(addr, "proxy health server", &cancel).await else {
+        return;
     };
-    info!(%addr, "proxy health server listening");
     serve(
         listener,
         move |path: &str| {

@@ -12,14 +12,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use hyper::StatusCode;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use super::health::{self, Reply};
 use super::sync::Report;
-use crate::backoff::Backoff;
 
 /// The mode `/proxyMode` reports, as kube-proxy does.
 pub const PROXY_MODE: &str = "nftables";
@@ -229,21 +226,9 @@ pub async fn serve(
     metrics: watch::Receiver<ProxyMetrics>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => break listener,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                warn!(%addr, error = %err, retry_in = ?delay, "cannot listen for proxy metrics");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let Some(listener) = crate::listen::bind(addr, "proxy metrics server", &cancel).await else {
+        return;
     };
-    info!(%addr, "proxy metrics server listening");
     health::serve(
         listener,
         move |path: &str| reply(path, &metrics.borrow()),

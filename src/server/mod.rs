@@ -34,14 +34,12 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use nodus_cri::Runtime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use self::auth::{Gate, Refusal, User};
-use crate::backoff::Backoff;
 use crate::pods::metadata::{CONTAINER_NAME, POD_UID};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,21 +97,9 @@ pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: C
         }
     };
     let acceptor = TlsAcceptor::from(config);
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let listener = loop {
-        match TcpListener::bind(settings.address).await {
-            Ok(listener) => break listener,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                warn!(address = %settings.address, error = %err, retry_in = ?delay, "cannot listen for the kubelet API");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let Some(listener) = crate::listen::bind(settings.address, "kubelet API", &cancel).await else {
+        return;
     };
-    info!(address = %settings.address, "kubelet API listening");
     let shared = Arc::new(Shared {
         gate: Gate::new(
             client.clone(),

@@ -149,6 +149,24 @@ fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     data
 }
 
+/// A key/value object's files, or nothing when it is absent and optional.
+#[allow(clippy::too_many_arguments)]
+fn object_files(
+    files: &mut Files,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    missing: Error,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: bool,
+    missing_key: impl Fn(&str) -> Error,
+) -> Result<(), Error> {
+    match data {
+        Some(data) => key_files(files, &data, items, default_mode, optional, missing_key),
+        None if optional => Ok(()),
+        None => Err(missing),
+    }
+}
+
 /// A configMap source (a `configMap` volume or a projection of one).
 pub fn config_map(
     files: &mut Files,
@@ -158,16 +176,10 @@ pub fn config_map(
     default_mode: Option<i32>,
     optional: bool,
 ) -> Result<(), Error> {
-    let Some(cm) = objects.config_maps.get(name) else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(Error::ConfigMapNotFound(name.to_owned()))
-        };
-    };
-    key_files(
+    object_files(
         files,
-        &config_map_data(cm),
+        objects.config_maps.get(name).map(config_map_data),
+        Error::ConfigMapNotFound(name.to_owned()),
         items,
         default_mode,
         optional,
@@ -184,16 +196,10 @@ pub fn secret(
     default_mode: Option<i32>,
     optional: bool,
 ) -> Result<(), Error> {
-    let Some(secret) = objects.secrets.get(name) else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(Error::SecretNotFound(name.to_owned()))
-        };
-    };
-    key_files(
+    object_files(
         files,
-        &secret_data(secret),
+        objects.secrets.get(name).map(secret_data),
+        Error::SecretNotFound(name.to_owned()),
         items,
         default_mode,
         optional,

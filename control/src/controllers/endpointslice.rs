@@ -49,6 +49,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::chain;
+
 /// Services reconciled at once; each is a handful of sequential API calls.
 const WORKERS: usize = 4;
 /// How soon a Service whose slices were written is looked at again if the slice watch has
@@ -133,18 +135,6 @@ impl Error {
     fn backs_off(&self) -> bool {
         !matches!(self, Error::Stale { .. })
     }
-}
-
-/// The error and its causes as one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// Runs the controller until cancelled; a watch that ends stops it, logged here.

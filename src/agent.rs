@@ -114,7 +114,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .and_then(|q| quantity::parse(&q.0))
                 .map_or(0, |m| m.0)
         };
-        let runtime = Runtime::connect(config.runtime_endpoint.clone());
+        let metrics = Arc::new(crate::metrics::Kubelet::default());
+        let observer: Arc<dyn nodus_cri::Observer> = metrics.clone();
+        let runtime = Runtime::connect_observed(config.runtime_endpoint.clone(), Some(observer));
         let (services, writer) = kube::runtime::reflector::store();
         tasks.spawn(reflect_services(
             client.clone(),
@@ -149,7 +151,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             services,
             thresholds: config.eviction_hard.clone(),
             log_limits: config.log_limits,
+            metrics: metrics.clone(),
         });
+        let runtime = pods.runtime.clone();
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
         let serving = match &config.tls_files {
             Some((cert, key)) => crate::server::tls::Serving::Files {
@@ -163,13 +167,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         };
         tasks.spawn(crate::server::run(
             client.clone(),
-            Runtime::connect(config.runtime_endpoint.clone()),
+            runtime,
+            metrics,
             crate::server::Settings {
                 address: std::net::SocketAddr::new(config.address, config.port),
                 tls: serving,
                 client_ca: config.client_ca_file.clone(),
                 anonymous_auth: config.anonymous_auth,
                 node_name: config.node_name.clone(),
+                root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
             },
             shutdown.child_token(),

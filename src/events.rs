@@ -20,6 +20,19 @@ struct Pending {
     note: String,
 }
 
+/// The event's `action`, which kube's recorder uses (with the reason and the object) to
+/// fold repeats into one event with a count. The kubelet's own correlator folds only
+/// repeats of the same message, so a changed message ("failed to connect", later
+/// "NOT_SERVING") is a new event there; a digest of the note in the action keeps that.
+fn action(reason: &str, note: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same note gives the same action in every process.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    note.hash(&mut hasher);
+    format!("{reason}-{:016x}", hasher.finish())
+}
+
 /// Records events as one reporter (`kubelet`, `kube-proxy`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Events {
@@ -53,8 +66,8 @@ impl Events {
                                 EventType::Normal
                             },
                             reason: event.reason.clone(),
+                            action: action(&event.reason, &event.note),
                             note: Some(event.note),
-                            action: event.reason.clone(),
                             secondary: None,
                         },
                         &event.reference,
@@ -86,5 +99,24 @@ impl Events {
 
     pub fn warning(&self, reference: ObjectReference, reason: &str, note: String) {
         self.record(reference, true, reason, note);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_share_an_action_and_new_messages_get_their_own() {
+        let first = action("Unhealthy", "Readiness probe failed: connect");
+        assert_eq!(
+            first,
+            action("Unhealthy", "Readiness probe failed: connect")
+        );
+        assert_ne!(
+            first,
+            action("Unhealthy", "Readiness probe failed: NOT_SERVING")
+        );
+        assert!(first.starts_with("Unhealthy-") && first.len() <= 128);
     }
 }

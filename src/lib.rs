@@ -8,10 +8,12 @@ pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod listen;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod proxy;
 pub mod server;
+pub mod stats;
 pub mod volumes;
 
 pub use nodus_api::quantity;

@@ -7,11 +7,13 @@
 mod endpoint;
 mod error;
 mod events;
+mod metered;
 mod runtime;
 
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use events::RuntimeEvent;
+pub use metered::{Observer, operation_type};
 pub use runtime::{ExecOutput, Runtime, RuntimeCondition, RuntimeStatus, RuntimeVersion};
 
 /// The CRI `runtime.v1` protocol types and generated clients.

@@ -4,6 +4,7 @@
 //! action from the caller: calls fail with `Unavailable` while it is gone and work again
 //! once it is back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -14,15 +15,17 @@ use tower::service_fn;
 use crate::api::image_service_client::ImageServiceClient;
 use crate::api::runtime_service_client::RuntimeServiceClient;
 use crate::api::{
-    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, Image, ImageSpec,
-    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox,
-    PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
-    PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    ReopenContainerLogRequest, RunPodSandboxRequest, RuntimeConfig, StartContainerRequest,
-    StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest,
-    VersionRequest,
+    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStats,
+    ContainerStatsFilter, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
+    ExecRequest, ExecSyncRequest, FilesystemUsage, Image, ImageFsInfoRequest, ImageSpec,
+    ImageStatusRequest, ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest,
+    NetworkConfig, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStatus,
+    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, RuntimeConfig,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateRuntimeConfigRequest, VersionRequest,
 };
+use crate::metered::{Metered, Observer};
 use crate::{Endpoint, Error};
 
 /// The CRI API version nodus speaks.
@@ -48,8 +51,8 @@ pub struct ExecOutput {
 pub struct Runtime {
     endpoint: Endpoint,
     channel: Channel,
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+    runtime: RuntimeServiceClient<Metered>,
+    images: ImageServiceClient<Metered>,
 }
 
 /// What `Version` reports.
@@ -96,6 +99,11 @@ impl Runtime {
     /// Prepares a connection to `endpoint`. Nothing is dialled until the first call, so
     /// this succeeds even while the runtime is down.
     pub fn connect(endpoint: Endpoint) -> Self {
+        Self::connect_observed(endpoint, None)
+    }
+
+    /// As [`Runtime::connect`], reporting every runtime and image call to `observer`.
+    pub fn connect_observed(endpoint: Endpoint, observer: Option<Arc<dyn Observer>>) -> Self {
         let socket = endpoint.socket().to_path_buf();
         // The URI is required by tonic but unused: every connection goes to the socket.
         let channel = Channel::from_static("http://[::1]:0")
@@ -106,8 +114,8 @@ impl Runtime {
             }));
         Self {
             endpoint,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel.clone()),
+            runtime: RuntimeServiceClient::new(Metered::new(channel.clone(), observer.clone())),
+            images: ImageServiceClient::new(Metered::new(channel.clone(), observer)),
             channel,
         }
     }
@@ -119,11 +127,6 @@ impl Runtime {
     /// The connection, for the runtime's own (non-CRI) services.
     pub(crate) fn channel(&self) -> Channel {
         self.channel.clone()
-    }
-
-    /// The image service, for callers that need calls this wrapper does not cover yet.
-    pub fn images(&self) -> ImageServiceClient<Channel> {
-        self.images.clone()
     }
 
     pub(crate) fn call_error(
@@ -498,6 +501,31 @@ impl Runtime {
             .map_err(self.call_error("PullImage"))?
             .into_inner()
             .image_ref)
+    }
+
+    /// Usage figures of the containers the filter selects (CPU, memory, writable layer).
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<ContainerStatsFilter>,
+    ) -> Result<Vec<ContainerStats>, Error> {
+        let request = Self::request(ListContainerStatsRequest { filter }, Some(CALL_TIMEOUT));
+        let reply = self.runtime.clone().list_container_stats(request).await;
+        Ok(reply
+            .map_err(self.call_error("ListContainerStats"))?
+            .into_inner()
+            .stats)
+    }
+
+    /// The filesystems that hold images and writable layers, with their usage.
+    pub async fn image_fs_info(&self) -> Result<Vec<FilesystemUsage>, Error> {
+        let request = Self::request(ImageFsInfoRequest {}, Some(CALL_TIMEOUT));
+        let reply = self.images.clone().image_fs_info(request).await;
+        let reply = reply.map_err(self.call_error("ImageFsInfo"))?.into_inner();
+        Ok(reply
+            .image_filesystems
+            .into_iter()
+            .chain(reply.container_filesystems)
+            .collect())
     }
 
     fn missing(&self, method: &'static str, id: &str) -> Error {

@@ -284,8 +284,9 @@ impl Dispatcher {
             return;
         };
         self.rotate_logs().await;
-        for (uid, eviction) in evictions {
+        for (uid, eviction, signal) in evictions {
             if let Some(handle) = self.workers.get(&uid) {
+                self.shared.metrics.evicted(signal);
                 warn!(uid, message = %eviction.message, "evicting pod");
                 handle.evict.send_replace(Some(eviction));
                 self.evicted.insert(uid.clone());

@@ -1,5 +1,5 @@
 //! Hooks: running a container's lifecycle handlers (exec, httpGet, sleep), as used by
-//! the preStop hook before a container is stopped.
+//! the postStart hook after a container starts and the preStop hook before it is stopped.
 
 use std::time::Duration;
 

@@ -18,8 +18,7 @@ use super::{cgroups, qos};
 use crate::config::{Signal, Thresholds};
 use crate::node::machine;
 use crate::quantity;
-
-const CGROUP_FS: &str = "/sys/fs/cgroup";
+use crate::stats::cgroup;
 
 /// Where housekeeping looks.
 #[derive(Debug, Clone)]
@@ -27,33 +26,6 @@ pub struct Paths {
     /// The agent's root directory (`<root>/pods/<uid>`), whose filesystem is nodefs.
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
-}
-
-/// A number in a cgroup file.
-fn cgroup_number(controller: &str, cgroup: &str, file: &str) -> Option<u64> {
-    let path = Path::new(CGROUP_FS)
-        .join(controller)
-        .join(cgroup.trim_start_matches('/'))
-        .join(file);
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The working set of a cgroup (usage less inactive file cache), as the kubelet counts it.
-fn working_set(cgroup: &str) -> Option<u64> {
-    let usage = cgroup_number("memory", cgroup, "memory.usage_in_bytes")?;
-    let stat = fs::read_to_string(
-        Path::new(CGROUP_FS)
-            .join("memory")
-            .join(cgroup.trim_start_matches('/'))
-            .join("memory.stat"),
-    )
-    .ok()?;
-    let inactive = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("total_inactive_file "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Some(usage.saturating_sub(inactive))
 }
 
 /// Bytes allocated under `path`, not following symlinks nor crossing into other filesystems
@@ -131,15 +103,16 @@ fn usage(paths: &Paths, pod: &Pod, containers: Vec<(String, String)>) -> PodUsag
     PodUsage {
         uid,
         priority: spec.priority.unwrap_or(0),
-        memory_bytes: working_set(&cgroup).unwrap_or(0),
+        memory_bytes: cgroup::memory(&cgroup).map_or(0, |m| m.working_set_bytes),
         memory_request: request("memory"),
         disk_bytes: disk,
         disk_request: request("ephemeral-storage"),
-        pids: cgroup_number("pids", &cgroup, "pids.current").unwrap_or(0),
+        pids: cgroup::number("pids", &cgroup, "pids.current").unwrap_or(0),
         containers: containers
             .into_iter()
             .map(|(name, id)| {
-                let used = working_set(&format!("{cgroup}/{id}")).unwrap_or(0);
+                let used =
+                    cgroup::memory(&format!("{cgroup}/{id}")).map_or(0, |m| m.working_set_bytes);
                 (name, used)
             })
             .collect(),
@@ -170,16 +143,28 @@ pub fn pressure(paths: &Paths, thresholds: &Thresholds) -> Option<Pressure> {
     memory.or(nodefs).or(pids)
 }
 
-/// One round: the pods to evict, by UID. `running` lists each running pod with its
-/// containers' (name, runtime ID).
+/// The signal upstream counts emptyDir `sizeLimit` evictions under.
+pub const EMPTY_DIR_LIMIT: &str = "emptydirfs.limit";
+
+/// A pod to evict: its UID, the failure it gets, and the eviction signal behind it.
+pub type Eviction = (String, Rejection, &'static str);
+
+/// One round: the pods to evict. `running` lists each running pod with its containers'
+/// (name, runtime ID).
 pub fn round(
     paths: &Paths,
     thresholds: &Thresholds,
     running: Vec<(&Pod, Vec<(String, String)>)>,
-) -> Vec<(String, Rejection)> {
-    let mut evict: Vec<(String, Rejection)> = running
+) -> Vec<Eviction> {
+    let mut evict: Vec<Eviction> = running
         .iter()
-        .filter_map(|(pod, _)| Some((pod.metadata.uid.clone()?, empty_dir_over_limit(paths, pod)?)))
+        .filter_map(|(pod, _)| {
+            Some((
+                pod.metadata.uid.clone()?,
+                empty_dir_over_limit(paths, pod)?,
+                EMPTY_DIR_LIMIT,
+            ))
+        })
         .collect();
     if let Some(pressure) = pressure(paths, thresholds) {
         let usages: Vec<PodUsage> = running
@@ -187,7 +172,7 @@ pub fn round(
             .filter(|(pod, _)| {
                 !evict
                     .iter()
-                    .any(|(uid, _)| pod.metadata.uid.as_deref() == Some(uid))
+                    .any(|(uid, _, _)| pod.metadata.uid.as_deref() == Some(uid))
             })
             .map(|(pod, containers)| usage(paths, pod, containers))
             .collect();
@@ -198,6 +183,7 @@ pub fn round(
                     reason: "Evicted".into(),
                     message: eviction::node_message(&pressure, victim),
                 },
+                pressure.signal.name(),
             ));
         }
     }

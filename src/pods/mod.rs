@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod log_rotation;
 pub mod metadata;
 pub mod observed;
+pub mod probe_grpc;
 pub mod probe_tls;
 pub mod probes;
 pub mod pull_secrets;

@@ -10,7 +10,7 @@
 //!   a liveness or startup failure asks the worker to restart the container.
 //! - Handlers: `exec` through the runtime's ExecSync (exit 0), `httpGet` over HTTP or HTTPS
 //!   (a status of 200 to 399; certificates are not verified, as upstream), `tcpSocket` (a
-//!   connection). `grpc` is reported as unsupported (a failure, with an event saying so).
+//!   connection), `grpc` (the standard health service answering `SERVING`).
 //!
 //! Invariants: results are keyed by container ID, so a restarted container starts over; the
 //! prober never blocks the worker: it publishes a snapshot through a `watch` channel and rings
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{self, Events};
 
 /// Upstream's User-Agent for HTTP probes.
-const USER_AGENT: &str = "kube-probe/1.37";
+pub(super) const USER_AGENT: &str = "kube-probe/1.37";
 /// How much of a failing probe's output goes into its event.
 const OUTPUT_LIMIT: usize = 1024;
 
@@ -281,8 +281,21 @@ pub async fn run_once(
             Err(_) => fail(format!("dial tcp {addr}: i/o timeout")),
         };
     }
-    if probe.grpc.is_some() {
-        return fail("gRPC probes are not supported by nodus yet".into());
+    if let Some(grpc) = &probe.grpc {
+        let Some(ip) = host(None) else {
+            return fail("no address to probe".into());
+        };
+        let Ok(port) = u16::try_from(grpc.port) else {
+            return fail(format!("invalid port {}", grpc.port));
+        };
+        let service = grpc.service.as_deref().unwrap_or_default();
+        return match super::probe_grpc::check(SocketAddr::new(ip, port), service, timeout).await {
+            Ok(()) => Outcome {
+                success: true,
+                output: String::new(),
+            },
+            Err(message) => fail(message),
+        };
     }
     fail("the probe has no handler".into())
 }

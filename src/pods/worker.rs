@@ -59,6 +59,8 @@ const VOLUME_RETRY_MAX: Duration = Duration::from_secs(60);
 const SERVICES_WAIT: Duration = Duration::from_secs(10);
 /// The attempts key for the sandbox itself.
 const SANDBOX: &str = "";
+/// The longest a postStart hook may run before it counts as failed.
+const POST_START_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What every worker shares: clients and node facts.
 pub struct Shared {
@@ -81,6 +83,8 @@ pub struct Shared {
     pub thresholds: crate::config::Thresholds,
     /// When containers' logs are rotated.
     pub log_limits: super::log_rotation::Limits,
+    /// The kubelet role's figures.
+    pub metrics: Arc<crate::metrics::Kubelet>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -126,6 +130,8 @@ struct Worker {
     volumes_checked: Option<std::time::Instant>,
     volume_retry: Backoff,
     volume_retry_at: Option<Timestamp>,
+    /// When this worker first saw the pod: the start of its start-up duration.
+    seen_at: std::time::Instant,
 }
 
 /// Runs one pod's worker until the pod is gone from both the runtime and the API.
@@ -147,6 +153,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         volumes_checked: None,
         volume_retry: Backoff::new(VOLUME_RETRY_INITIAL, VOLUME_RETRY_MAX),
         volume_retry_at: None,
+        seen_at: std::time::Instant::now(),
     };
     if let Some(rejection) = worker.rejection.clone() {
         // Nothing of a rejected pod ever runs; it only reports its failure.
@@ -667,6 +674,15 @@ impl Worker {
         {
             Ok(_) => {
                 debug!(pod = %self.key, phase = status.phase.as_deref().unwrap_or_default(), "pod status posted");
+                let running =
+                    |s: Option<&PodStatus>| s.and_then(|s| s.phase.as_deref()) == Some("Running");
+                // Only a start this worker saw: a pod adopted running after a restart is not one.
+                if running(Some(&status))
+                    && !running(self.posted.as_ref())
+                    && !running(api_status.as_ref())
+                {
+                    self.shared.metrics.pod_started(self.seen_at.elapsed());
+                }
                 self.posted = Some(status);
             }
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {
@@ -861,6 +877,7 @@ impl Worker {
                 let config = self.sandbox_config(pod, &spec, attempt);
                 match runtime.run_pod_sandbox(config, "").await {
                     Ok(id) => {
+                        self.shared.metrics.sandbox_started();
                         if spec.host_network != Some(true)
                             && let Ok(status) = runtime.pod_sandbox_status(&id).await
                         {
@@ -1035,7 +1052,7 @@ impl Worker {
             pod_ips: if spec.host_network == Some(true) {
                 self.shared.host_ips.clone()
             } else {
-                pod_ips
+                pod_ips.clone()
             },
             allocatable_milli_cpu: self.shared.allocatable_milli_cpu,
             allocatable_memory: self.shared.allocatable_memory,
@@ -1084,11 +1101,46 @@ impl Worker {
             );
             failure(StartFailure::Run, err.runtime_message())
         })?;
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container.name);
+        self.shared
+            .metrics
+            .container_started(if init { "init_container" } else { "container" });
         events.normal(
-            reference,
+            reference.clone(),
             "Started",
             format!("Started container {}", container.name),
         );
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let pod_ip = pod_ips.first().cloned().unwrap_or_default();
+            let grace = Duration::from_secs(
+                spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
+            );
+            // Upstream bounds the hook only by the runtime; a day keeps a stuck hook from
+            // holding this pod's start forever without cutting any real one short.
+            let outcome =
+                hooks::run(runtime, &id, container, &pod_ip, hook, POST_START_LIMIT).await;
+            if let Err(err) = outcome {
+                // The hook's output stays in the log: upstream keeps it out of the event,
+                // which any reader of the namespace's events would see.
+                warn!(pod = %self.key, container = %container.name, error = %err, "postStart hook failed; killing the container");
+                events.warning(
+                    reference,
+                    "FailedPostStartHook",
+                    "PostStartHook failed".into(),
+                );
+                if let Err(err) = runtime.stop_container(&id, grace).await {
+                    warn!(pod = %self.key, container = %container.name, error = %err, "stopping the container after its failed postStart hook failed");
+                }
+            }
+        }
         Ok(())
     }
 

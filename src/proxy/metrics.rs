@@ -17,55 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{self, Reply};
 use super::sync::Report;
+use crate::metrics::Histogram;
 
 /// The mode `/proxyMode` reports, as kube-proxy does.
 pub const PROXY_MODE: &str = "nftables";
-
-/// A Prometheus histogram with fixed upper bounds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    /// Observations at or below each bound (not cumulative; summed when rendered).
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    /// Upstream's `ExponentialBuckets(0.001, 2, 15)`: 1 ms to 16.4 s.
-    pub fn sync_latency() -> Self {
-        let bounds: Vec<f64> = (0..15).map(|i| 0.001 * f64::from(1u32 << i)).collect();
-        Histogram {
-            counts: vec![0; bounds.len()],
-            bounds,
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, value: Duration) {
-        let v = value.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let w = "writing to a String";
-        writeln!(out, "# HELP {name} {help}").expect(w);
-        writeln!(out, "# TYPE {name} histogram").expect(w);
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count;
-            writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}").expect(w);
-        }
-        writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count).expect(w);
-        writeln!(out, "{name}_sum {}", self.sum).expect(w);
-        writeln!(out, "{name}_count {}", self.count).expect(w);
-    }
-}
 
 /// Everything `/metrics` shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,12 +38,17 @@ pub struct ProxyMetrics {
     pub transaction_operations: usize,
 }
 
+/// Upstream's `ExponentialBuckets(0.001, 2, 15)`: 1 ms to 16.4 s.
+fn sync_latency() -> Histogram {
+    Histogram::exponential(0.001, 2.0, 15)
+}
+
 impl Default for ProxyMetrics {
     fn default() -> Self {
         ProxyMetrics {
-            sync: Histogram::sync_latency(),
-            full_sync: Histogram::sync_latency(),
-            partial_sync: Histogram::sync_latency(),
+            sync: sync_latency(),
+            full_sync: sync_latency(),
+            partial_sync: sync_latency(),
             last_sync: None,
             last_queued: None,
             sync_failures: 0,

@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes_util::{Body, body};
@@ -40,12 +41,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use self::auth::{Gate, Refusal, User};
+use crate::pods::housekeeping::Paths;
 use crate::pods::metadata::{CONTAINER_NAME, POD_UID};
+use crate::stats::Collector;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a followed log is checked for new lines and for its container's end.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long a `/run` command may take (the kubelet's streaming idle timeout).
+const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
 
 /// The server's settings.
 #[derive(Debug, Clone)]
@@ -55,6 +60,7 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     pub anonymous_auth: bool,
     pub node_name: String,
+    pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
 }
 
@@ -85,10 +91,20 @@ struct Shared {
     client: Client,
     runtime: Runtime,
     settings: Settings,
+    metrics: Arc<crate::metrics::Kubelet>,
+    stats: Arc<Collector>,
+    /// Streams being proxied to the runtime now.
+    streams: Arc<AtomicUsize>,
 }
 
 /// Serves until `cancel`; a bind failure is retried with backoff.
-pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: CancellationToken) {
+pub async fn run(
+    client: Client,
+    runtime: Runtime,
+    metrics: Arc<crate::metrics::Kubelet>,
+    settings: Settings,
+    cancel: CancellationToken,
+) {
     let config = match tls::config(&settings.tls, settings.client_ca.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -100,6 +116,17 @@ pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: C
     let Some(listener) = crate::listen::bind(settings.address, "kubelet API", &cancel).await else {
         return;
     };
+    let stats = Arc::new(Collector::new(
+        runtime.clone(),
+        settings.node_name.clone(),
+        Paths {
+            root_dir: settings.root_dir.clone(),
+            pod_logs_dir: settings.pod_logs_dir.clone(),
+        },
+    ));
+    let sampler = stats.clone();
+    let sampling = cancel.clone();
+    tokio::spawn(async move { sampler.sample(sampling).await });
     let shared = Arc::new(Shared {
         gate: Gate::new(
             client.clone(),
@@ -109,6 +136,9 @@ pub async fn run(client: Client, runtime: Runtime, settings: Settings, cancel: C
         client,
         runtime,
         settings,
+        metrics,
+        stats,
+        streams: Arc::new(AtomicUsize::new(0)),
     });
     let mut connections = JoinSet::new();
     loop {
@@ -190,6 +220,17 @@ async fn handle(
     match parts.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
         ["pods"] | ["pods", ""] => pods(shared).await,
+        ["metrics"] => prometheus(metrics(shared).await),
+        ["metrics", "resource"] => {
+            let summary = shared.stats.summary().await;
+            prometheus(crate::stats::resource::render(&summary, Timestamp::now()))
+        }
+        ["stats", "summary"] | ["stats", "summary", ""] => {
+            json(serde_json::to_string(&shared.stats.summary().await))
+        }
+        ["run", namespace, pod, container] if request.method() == hyper::Method::POST => {
+            run_command(shared, namespace, pod, container, &query).await
+        }
         ["containerLogs", namespace, pod, container] => {
             container_logs(shared, namespace, pod, container, &query).await
         }
@@ -201,18 +242,102 @@ async fn handle(
                 container.to_string(),
             );
             match stream_url(shared, exec, &namespace, &pod, &container, &query).await {
-                Ok(url) => streaming::proxy(request, &url).await,
+                Ok(url) => streaming::proxy(request, &url, &shared.streams).await,
                 Err(response) => response,
             }
         }
         ["portForward", namespace, pod] => {
             let (namespace, pod) = (namespace.to_string(), pod.to_string());
             match port_forward_url(shared, &namespace, &pod, &query).await {
-                Ok(url) => streaming::proxy(request, &url).await,
+                Ok(url) => streaming::proxy(request, &url, &shared.streams).await,
                 Err(response) => response,
             }
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+fn prometheus(text: String) -> Response<Body> {
+    let mut response = Response::new(body(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn json(encoded: serde_json::Result<String>) -> Response<Body> {
+    match encoded {
+        Ok(text) => {
+            let mut response = Response::new(body(text));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+/// The kubelet role's `/metrics`: what was recorded plus what the runtime runs now.
+async fn metrics(shared: &Shared) -> String {
+    let mut counts = crate::metrics::RuntimeCounts::default();
+    if let Ok(sandboxes) = shared.runtime.list_pod_sandboxes(None).await {
+        counts.running_pods = sandboxes
+            .iter()
+            .filter(|s| s.state == nodus_cri::api::PodSandboxState::SandboxReady as i32)
+            .count();
+    }
+    if let Ok(containers) = shared.runtime.list_containers(None).await {
+        use nodus_cri::api::ContainerState;
+        for c in containers {
+            let state = match ContainerState::try_from(c.state) {
+                Ok(ContainerState::ContainerRunning) => "running",
+                Ok(ContainerState::ContainerExited) => "exited",
+                Ok(ContainerState::ContainerCreated) => "created",
+                _ => "unknown",
+            };
+            *counts.containers.entry(state).or_default() += 1;
+        }
+    }
+    let mut text = shared.metrics.render(&shared.settings.node_name, &counts);
+    crate::metrics::single(
+        &mut text,
+        "nodus_kubelet_api_streams",
+        "Exec, attach and port-forward streams being proxied to the runtime",
+        "gauge",
+        shared.streams.load(Ordering::Relaxed),
+    );
+    text
+}
+
+/// `/run`: a command run to completion in a container (CRI ExecSync), its output as the answer.
+async fn run_command(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    container: &str,
+    query: &str,
+) -> Response<Body> {
+    let command: Vec<String> = streaming::values(query, "cmd")
+        .iter()
+        .flat_map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    if command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "missing the cmd parameter");
+    }
+    let id = match running_container(shared, namespace, name, container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match shared.runtime.exec_sync(&id, command, RUN_TIMEOUT).await {
+        Ok(output) => {
+            let mut all = output.stdout;
+            all.extend_from_slice(&output.stderr);
+            text(StatusCode::OK, String::from_utf8_lossy(&all).into_owned())
+        }
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.runtime_message()),
     }
 }
 
@@ -225,17 +350,88 @@ fn refused(refusal: Refusal) -> Response<Body> {
     text(status, refusal.to_string())
 }
 
-/// The pod's UID, from the API (a name may have been reused).
-async fn pod_uid(shared: &Shared, namespace: &str, name: &str) -> Result<String, Response<Body>> {
+/// The pod, from the API (a name may have been reused), if it is bound to this node: the
+/// kubelet answers only for its own pods.
+async fn own_pod(shared: &Shared, namespace: &str, name: &str) -> Result<Pod, Response<Body>> {
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
     match api.get_opt(name).await {
-        Ok(Some(pod)) => Ok(pod.metadata.uid.unwrap_or_default()),
-        Ok(None) => Err(text(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{name} not found"),
-        )),
+        Ok(Some(pod))
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(shared.settings.node_name.as_str()) =>
+        {
+            Ok(pod)
+        }
+        // The Node authorizer forbids reading another node's pods: that, too, is "not here".
+        Ok(_) => Err(not_here(namespace, name)),
+        Err(kube::Error::Api(status)) if status.code == 403 => Err(not_here(namespace, name)),
         Err(err) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
     }
+}
+
+fn not_here(namespace: &str, name: &str) -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("pod \"{namespace}/{name}\" does not exist on this node"),
+    )
+}
+
+/// The pod's UID, if it is bound to this node.
+async fn pod_uid(shared: &Shared, namespace: &str, name: &str) -> Result<String, Response<Body>> {
+    Ok(own_pod(shared, namespace, name)
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default())
+}
+
+/// The runtime ID of the pod's container of that name, if it is running.
+async fn running_container(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    container: &str,
+) -> Result<String, Response<Body>> {
+    let pod = own_pod(shared, namespace, name).await?;
+    let declared = pod.spec.iter().any(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == container)
+            || spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == container)
+    });
+    if !declared {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("container \"{container}\" not found in pod \"{namespace}/{name}\""),
+        ));
+    }
+    let uid = pod.metadata.uid.unwrap_or_default();
+    let filter = nodus_cri::api::ContainerFilter {
+        label_selector: [
+            (POD_UID.to_owned(), uid),
+            (CONTAINER_NAME.to_owned(), container.to_owned()),
+        ]
+        .into(),
+        ..nodus_cri::api::ContainerFilter::default()
+    };
+    shared
+        .runtime
+        .list_containers(Some(filter))
+        .await
+        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))?
+        .into_iter()
+        .find(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not running in pod {namespace}/{name}"),
+            )
+        })
 }
 
 /// A streaming session for exec or attach, prepared by the runtime.
@@ -247,28 +443,7 @@ async fn stream_url(
     container: &str,
     query: &str,
 ) -> Result<String, Response<Body>> {
-    let uid = pod_uid(shared, namespace, name).await?;
-    let filter = nodus_cri::api::ContainerFilter {
-        label_selector: [
-            (POD_UID.to_owned(), uid),
-            (CONTAINER_NAME.to_owned(), container.to_owned()),
-        ]
-        .into(),
-        ..nodus_cri::api::ContainerFilter::default()
-    };
-    let running = shared
-        .runtime
-        .list_containers(Some(filter))
-        .await
-        .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))?
-        .into_iter()
-        .find(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
-        .ok_or_else(|| {
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("container {container} is not running in pod {namespace}/{name}"),
-            )
-        })?;
+    let id = running_container(shared, namespace, name, container).await?;
     // The kubelet's parameter names, as the API server sends them.
     let (stdin, stdout, stderr, tty) = (
         streaming::flag(query, "input"),
@@ -287,7 +462,7 @@ async fn stream_url(
         shared
             .runtime
             .exec(nodus_cri::api::ExecRequest {
-                container_id: running.id,
+                container_id: id,
                 cmd,
                 tty,
                 stdin,
@@ -299,7 +474,7 @@ async fn stream_url(
         shared
             .runtime
             .attach(nodus_cri::api::AttachRequest {
-                container_id: running.id,
+                container_id: id,
                 stdin,
                 tty,
                 stdout,
@@ -378,16 +553,9 @@ async fn container_logs(
         Ok(options) => options,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
-    let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
-    let pod = match api.get_opt(name).await {
-        Ok(Some(pod)) => pod,
-        Ok(None) => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("pod {namespace}/{name} not found"),
-            );
-        }
-        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    let pod = match own_pod(shared, namespace, name).await {
+        Ok(pod) => pod,
+        Err(response) => return response,
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let pod_dir = shared

@@ -10,6 +10,9 @@
 //!             <═════════════ bytes copied both ways until either side closes ═════════════>
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -69,7 +72,11 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
 }
 
 /// Proxies `request` (an upgrade) to the runtime's streaming `url`.
-pub async fn proxy(mut request: Request<Incoming>, url: &str) -> Response<Body> {
+pub async fn proxy(
+    mut request: Request<Incoming>,
+    url: &str,
+    sessions: &Arc<AtomicUsize>,
+) -> Response<Body> {
     let Some(rest) = url.strip_prefix("http://") else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,7 +172,9 @@ pub async fn proxy(mut request: Request<Incoming>, url: &str) -> Response<Body> 
         return response;
     }
     let upgrade = hyper::upgrade::on(&mut request);
+    let session = Session::open(sessions);
     tokio::spawn(async move {
+        let _session = session;
         let upgraded = match upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
@@ -177,10 +186,39 @@ pub async fn proxy(mut request: Request<Incoming>, url: &str) -> Response<Body> 
         if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
             return;
         }
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-        debug!(?copied, "stream ended");
+        // Either side going away ends the session: the stream protocols never half-close
+        // the connection, so an end of input means the peer is gone, and waiting for the
+        // other direction (a command that prints nothing) would keep the session forever.
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (mut backend_read, mut backend_write) = backend.into_split();
+        tokio::select! {
+            copied = tokio::io::copy(&mut client_read, &mut backend_write) => {
+                debug!(?copied, "the client ended the stream");
+            }
+            copied = tokio::io::copy(&mut backend_read, &mut client_write) => {
+                debug!(?copied, "the runtime ended the stream");
+                let _ = client_write.shutdown().await;
+            }
+        }
     });
     response
+}
+
+/// Counts a proxied stream while it lives (`nodus_kubelet_api_streams`).
+#[derive(Debug)]
+struct Session(Arc<AtomicUsize>);
+
+impl Session {
+    fn open(sessions: &Arc<AtomicUsize>) -> Session {
+        sessions.fetch_add(1, Ordering::Relaxed);
+        Session(sessions.clone())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

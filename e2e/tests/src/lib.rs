@@ -40,6 +40,11 @@ impl Cluster {
         self.e2e_dir.join(".cluster/pki/ca.crt")
     }
 
+    /// A file of the cluster's PKI, e.g. `apiserver-kubelet-client.crt`.
+    pub fn pki(&self, file: &str) -> PathBuf {
+        self.e2e_dir.join(".cluster/pki").join(file)
+    }
+
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.e2e_dir.join(".cluster/node.kubeconfig")
     }

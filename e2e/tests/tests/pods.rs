@@ -547,6 +547,62 @@ async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Resul
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
+async fn a_post_start_hook_runs_beside_the_new_container() -> Result<()> {
+    let (_cluster, ns, node) = setup("poststart").await?;
+    // The container waits for what the hook leaves and says so; the hook's failure in the
+    // second pod is reported and the container killed, as upstream does.
+    let mut waits = sh(
+        "main",
+        "while [ ! -f /tmp/hooked ]; do sleep 0.1; done; echo saw $(cat /tmp/hooked) > /dev/termination-log",
+    );
+    waits["lifecycle"] = json!({ "postStart": { "exec": { "command": ["sh", "-c", "echo by-the-hook > /tmp/hooked"] } } });
+    ns.create_pod(&node, pod("hooked", "Never", json!([waits])))
+        .await?;
+    let message = wait_pod(
+        &ns,
+        "hooked",
+        Duration::from_secs(60),
+        "hooked to finish",
+        |p| {
+            let terminated = container(p, "main")?.state.as_ref()?.terminated.as_ref()?;
+            Some((terminated.exit_code, terminated.message.clone()))
+        },
+    )
+    .await?;
+    assert_eq!(message, (0, Some("saw by-the-hook\n".into())));
+
+    let mut failing = sh("main", "sleep 3600");
+    failing["lifecycle"] =
+        json!({ "postStart": { "exec": { "command": ["sh", "-c", "exit 7"] } } });
+    let mut failing = pod("failing", "Never", json!([failing]));
+    // sh as PID 1 ignores SIGTERM: a short grace keeps the kill quick.
+    failing["spec"]["terminationGracePeriodSeconds"] = 2.into();
+    ns.create_pod(&node, failing).await?;
+    wait_event(&ns, "failing", "FailedPostStartHook", |_| true).await?;
+    let killed = wait_pod(
+        &ns,
+        "failing",
+        Duration::from_secs(60),
+        "the container to be killed",
+        |p| {
+            container(p, "main")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        killed.is_ok(),
+        "a failed postStart hook kills the container"
+    );
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
 async fn the_pre_stop_hook_runs_before_the_container_is_signalled() -> Result<()> {
     let (_cluster, ns, node) = setup("prestop").await?;
     // The server records the first request it gets (busybox nc serves one connection) and

@@ -1,6 +1,6 @@
 //! Probes as the kubelet runs them: readiness gates the Ready condition, a failing liveness
 //! probe restarts the container (with the kubelet's events), a startup probe holds the others
-//! back, and httpGet and tcpSocket probes reach the pod over its IP.
+//! back, and httpGet, tcpSocket and gRPC probes reach the pod over its IP.
 
 use std::time::Duration;
 
@@ -139,5 +139,52 @@ async fn a_startup_probe_holds_back_started_and_ready() -> Result<()> {
     .await?;
     let pod = ns.pods().get("slow").await?;
     assert_eq!(container(&pod, "app").map(|c| c.restart_count), Some(0));
+    ns.delete_pods().await
+}
+
+/// The upstream test image with the gRPC health server (built locally by the harness).
+const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.66.1";
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_grpc_probe_follows_the_health_service() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-grpc").await?;
+    // agnhost serves grpc.health.v1 on 5000 and flips it with /make-(not-)serving on 8080.
+    let app = json!({
+        "name": "app",
+        "image": AGNHOST,
+        "args": ["grpc-health-checking", "--port=5000", "--http-port=8080"],
+        "readinessProbe": { "grpc": { "port": 5000 }, "periodSeconds": 1 },
+    });
+    ns.create_pod(&node, pod("health", "Always", json!([app])))
+        .await?;
+    let ip = wait_pod(&ns, "health", WAIT, "health to be ready", |p| {
+        (ready(p, "app") == Some(true))
+            .then(|| p.status.clone()?.pod_ip)
+            .flatten()
+    })
+    .await?;
+    let flip = |path: &str| {
+        let url = format!("http://{ip}:8080/{path}");
+        let status = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5", "-o", "/dev/null", &url])
+            .status()?;
+        anyhow::ensure!(status.success(), "{url} failed");
+        Ok(())
+    };
+    flip("make-not-serving")?;
+    wait_pod(&ns, "health", WAIT, "health to be unready", |p| {
+        (ready(p, "app") == Some(false)).then_some(())
+    })
+    .await?;
+    wait_event(&ns, "health", "Unhealthy", |m| {
+        m.contains("service unhealthy (responded with \"NOT_SERVING\")")
+    })
+    .await?;
+    flip("make-serving")?;
+    wait_pod(&ns, "health", WAIT, "health to be ready again", |p| {
+        (ready(p, "app") == Some(true)).then_some(())
+    })
+    .await?;
     ns.delete_pods().await
 }

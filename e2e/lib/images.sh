@@ -1,8 +1,10 @@
 # Images built on this machine, since no registry can be reached, and imported into
-# containerd under the names pods use: the pause image and busybox.
+# containerd under the names pods use: the pause image, busybox and agnhost.
 
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 BUSYBOX_IMAGES=(docker.io/library/busybox:1.36 docker.io/library/busybox:latest)
+# The name test/utils/image/manifest.go of the pinned release gives agnhost (checked when built).
+AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 
 # image_key FILE...: a short hash of the inputs an image is built from.
 image_key() { cat "$@" | sha256sum | cut -c1-16; }
@@ -45,6 +47,58 @@ build_busybox_image() {
 	echo "$out"
 }
 
+# build_agnhost: the agnhost binary of the pinned release, static, built from the Go module
+# proxy in its own module (e2e/images/agnhost) and cached with the stock binaries.
+build_agnhost() {
+	local mod=$E2E_DIR/images/agnhost src
+	grep -q "k8s.io/kubernetes $K8S_VERSION" "$mod/go.mod" ||
+		die "e2e/images/agnhost/go.mod does not require k8s.io/kubernetes $K8S_VERSION (e2e/lib/common.sh pins it)"
+	if [ ! -x "$STOCK_BIN/agnhost" ]; then
+		log "building agnhost $K8S_VERSION from the Go module proxy (first time only)"
+		mkdir -p "$STOCK_BIN"
+		(cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$(go_ldflags)" \
+			-o "$STOCK_BIN/agnhost.tmp" k8s.io/kubernetes/test/images/agnhost) >&2 || return 1
+		mv "$STOCK_BIN/agnhost.tmp" "$STOCK_BIN/agnhost"
+	fi
+	src=$(cd "$mod" && go list -m -f '{{.Dir}}' k8s.io/kubernetes) || return 1
+	grep -q "configs\[Agnhost\] = Config{list.PromoterE2eRegistry, \"agnhost\", \"${AGNHOST_IMAGE##*:}\"}" \
+		"$src/test/utils/image/manifest.go" ||
+		die "AGNHOST_IMAGE ($AGNHOST_IMAGE) is not the agnhost of $K8S_VERSION's test/utils/image/manifest.go"
+	echo "$src"
+}
+
+# build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
+# /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
+# group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools.
+build_agnhost_image() {
+	local src key out rootfs applet
+	# Called through $(...), where bash drops errexit: failures are passed on by hand.
+	src=$(build_agnhost) || return 1
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image))
+	out=$IMAGE_CACHE/agnhost-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		mkdir -p "$rootfs"/{bin,etc,tmp,root,uploads,home/user-defined-in-image}
+		chmod 1777 "$rootfs/tmp"
+		cp "$STOCK_BIN/agnhost" "$rootfs/agnhost"
+		ln -s agnhost "$rootfs/agnhost-2"
+		install -m 0644 "$src"/test/images/agnhost/porter/localhost.{crt,key} "$rootfs/" || return 1
+		cp /bin/busybox "$rootfs/bin/busybox"
+		for applet in $(/bin/busybox --list); do
+			[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+		done
+		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
+			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
+		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \
+			'group-defined-in-image:x:50000:user-defined-in-image' >"$rootfs/etc/group"
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$AGNHOST_IMAGE" \
+			--entrypoint '["/agnhost"]' --cmd '["pause"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
 # import_images: builds (or reuses) the image tarballs and imports those containerd lacks.
 import_images() {
 	mkdir -p "$IMAGE_CACHE"
@@ -56,6 +110,10 @@ import_images() {
 	fi
 	if ! grep -qx "${BUSYBOX_IMAGES[0]}" <<<"$present"; then
 		tarball=$(build_busybox_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$AGNHOST_IMAGE" <<<"$present"; then
+		tarball=$(build_agnhost_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
 }

@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use nodus_cri::Runtime;
-use nodus_net::cni::BridgeNetwork;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use crate::config::Config;
 use crate::node::machine::Machine;
 use crate::node::runtime::{self, RuntimeState};
 use crate::node::status::NodeFacts;
-use crate::node::{address, lease, register, status};
+use crate::node::{address, lease, pod_cidr, register, status};
 use crate::pods::sandbox::NodeDns;
 use crate::{pods, quantity};
 
@@ -58,15 +57,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     } else {
         config.node_ips.clone()
     };
+    let network = pod_cidr::Network {
+        cni_conf_dir: config.cni_conf_dir.clone(),
+        root_dir: config.root_dir.clone(),
+    };
+    // With --pod-cidr the range is known now; otherwise it comes with the Node (below).
     if let Some(subnet) = config.pod_cidr {
-        let network = BridgeNetwork {
-            name: "nodus".into(),
-            bridge: "cni0".into(),
-            subnet,
-            ipam_data_dir: Some(config.root_dir.join("cni-ipam")),
-        };
-        let path = network.write(&config.cni_conf_dir)?;
-        info!(path = %path.display(), pod_cidr = %subnet, "CNI network configuration in place");
+        network.configure(subnet)?;
     }
 
     let machine = Machine::read();
@@ -155,6 +152,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         });
         let runtime = pods.runtime.clone();
         tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
+        if config.pod_cidr.is_none() {
+            tasks.spawn(pod_cidr::follow(
+                client.clone(),
+                config.node_name.clone(),
+                network,
+                runtime.clone(),
+                shutdown.child_token(),
+            ));
+        }
         let serving = match &config.tls_files {
             Some((cert, key)) => crate::server::tls::Serving::Files {
                 cert: cert.to_string_lossy().into_owned(),

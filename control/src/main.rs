@@ -28,6 +28,18 @@ struct Flags {
     /// without it, the kubeconfig's CA.
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// Allocate and set pod CIDRs on nodes, from --cluster-cidr (node IPAM).
+    #[arg(long, default_value_t = false)]
+    allocate_node_cidrs: bool,
+    /// The pod address range of the cluster, e.g. 10.244.0.0/16.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = controllers::node_ipam::DEFAULT_NODE_MASK)]
+    node_cidr_mask_size: u8,
+    /// Run the garbage collector (cascading deletion through ownerReferences).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_garbage_collector: bool,
     /// Log verbosity, as the Kubernetes components count it (-v 4 for debug).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -51,6 +63,18 @@ fn main() -> ExitCode {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     // kube's error already names the file.
+    let ipam = if flags.allocate_node_cidrs {
+        let cidr = flags
+            .cluster_cidr
+            .as_deref()
+            .context("--allocate-node-cidrs needs --cluster-cidr")?;
+        Some(controllers::node_ipam::Config::parse(
+            cidr,
+            flags.node_cidr_mask_size,
+        )?)
+    } else {
+        None
+    };
     let kubeconfig = Kubeconfig::read_from(&flags.kubeconfig).context("reading the kubeconfig")?;
     // Upstream's order: the flag, else the CA the controller manager itself trusts.
     let root_ca = match &flags.root_ca_file {
@@ -92,6 +116,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         client.clone(),
         shutdown.child_token(),
     ));
+    let replicasets = tokio::spawn(controllers::replicaset::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
+    let deployments = tokio::spawn(controllers::deployment::run(
+        client.clone(),
+        shutdown.child_token(),
+    ));
+    let collector = flags.enable_garbage_collector.then(|| {
+        tokio::spawn(controllers::garbage_collector::run(
+            client.clone(),
+            shutdown.child_token(),
+        ))
+    });
+    let ipam = ipam.map(|config| {
+        tokio::spawn(controllers::node_ipam::run(
+            client.clone(),
+            config,
+            shutdown.child_token(),
+        ))
+    });
     let publisher = match root_ca {
         Some(ca) => Some(tokio::spawn(controllers::root_ca::run(
             client.clone(),
@@ -119,6 +164,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let _ = endpoints.await;
     let _ = accounts.await;
     let _ = namespaces.await;
+    let _ = replicasets.await;
+    let _ = deployments.await;
+    for task in [collector, ipam].into_iter().flatten() {
+        let _ = task.await;
+    }
     if let Some(publisher) = publisher {
         let _ = publisher.await;
     }

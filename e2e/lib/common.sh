@@ -35,7 +35,8 @@ NODUS_BIN=${NODUS_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/nodus}
 CONTROL_BIN=${CONTROL_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/nodus-control}
 
 CLUSTER_NAME=nodus-e2e
-POD_CIDR=${NODUS_POD_CIDR:-10.244.0.0/24}
+# The first /24 of CLUSTER_CIDR: what nodus-control's node IPAM gives the only node.
+POD_CIDR=10.244.0.0/24
 CLUSTER_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/16
 FIRST_SERVICE_IP=10.96.0.1

@@ -134,7 +134,6 @@ start_nodus() {
 		--container-runtime-endpoint "unix://$CONTAINERD_SOCK" \
 		--root-dir "$NODUS_ROOT" \
 		--cni-conf-dir "$CNI_CONF_DIR" \
-		--pod-cidr "$POD_CIDR" \
 		--pod-logs-dir "$STATE_DIR/pod-logs" \
 		--cluster-cidr "$CLUSTER_CIDR" \
 		--client-ca-file "$PKI_DIR/ca.crt" \
@@ -142,11 +141,13 @@ start_nodus() {
 }
 
 # nodus-control with the admin credentials (its least-privilege RBAC comes with its
-# controllers).
+# controllers). Its node IPAM gives the node its pod CIDR (the first /24 of the cluster
+# CIDR, which is $POD_CIDR), which nodus then takes from the Node.
 start_control() {
 	running nodus-control && return 0
 	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" \
-		--root-ca-file "$PKI_DIR/ca.crt" -v 2
+		--root-ca-file "$PKI_DIR/ca.crt" \
+		--allocate-node-cidrs --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 -v 2
 }
 
 node_ready() {

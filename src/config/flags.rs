@@ -48,7 +48,8 @@ pub struct Flags {
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
     pub root_dir: PathBuf,
 
-    /// The pod CIDR of this node; nodus writes a CNI bridge network for it.
+    /// The pod CIDR of this node; nodus writes a CNI bridge network for it. Without it,
+    /// the Node's spec.podCIDR (set by the controller manager's node IPAM) is used.
     #[arg(long, value_name = "CIDR")]
     pub pod_cidr: Option<String>,
 

@@ -11,6 +11,7 @@ pub mod address;
 pub mod conditions;
 pub mod lease;
 pub mod machine;
+pub mod pod_cidr;
 pub mod register;
 pub mod runtime;
 pub mod status;

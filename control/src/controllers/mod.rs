@@ -1,13 +1,19 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
-//! one module each. Today: the node taints that follow node conditions, the EndpointSlices
-//! of Services with selectors, the `kube-root-ca.crt` ConfigMap and `default`
-//! ServiceAccount of every namespace, and the emptying of namespaces being deleted.
+//! one module each. Today: ReplicaSets and Deployments, the garbage collector, node IPAM,
+//! the node taints that follow node conditions, the EndpointSlices of Services with
+//! selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
+//! namespace, and the emptying of namespaces being deleted.
 
+pub mod deployment;
 pub mod endpointslice;
+pub mod garbage_collector;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_taints;
+pub mod owner;
 pub mod per_namespace;
 pub mod queue;
+pub mod replicaset;
 pub mod root_ca;
 pub mod service_account;
 

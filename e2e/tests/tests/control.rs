@@ -82,6 +82,24 @@ async fn a_ready_node_loses_the_not_ready_taint() -> Result<()> {
     .await
 }
 
+/// The harness gives nodus no `--pod-cidr`: the range comes from node IPAM, and the pod
+/// tests' addresses (checked against it) prove nodus took it from the Node.
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn node_ipam_gives_the_node_the_first_block_of_the_cluster_cidr() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let nodes: Api<Node> = Api::all(cluster.admin().await?);
+    let expected = std::env::var("NODUS_E2E_POD_CIDR").context("NODUS_E2E_POD_CIDR")?;
+    let spec = nodes
+        .get(&cluster.node_name())
+        .await?
+        .spec
+        .context("the node's spec")?;
+    assert_eq!(spec.pod_cidr.as_deref(), Some(expected.as_str()));
+    assert_eq!(spec.pod_cidrs, Some(vec![expected]));
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn pods_are_scheduled_onto_the_node_and_unsatisfiable_ones_wait() -> Result<()> {

@@ -1,0 +1,260 @@
+//! Workloads as users drive them with kubectl, with nodus-control as the controller manager
+//! and no pod bound by hand: a Deployment becomes available, scales, rolls out a new image
+//! (`kubectl rollout status` succeeding) and back (`rollout undo`); deleting it removes its
+//! ReplicaSets and pods (background, foreground), and orphaning leaves the pods behind.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use nodus_e2e::{Cluster, TestNamespace, poll};
+
+const WAIT: Duration = Duration::from_secs(120);
+/// Ends at once on SIGTERM, so rollouts and deletions do not wait out grace periods.
+const SERVE: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+
+struct Kubectl<'a> {
+    cluster: &'a Cluster,
+    ns: &'a str,
+}
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.ns];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(&all)
+    }
+}
+
+/// The namespace's pods that are not being deleted, with their images.
+async fn live_pods(ns: &TestNamespace) -> Result<Vec<(String, String)>> {
+    Ok(ns
+        .pods()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            (p.metadata.name.unwrap_or_default(), image)
+        })
+        .collect())
+}
+
+async fn replica_sets(ns: &TestNamespace, client: &kube::Client) -> Result<Vec<ReplicaSet>> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
+    Ok(api.list(&ListParams::default()).await?.items)
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_deployment_scales_rolls_out_and_rolls_back() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "deploy").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    k.run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        SERVE,
+    ])?;
+    k.run(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let status = deployments.get("web").await?.status.context("a status")?;
+    assert_eq!(
+        (
+            status.replicas,
+            status.ready_replicas,
+            status.available_replicas
+        ),
+        (Some(3), Some(3), Some(3))
+    );
+    assert_eq!(live_pods(&ns).await?.len(), 3);
+
+    for replicas in [5, 2] {
+        k.run(&["scale", "deployment/web", &format!("--replicas={replicas}")])?;
+        poll(WAIT, &format!("{replicas} replicas"), || async {
+            let live = live_pods(&ns).await?.len();
+            let available = deployments
+                .get("web")
+                .await?
+                .status
+                .and_then(|s| s.available_replicas);
+            Ok((live == replicas && available == Some(replicas as i32)).then_some(()))
+        })
+        .await?;
+    }
+
+    k.run(&["set", "image", "deployment/web", "busybox=busybox:latest"])?;
+    k.run(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    let pods = live_pods(&ns).await?;
+    ensure!(
+        pods.len() == 2 && pods.iter().all(|(_, image)| image == "busybox:latest"),
+        "after the rollout: {pods:?}"
+    );
+    ensure!(
+        replica_sets(&ns, &client).await?.len() == 2,
+        "the old ReplicaSet is kept as history"
+    );
+
+    k.run(&["rollout", "undo", "deployment/web"])?;
+    k.run(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    let pods = live_pods(&ns).await?;
+    ensure!(
+        pods.len() == 2 && pods.iter().all(|(_, image)| image == "busybox:1.36"),
+        "after the undo: {pods:?}"
+    );
+    // The first ReplicaSet came back as revision 3, rather than a third one being made.
+    let sets = replica_sets(&ns, &client).await?;
+    ensure!(sets.len() == 2, "{} ReplicaSets", sets.len());
+    let revision = |rs: &ReplicaSet| {
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision").cloned())
+    };
+    let current = sets
+        .iter()
+        .find(|rs| rs.spec.replicas == Some(2))
+        .context("the scaled-up ReplicaSet")?;
+    assert_eq!(revision(current).as_deref(), Some("3"));
+    let history = k.run(&["rollout", "history", "deployment/web"])?;
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|r| r.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn deleting_a_deployment_takes_its_replica_sets_and_pods_along() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "cascade").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    for name in ["background", "foreground"] {
+        k.run(&[
+            "create",
+            "deployment",
+            name,
+            "--image=busybox:1.36",
+            "--replicas=2",
+            "--",
+            "sh",
+            "-c",
+            SERVE,
+        ])?;
+        k.run(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=120s",
+        ])?;
+    }
+    // kubectl's default: the Deployment goes at once, the collector removes the rest.
+    k.run(&["delete", "deployment", "background", "--wait=false"])?;
+    // Foreground: the Deployment stays, being deleted, until its dependents are gone.
+    k.run(&[
+        "delete",
+        "deployment",
+        "foreground",
+        "--cascade=foreground",
+        "--wait=false",
+    ])?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let held = deployments.get_opt("foreground").await?;
+    if let Some(held) = held {
+        ensure!(
+            held.metadata.deletion_timestamp.is_some()
+                && held
+                    .metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == "foregroundDeletion"),
+            "a foreground deletion holds the owner with its finalizer"
+        );
+    }
+    poll(
+        WAIT,
+        "the Deployments, ReplicaSets and pods to be gone",
+        || async {
+            let left = deployments.list(&ListParams::default()).await?.items.len()
+                + replica_sets(&ns, &client).await?.len()
+                + ns.pods().list(&ListParams::default()).await?.items.len();
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_orphaning_delete_leaves_the_pods_running() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "orphan").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    k.run(&[
+        "create",
+        "deployment",
+        "keep",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        SERVE,
+    ])?;
+    k.run(&["rollout", "status", "deployment/keep", "--timeout=120s"])?;
+    let rs = replica_sets(&ns, &client).await?;
+    let rs_name = rs
+        .first()
+        .and_then(|r| r.metadata.name.clone())
+        .context("the ReplicaSet")?;
+    // Orphan the pods from their ReplicaSet, and the ReplicaSet from its Deployment.
+    k.run(&["delete", "deployment", "keep", "--cascade=orphan"])?;
+    k.run(&["delete", "replicaset", &rs_name, "--cascade=orphan"])?;
+    let pods = poll(WAIT, "the pods to lose their owner", || async {
+        let pods: Vec<Pod> = ns.pods().list(&ListParams::default()).await?.items;
+        let free = pods.iter().all(|p| {
+            p.metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        });
+        Ok((free && !pods.is_empty()).then_some(pods))
+    })
+    .await?;
+    assert_eq!(pods.len(), 2);
+    ensure!(
+        pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()),
+        "orphaned pods keep running"
+    );
+    Ok(())
+}

@@ -1,8 +1,12 @@
-//! nodus-control: the control plane companion of the nodus node agent. Today it is the
-//! scheduler (`scheduler`); the controllers (ReplicaSet, Deployment, EndpointSlice, node
-//! lifecycle, ...) come next, each beside it as its own module.
+//! nodus-control: the control plane companion of the nodus node agent: the scheduler
+//! (`scheduler`) and the controllers (`controllers`, one module each), chosen with
+//! `components`, run by the replica that holds the leader lease (`leader`), with `/healthz`
+//! and `/metrics` beside them (`serve`).
 
+pub mod components;
 pub mod controllers;
+pub mod leader;
 pub mod scheduler;
+pub mod serve;
 
 pub use nodus_api::quantity;

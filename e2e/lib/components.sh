@@ -142,12 +142,15 @@ start_nodus() {
 
 # nodus-control with the admin credentials (its least-privilege RBAC comes with its
 # controllers). Its node IPAM gives the node its pod CIDR (the first /24 of the cluster
-# CIDR, which is $POD_CIDR), which nodus then takes from the Node.
+# CIDR, which is $POD_CIDR), which nodus then takes from the Node. It signs CSRs with the
+# cluster CA, as kube-controller-manager does in kubeadm clusters.
 start_control() {
 	running nodus-control && return 0
 	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" \
 		--root-ca-file "$PKI_DIR/ca.crt" \
-		--allocate-node-cidrs --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 -v 2
+		--allocate-node-cidrs --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 \
+		--cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
+		--node-monitor-grace-period "$NODE_MONITOR_GRACE" -v 2
 }
 
 node_ready() {

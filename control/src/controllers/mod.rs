@@ -1,14 +1,20 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
-//! one module each. Today: ReplicaSets and Deployments, the garbage collector, node IPAM,
-//! the node taints that follow node conditions, the EndpointSlices of Services with
+//! one module each. Today: ReplicaSets, Deployments, DaemonSets and Jobs (with the TTL of
+//! finished ones), the garbage collector, node IPAM, node lifecycle (health, NoExecute
+//! taints and taint-based eviction), CSR approval and signing, the node taints that follow
+//! node conditions, the EndpointSlices of Services with
 //! selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
 //! namespace, and the emptying of namespaces being deleted.
 
+pub mod csr;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod node_taints;
 pub mod owner;
 pub mod per_namespace;

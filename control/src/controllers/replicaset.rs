@@ -125,7 +125,7 @@ impl Error {
     }
 }
 
-fn api_message(err: &kube::Error) -> String {
+pub(crate) fn api_message(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
         other => chain(other),
@@ -320,7 +320,7 @@ fn rs_of(pod: &Pod) -> Option<ObjectKey> {
 }
 
 /// What the pod store shows under a name, for the expectations.
-fn seen(pods: &Store<Pod>, namespace: &str, name: &str) -> Seen {
+pub(crate) fn seen(pods: &Store<Pod>, namespace: &str, name: &str) -> Seen {
     match pods.get(&ObjectRef::new(name).within(namespace)) {
         None => Seen::Absent,
         Some(pod) => Seen::Present {

@@ -4,6 +4,8 @@
 //! The tests themselves are `#[ignore]`d so that a plain `cargo test` (no cluster) skips
 //! them; `e2e/test` runs them with `--ignored` once the cluster is up.
 
+pub mod fake;
+pub mod measure;
 pub mod pods;
 
 use std::future::Future;

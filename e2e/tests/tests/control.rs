@@ -209,3 +209,97 @@ async fn a_cordoned_node_takes_no_new_pods() -> Result<()> {
     .await?;
     ns.delete_pods().await
 }
+
+/// `leader_election_master_status` from a nodus-control's `/metrics`, if it answers.
+fn leading(port: u16) -> Option<bool> {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("leader_election_master_status{name=\"nodus-control\"} "))?;
+    Some(value.trim() == "1")
+}
+
+/// Stops a child with SIGTERM (a clean stop, which releases the lease) and reaps it.
+fn terminate(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let _ = child.wait();
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_second_replica_stands_by_and_takes_over() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let binary = std::env::var("NODUS_E2E_CONTROL_BIN").context("NODUS_E2E_CONTROL_BIN")?;
+    let ns = TestNamespace::create(cluster.admin().await?, "leader").await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin().await?, &ns.name);
+    let log = std::fs::File::create(std::env::temp_dir().join("nodus-control-standby.log"))?;
+    let mut standby = std::process::Command::new(&binary)
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args(["--healthz-bind-address", "127.0.0.1:10258", "-v", "2"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting a second nodus-control")?;
+    let outcome = async {
+        poll(
+            Duration::from_secs(30),
+            "the standby to answer, not leading",
+            || async { Ok((leading(10258) == Some(false)).then_some(())) },
+        )
+        .await?;
+        ensure_leads(10257)?;
+        cluster.script(&["stop", "nodus-control"])?;
+        // A clean stop releases the lease: the standby takes over well before it would lapse.
+        poll(Duration::from_secs(20), "the standby to lead", || async {
+            Ok((leading(10258) == Some(true)).then_some(()))
+        })
+        .await?;
+        pods.create(&Default::default(), &unbound("after", json!({}))?)
+            .await?;
+        poll(
+            Duration::from_secs(30),
+            "the new leader to schedule",
+            || async {
+                Ok(pods
+                    .get("after")
+                    .await?
+                    .spec
+                    .and_then(|s| s.node_name)
+                    .map(|_| ()))
+            },
+        )
+        .await
+    }
+    .await;
+    terminate(&mut standby);
+    cluster.script(&["start", "nodus-control"])?;
+    poll(
+        Duration::from_secs(30),
+        "the cluster's nodus-control to lead again",
+        || async { Ok((leading(10257) == Some(true)).then_some(())) },
+    )
+    .await?;
+    outcome
+}
+
+fn ensure_leads(port: u16) -> Result<()> {
+    anyhow::ensure!(
+        leading(port) == Some(true),
+        "nodus-control on {port} does not lead"
+    );
+    Ok(())
+}

@@ -552,6 +552,12 @@ async fn kubectl_exec_cp_and_attach_reach_the_container() -> Result<()> {
         "",
     )?;
     assert_eq!(out, "copied in\n");
+    // And out again: kubectl cp reads a tar from exec's stdout.
+    let back = dir.path().join("back.txt");
+    let back_arg = back.to_string_lossy().into_owned();
+    let (code, _, err) = kubectl_raw(&cluster, &["cp", &target, &back_arg], "")?;
+    assert_eq!(code, 0, "kubectl cp out: {err}");
+    assert_eq!(std::fs::read_to_string(&back)?, "copied in\n");
 
     // attach follows the main process's output; it runs until stopped.
     let mut attach = Command::new("kubectl")

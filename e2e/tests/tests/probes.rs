@@ -1,6 +1,6 @@
-//! Probes as the kubelet runs them: readiness gates the Ready condition, a failing liveness
-//! probe restarts the container (with the kubelet's events), a startup probe holds the others
-//! back, and httpGet, tcpSocket and gRPC probes reach the pod over its IP.
+//! Probes as the kubelet runs them: readiness gates the Ready condition and follows the
+//! probe both ways, a failing liveness or startup probe restarts the container (with the
+//! kubelet's events), a startup probe holds the others back, and httpGet, tcpSocket and gRPC probes reach the pod over its IP.
 
 use std::time::Duration;
 
@@ -27,8 +27,8 @@ fn pod_ready(pod: &Pod) -> Option<String> {
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
-async fn a_readiness_probe_gates_ready_until_it_passes() -> Result<()> {
-    let (_cluster, ns, node) = setup("probe-ready").await?;
+async fn a_readiness_probe_gates_ready_until_it_passes_and_follows_it() -> Result<()> {
+    let (cluster, ns, node) = setup("probe-ready").await?;
     let mut app = sh("app", "sleep 4; touch /tmp/ready; sleep 3600");
     app["readinessProbe"] =
         json!({ "exec": { "command": ["cat", "/tmp/ready"] }, "periodSeconds": 1 });
@@ -49,6 +49,22 @@ async fn a_readiness_probe_gates_ready_until_it_passes() -> Result<()> {
         (ready(p, "app") == Some(true) && pod_ready(p).as_deref() == Some("True")).then_some(())
     })
     .await?;
+    // And back, as the file goes and comes again.
+    for (command, expected) in [("rm", false), ("touch", true)] {
+        cluster.kubectl(&["exec", "-n", &ns.name, "gated", "--", command, "/tmp/ready"])?;
+        let condition = if expected { "True" } else { "False" };
+        wait_pod(
+            &ns,
+            "gated",
+            WAIT,
+            &format!("gated to be ready={expected}"),
+            |p| {
+                (ready(p, "app") == Some(expected) && pod_ready(p).as_deref() == Some(condition))
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
     ns.delete_pods().await
 }
 
@@ -137,8 +153,31 @@ async fn a_startup_probe_holds_back_started_and_ready() -> Result<()> {
         (c.started == Some(true) && c.ready).then_some(())
     })
     .await?;
-    let pod = ns.pods().get("slow").await?;
-    assert_eq!(container(&pod, "app").map(|c| c.restart_count), Some(0));
+    let slow = ns.pods().get("slow").await?;
+    assert_eq!(container(&slow, "app").map(|c| c.restart_count), Some(0));
+
+    // A startup probe that never passes restarts the container, as a liveness failure does.
+    let mut stuck = sh("app", "sleep 3600");
+    stuck["startupProbe"] = json!({
+        "exec": { "command": ["test", "-e", "/tmp/never"] },
+        "periodSeconds": 1, "failureThreshold": 2,
+    });
+    let mut stuck_pod = pod("stuck", "Always", json!([stuck]));
+    stuck_pod["spec"]["terminationGracePeriodSeconds"] = 1.into();
+    ns.create_pod(&node, stuck_pod).await?;
+    wait_event(&ns, "stuck", "Unhealthy", |m| {
+        m.starts_with("Startup probe failed:")
+    })
+    .await?;
+    wait_pod(&ns, "stuck", WAIT, "stuck to be restarted", |p| {
+        let c = container(p, "app")?;
+        (c.restart_count >= 1 && c.started != Some(true)).then_some(())
+    })
+    .await?;
+    wait_event(&ns, "stuck", "Killing", |m| {
+        m.contains("failed startup probe, will be restarted")
+    })
+    .await?;
     ns.delete_pods().await
 }
 

@@ -1,7 +1,10 @@
 //! Workloads as users drive them with kubectl, with nodus-control as the controller manager
 //! and no pod bound by hand: a Deployment becomes available, scales, rolls out a new image
 //! (`kubectl rollout status` succeeding) and back (`rollout undo`); deleting it removes its
-//! ReplicaSets and pods (background, foreground), and orphaning leaves the pods behind.
+//! ReplicaSets and pods (background, foreground), and orphaning leaves the pods behind; a
+//! Job completes (`kubectl wait --for=condition=complete`), a failing one stops at its
+//! backoffLimit, a finished one goes after its TTL; a DaemonSet runs one pod on the node
+//! and rolls out a new template.
 
 use std::time::Duration;
 
@@ -255,6 +258,172 @@ async fn an_orphaning_delete_leaves_the_pods_running() -> Result<()> {
     ensure!(
         pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()),
         "orphaned pods keep running"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn jobs_complete_fail_at_their_backoff_limit_and_expire() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "jobs").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let create = |name: &str, spec: serde_json::Value| {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": spec,
+        }))?;
+        anyhow::Ok(job)
+    };
+    let template = |script: &str| {
+        serde_json::json!({ "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", script] }],
+        }})
+    };
+    let post = kube::api::PostParams::default();
+    jobs.create(
+        &post,
+        &create(
+            "three",
+            serde_json::json!({
+                "completions": 3, "parallelism": 2, "template": template("echo ok"),
+            }),
+        )?,
+    )
+    .await?;
+    jobs.create(
+        &post,
+        &create(
+            "failing",
+            serde_json::json!({
+                "backoffLimit": 1, "template": template("exit 3"),
+            }),
+        )?,
+    )
+    .await?;
+    jobs.create(
+        &post,
+        &create(
+            "brief",
+            serde_json::json!({
+                "ttlSecondsAfterFinished": 3, "template": template("true"),
+            }),
+        )?,
+    )
+    .await?;
+    k.run(&[
+        "wait",
+        "--for=condition=complete",
+        "job/three",
+        "--timeout=120s",
+    ])?;
+    let status = jobs.get("three").await?.status.context("a status")?;
+    assert_eq!((status.succeeded, status.active.unwrap_or(0)), (Some(3), 0));
+    assert!(status.completion_time.is_some());
+    k.run(&[
+        "wait",
+        "--for=condition=failed",
+        "job/failing",
+        "--timeout=120s",
+    ])?;
+    let failing = jobs.get("failing").await?.status.context("a status")?;
+    let reason = failing
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .and_then(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
+    // backoffLimit 1: the first pod and one retry.
+    assert_eq!(failing.failed, Some(2));
+    poll(WAIT, "the finished Job to expire", || async {
+        Ok(jobs.get_opt("brief").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_daemon_set_runs_one_pod_on_the_node_and_rolls_out() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "daemons").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let daemon_set = |name: &str,
+                      selector: serde_json::Value|
+     -> Result<k8s_openapi::api::apps::v1::DaemonSet> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": {
+                "selector": { "matchLabels": { "app": name } },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": {
+                        "nodeSelector": selector,
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE] }],
+                    },
+                },
+            },
+        }))?)
+    };
+    let sets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), &ns.name);
+    let post = kube::api::PostParams::default();
+    sets.create(&post, &daemon_set("everywhere", serde_json::json!({}))?)
+        .await?;
+    sets.create(
+        &post,
+        &daemon_set("nowhere", serde_json::json!({ "no-such-label": "x" }))?,
+    )
+    .await?;
+    k.run(&[
+        "rollout",
+        "status",
+        "daemonset/everywhere",
+        "--timeout=120s",
+    ])?;
+    let node = cluster.node_name();
+    let pods = ns.pods().list(&ListParams::default()).await?.items;
+    let placed: Vec<(Option<String>, Option<String>)> = pods
+        .iter()
+        .map(|p| {
+            (
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app").cloned()),
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(placed, vec![(Some("everywhere".into()), Some(node))]);
+    let nowhere = sets.get("nowhere").await?.status.context("a status")?;
+    assert_eq!(nowhere.desired_number_scheduled, 0);
+
+    k.run(&["set", "image", "daemonset/everywhere", "c=busybox:latest"])?;
+    k.run(&[
+        "rollout",
+        "status",
+        "daemonset/everywhere",
+        "--timeout=120s",
+    ])?;
+    let live = live_pods(&ns).await?;
+    ensure!(
+        live.len() == 1 && live[0].1 == "busybox:latest",
+        "after the rollout: {live:?}"
     );
     Ok(())
 }

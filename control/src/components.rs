@@ -14,6 +14,7 @@ pub const CONTROLLERS: &[&str] = &[
     "certificatesigningrequest-signing-controller",
     "daemonset-controller",
     "deployment-controller",
+    "endpoints-controller",
     "endpointslice-controller",
     "garbage-collector-controller",
     "job-controller",

@@ -260,6 +260,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         );
     }
     start(
+        "endpoints-controller",
+        quiet(Box::pin(controllers::endpoints::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
         "job-controller",
         quiet(Box::pin(controllers::job::run(c(), work.child_token()))),
     );

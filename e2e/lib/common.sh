@@ -17,6 +17,7 @@ PKI_DIR=$CLUSTER_DIR/pki
 LOG_DIR=$CLUSTER_DIR/logs
 ADMIN_KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig
 NODE_KUBECONFIG=$CLUSTER_DIR/node.kubeconfig
+CONTROL_KUBECONFIG=$CLUSTER_DIR/control.kubeconfig
 
 STATE_DIR=/var/lib/nodus-e2e
 RUN_DIR=/run/nodus-e2e

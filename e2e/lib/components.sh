@@ -46,9 +46,10 @@ start_apiserver() {
 		die "kube-apiserver did not become ready; see $LOG_DIR/kube-apiserver.log"
 }
 
-# grant_proxy_access: the proxy role reads EndpointSlices, which the Node authorizer does
+# grant_cluster_access: the bindings a kubeadm cluster has, plus nodus-control's own rights.
+# The proxy role reads EndpointSlices, which the Node authorizer does
 # not allow a node; kube-proxy gets them through system:node-proxier, and so does nodus.
-grant_proxy_access() {
+grant_cluster_access() {
 	kc apply -f - >/dev/null <<YAML
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -77,7 +78,37 @@ subjects:
 - apiGroup: rbac.authorization.k8s.io
   kind: User
   name: kube-apiserver-kubelet-client
+---
+# Kubelet client certificates: a bootstrapping node may ask for one, a node may renew its
+# own (kubeadm's bindings; nodus-control approves after checking these).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:node-autoapprove-bootstrap
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:nodeclient
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:bootstrappers
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:node-autoapprove-certificate-rotation
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:selfnodeclient
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
 YAML
+	# nodus-control runs as itself, with the rights it ships.
+	kc apply -f "$REPO_DIR/control/deploy/rbac.yaml" >/dev/null
 }
 
 write_containerd_config() {
@@ -140,13 +171,13 @@ start_nodus() {
 		-v 2 ${NODUS_EXTRA_ARGS:-}
 }
 
-# nodus-control with the admin credentials (its least-privilege RBAC comes with its
-# controllers). Its node IPAM gives the node its pod CIDR (the first /24 of the cluster
+# nodus-control with its own identity and the least-privilege RBAC it ships
+# (control/deploy/rbac.yaml). Its node IPAM gives the node its pod CIDR (the first /24 of the cluster
 # CIDR, which is $POD_CIDR), which nodus then takes from the Node. It signs CSRs with the
 # cluster CA, as kube-controller-manager does in kubeadm clusters.
 start_control() {
 	running nodus-control && return 0
-	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$ADMIN_KUBECONFIG" \
+	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$CONTROL_KUBECONFIG" \
 		--root-ca-file "$PKI_DIR/ca.crt" \
 		--allocate-node-cidrs --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 \
 		--cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \

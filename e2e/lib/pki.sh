@@ -44,6 +44,7 @@ make_pki() {
 		serverAuth
 	issue_cert admin "/O=system:masters/CN=kubernetes-admin" ca
 	issue_cert node "/O=system:nodes/CN=system:node:$node" ca
+	issue_cert control "/CN=system:nodus-control" ca
 	issue_cert apiserver-kubelet-client "/O=kubeadm:cluster-admins/CN=kube-apiserver-kubelet-client" ca
 	issue_cert front-proxy-client "/CN=front-proxy-client" front-proxy-ca
 	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI_DIR/sa.key" 2>/dev/null

@@ -11,9 +11,9 @@
 //! reconciled again until the slice watch shows those writes (upstream's
 //! `EndpointSliceTracker`), so a stale store never creates duplicate slices.
 //!
-//! Not done: the legacy `Endpoints` object (upstream's separate endpoints controller) is not
-//! written; topology hints, the `last-change-trigger-time` annotation and metrics are not
-//! either. Upstream: `pkg/controller/endpointslice/endpointslice_controller.go`.
+//! The legacy `Endpoints` object is the separate [`super::endpoints`] controller's, built from
+//! the same desired endpoints. Not done: topology hints, the `last-change-trigger-time`
+//! annotation and metrics. Upstream: `pkg/controller/endpointslice/endpointslice_controller.go`.
 //!
 //! ```text
 //!  Service watch ─┐                       ┌─ pure: desired(service, pods, nodes)
@@ -22,10 +22,10 @@
 //!  Node watch ────┘    one at a time each)
 //! ```
 
-mod desired;
+pub(crate) mod desired;
 #[cfg(test)]
-mod fixtures;
-mod plan;
+pub(crate) mod fixtures;
+pub(crate) mod plan;
 
 pub use desired::{AddressType, Desired, NodeInfo, Skipped, desired, selector, selects};
 pub use plan::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY, MAX_ENDPOINTS, Plan, plan};

@@ -2,13 +2,14 @@
 //! one module each. Today: ReplicaSets, Deployments, DaemonSets and Jobs (with the TTL of
 //! finished ones), the garbage collector, node IPAM, node lifecycle (health, NoExecute
 //! taints and taint-based eviction), CSR approval and signing, the node taints that follow
-//! node conditions, the EndpointSlices of Services with
-//! selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
+//! node conditions, the EndpointSlices and legacy Endpoints of Services
+//! with selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
 //! namespace, and the emptying of namespaces being deleted.
 
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
 pub mod job;

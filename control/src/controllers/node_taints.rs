@@ -157,7 +157,8 @@ pub async fn run(client: Client, cancel: CancellationToken) {
             Ok(_) => {
                 info!(node = %name, taints = ?wanted.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), "node taints follow its conditions")
             }
-            Err(kube::Error::Api(status)) if status.is_conflict() => {}
+            // A newer version comes with its own event; a deleted node needs no taints.
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {}
             Err(err) => warn!(node = %name, error = %err, "updating node taints failed"),
         }
     }

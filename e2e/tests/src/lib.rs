@@ -56,6 +56,18 @@ impl Cluster {
         client(&self.admin_kubeconfig()).await
     }
 
+    /// A client that authenticates with a bearer `token` (e.g. a ServiceAccount's).
+    pub async fn token_client(&self, token: &str) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(self.admin_kubeconfig())?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..kube::config::AuthInfo::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
     /// A client with the node's own credentials, as nodus has.
     pub async fn node_client(&self) -> Result<Client> {
         client(&self.node_kubeconfig()).await

@@ -1,7 +1,7 @@
 //! nodus-control's EndpointSlice controller on the local cluster: a Service with a selector gets
 //! an EndpointSlice it owns, empty until pods match, then listing the pods' IPs on the resolved
 //! named port with `ready` following pod readiness; the host reaches the ready backend through
-//! the ClusterIP; a deleted pod leaves the slice.
+//! the ClusterIP; the legacy Endpoints object agrees; a deleted pod leaves the slice.
 //!
 //! The not-ready backend has a readiness probe on a path its server does not have (404).
 
@@ -272,6 +272,38 @@ async fn a_selected_pods_slice_follows_readiness_and_carries_traffic_to_the_read
         seen.insert(get(addr).await?);
     }
     assert_eq!(seen, BTreeSet::from(["web-ready".to_owned()]));
+
+    // The legacy Endpoints object says the same: ready in addresses, the other not ready.
+    let legacy: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(env.client.clone(), &env.ns.name);
+    let (ready, not_ready, port) = poll(PROGRAMMED, "web's Endpoints", || async {
+        let Some(object) = legacy.get_opt("web").await? else {
+            return Ok(None);
+        };
+        let subsets = object.subsets.unwrap_or_default();
+        let ips = |list: Option<&Vec<k8s_openapi::api::core::v1::EndpointAddress>>| {
+            list.into_iter()
+                .flatten()
+                .map(|a| a.ip.clone())
+                .collect::<Vec<_>>()
+        };
+        let ready: Vec<String> = subsets
+            .iter()
+            .flat_map(|s| ips(s.addresses.as_ref()))
+            .collect();
+        let not_ready: Vec<String> = subsets
+            .iter()
+            .flat_map(|s| ips(s.not_ready_addresses.as_ref()))
+            .collect();
+        let port = subsets
+            .first()
+            .and_then(|s| s.ports.as_ref()?.first().map(|p| p.port));
+        Ok((ready.len() + not_ready.len() == 2).then_some((ready, not_ready, port)))
+    })
+    .await?;
+    assert_eq!(ready, [ready_ip.to_string()]);
+    assert_eq!(not_ready, [probed_ip.to_string()]);
+    assert_eq!(port, Some(8080));
     env.ns.delete_pods().await
 }
 

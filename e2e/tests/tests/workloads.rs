@@ -427,3 +427,66 @@ async fn a_daemon_set_runs_one_pod_on_the_node_and_rolls_out() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn bad_workloads_are_refused_and_the_rest_carry_on() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "bad-workloads").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    // A selector that does not match the template's labels never reaches a controller.
+    let manifest = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "mismatched" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "one" } },
+            "template": {
+                "metadata": { "labels": { "app": "other" } },
+                "spec": { "containers": [{ "name": "c", "image": "busybox:1.36" }] },
+            },
+        },
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest.to_string())?;
+    let path = file.path().to_string_lossy().into_owned();
+    let refused = k.run(&["apply", "-f", &path]);
+    let message = format!("{:#}", refused.expect_err("the API refuses it"));
+    ensure!(
+        message.contains("selector") && message.contains("does not match template"),
+        "{message}"
+    );
+    // A Service whose selector matches nothing gets an EndpointSlice with no endpoints.
+    k.run(&["create", "service", "clusterip", "lonely", "--tcp=80:8080"])?;
+    k.run(&["set", "selector", "service/lonely", "app=nobody"])?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), &ns.name);
+    let empty = poll(WAIT, "lonely's EndpointSlice", || async {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=lonely"))
+            .await?;
+        Ok(list
+            .items
+            .first()
+            .map(|s| s.endpoints.as_ref().is_none_or(Vec::is_empty)))
+    })
+    .await?;
+    ensure!(empty, "no pod matches, so no endpoint");
+    // And the controllers carry on with good objects.
+    k.run(&[
+        "create",
+        "deployment",
+        "fine",
+        "--image=busybox:1.36",
+        "--replicas=1",
+        "--",
+        "sh",
+        "-c",
+        SERVE,
+    ])?;
+    k.run(&["rollout", "status", "deployment/fine", "--timeout=120s"])?;
+    Ok(())
+}

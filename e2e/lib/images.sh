@@ -1,8 +1,11 @@
 # Images built on this machine, since no registry can be reached, and imported into
 # containerd under the names pods use: the pause image, busybox and agnhost.
 
-PAUSE_IMAGE=registry.k8s.io/pause:3.10
-BUSYBOX_IMAGES=(docker.io/library/busybox:1.36 docker.io/library/busybox:latest)
+# The names the pinned release uses: kubeadm's pause, and the upstream e2e suite's busybox
+# tags beside Docker Hub's (`e2e.test --list-images`).
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
+BUSYBOX_IMAGES=(docker.io/library/busybox:1.36 docker.io/library/busybox:latest
+	registry.k8s.io/e2e-test-images/busybox:1.37.0-2 registry.k8s.io/e2e-test-images/busybox:1.36.1-1)
 # The name test/utils/image/manifest.go of the pinned release gives agnhost (checked when built).
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 
@@ -11,7 +14,7 @@ image_key() { cat "$@" | sha256sum | cut -c1-16; }
 
 build_pause_image() {
 	local key out rootfs
-	key=$(image_key "$E2E_DIR/images/pause.c" "$E2E_DIR/images/oci_image.py")
+	key=$(image_key "$E2E_DIR/images/pause.c" "$E2E_DIR/images/oci_image.py" <(echo "$PAUSE_IMAGE"))
 	out=$IMAGE_CACHE/pause-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -27,7 +30,7 @@ build_pause_image() {
 
 build_busybox_image() {
 	local key out rootfs applet
-	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py")
+	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py" <(echo "${BUSYBOX_IMAGES[@]}"))
 	out=$IMAGE_CACHE/busybox-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)

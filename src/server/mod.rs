@@ -410,22 +410,9 @@ async fn running_container(
         ));
     }
     let uid = pod.metadata.uid.unwrap_or_default();
-    let filter = nodus_cri::api::ContainerFilter {
-        label_selector: [
-            (POD_UID.to_owned(), uid),
-            (CONTAINER_NAME.to_owned(), container.to_owned()),
-        ]
-        .into(),
-        ..nodus_cri::api::ContainerFilter::default()
-    };
-    shared
-        .runtime
-        .list_containers(Some(filter))
+    running_id(&shared.runtime, &uid, container)
         .await
         .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.runtime_message()))?
-        .into_iter()
-        .find(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
-        .map(|c| c.id)
         .ok_or_else(|| {
             text(
                 StatusCode::BAD_REQUEST,
@@ -665,8 +652,12 @@ async fn follow(
     response
 }
 
-/// Whether the pod's container of that name is running now.
-async fn running(runtime: &Runtime, uid: &str, container: &str) -> bool {
+/// The runtime ID of the pod's running container of that name, if any.
+async fn running_id(
+    runtime: &Runtime,
+    uid: &str,
+    container: &str,
+) -> Result<Option<String>, nodus_cri::Error> {
     let filter = nodus_cri::api::ContainerFilter {
         label_selector: [
             (POD_UID.to_owned(), uid.to_owned()),
@@ -675,12 +666,15 @@ async fn running(runtime: &Runtime, uid: &str, container: &str) -> bool {
         .into(),
         ..nodus_cri::api::ContainerFilter::default()
     };
-    runtime
+    Ok(runtime
         .list_containers(Some(filter))
-        .await
-        .map(|list| {
-            list.iter()
-                .any(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
-        })
-        .unwrap_or(false)
+        .await?
+        .into_iter()
+        .find(|c| c.state == nodus_cri::api::ContainerState::ContainerRunning as i32)
+        .map(|c| c.id))
+}
+
+/// Whether the pod's container of that name is running now.
+async fn running(runtime: &Runtime, uid: &str, container: &str) -> bool {
+    matches!(running_id(runtime, uid, container).await, Ok(Some(_)))
 }

@@ -66,7 +66,7 @@ pub fn cpu_nanos(cgroup: &str) -> Option<u64> {
 }
 
 /// The processes of a cgroup or of the first of its descendants that has any (a pod's
-/// processes live in its containers' cgroups), up to `limit` directories deep.
+/// processes live in its containers' cgroups).
 pub fn first_process(controller: &str, cgroup: &str) -> Option<u32> {
     let mut stack = vec![
         Path::new(CGROUP_FS)

@@ -130,15 +130,45 @@ impl Collector {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reads every figure once (which also primes the CPU rates) until `cancel`.
+    /// Reads the CPU counters every [`SAMPLE_PERIOD`] until `cancel`, so that a summary
+    /// asked for at any time has a rate.
     pub async fn sample(&self, cancel: tokio_util::sync::CancellationToken) {
         loop {
-            let _ = self.summary().await;
+            self.sample_cpu().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(SAMPLE_PERIOD) => {}
             }
         }
+    }
+
+    /// Only what the rates need: no filesystem walks, no statvfs, no network counters.
+    async fn sample_cpu(&self) {
+        let sandboxes = self.sandboxes().await;
+        let containers = self
+            .runtime
+            .list_container_stats(None)
+            .await
+            .unwrap_or_default();
+        let now = Instant::now();
+        // The same keys the summary reads under: cgroup paths, and container IDs.
+        let mut counted: Vec<String> = vec!["/".into(), cgroups::ROOT.into()];
+        counted.extend(cgroup::of_process("self", "memory"));
+        counted.extend(sandboxes.iter().filter_map(|s| pod_cgroup(&s.pod.uid)));
+        let readings: Vec<(String, u64)> = counted
+            .into_iter()
+            .filter_map(|cg| Some((cgroup::cpu_nanos(&cg)?, cg)))
+            .map(|(nanos, cg)| (cg, nanos))
+            .chain(containers.into_iter().filter_map(|s| {
+                let nanos = s.cpu.as_ref()?.usage_core_nano_seconds.as_ref()?.value;
+                Some((s.attributes?.id, nanos))
+            }))
+            .collect();
+        let mut rates = self.rates();
+        for (key, nanos) in readings {
+            rates.rate(&key, now, nanos);
+        }
+        rates.forget_stale(now);
     }
 
     /// The node's summary now.
@@ -250,7 +280,7 @@ impl Collector {
         instant: Instant,
     ) -> (Option<CpuStats>, Option<MemoryStats>) {
         let cpu = cgroup::cpu_nanos(cgroup).map(|n| self.cpu(cgroup, n, time, instant));
-        let memory = cgroup::memory(cgroup).map(|m| memory_stats(&m, time, None));
+        let memory = cgroup::memory(cgroup).map(|m| memory_stats(&m, time));
         (cpu, memory)
     }
 
@@ -337,7 +367,7 @@ impl Collector {
                 name: c.name.clone(),
                 start_time: c.created.to_string(),
                 cpu: c.cpu_nanos.map(|n| self.cpu(&c.id, n, time, instant)),
-                memory: c.memory.map(|m| memory_stats(&m, time, None)),
+                memory: c.memory.map(|m| memory_stats(&m, time)),
                 rootfs: c.rootfs_used.map(|used| FsStats {
                     time: time.to_owned(),
                     used_bytes: used,
@@ -405,10 +435,10 @@ fn pod_cgroup(uid: &str) -> Option<String> {
         })
 }
 
-fn memory_stats(m: &cgroup::Memory, time: &str, available: Option<u64>) -> MemoryStats {
+fn memory_stats(m: &cgroup::Memory, time: &str) -> MemoryStats {
     MemoryStats {
         time: time.to_owned(),
-        available_bytes: available,
+        available_bytes: None,
         usage_bytes: m.usage_bytes,
         working_set_bytes: m.working_set_bytes,
         rss_bytes: m.rss_bytes,

@@ -49,7 +49,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -70,8 +70,6 @@ const BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     max: Duration::from_secs(300),
 };
-/// How long syncs in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -202,12 +200,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    if !c.tasks.is_empty() {
-        let drain = async { while c.tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("Deployment syncs still in flight at shutdown were abandoned");
-        }
-    }
+    super::drain(&mut c.tasks, "Deployment syncs").await;
     result
 }
 

@@ -45,7 +45,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher::watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -63,8 +63,6 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// caps at 1000 s; a control plane for small clusters retries sooner).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// How long writes in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// A Service by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -225,12 +223,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    if !c.tasks.is_empty() {
-        let drain = async { while c.tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("EndpointSlice writes still in flight at shutdown were abandoned");
-        }
-    }
+    super::drain(&mut c.tasks, "EndpointSlice writes").await;
     info!("EndpointSlice controller stopped");
     result
 }

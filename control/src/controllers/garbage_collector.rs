@@ -60,7 +60,7 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -84,8 +84,6 @@ const BACKOFF: Backoff = Backoff {
 };
 /// How soon a UID whose object changed under a write is looked at again.
 const STALE_RETRY: Duration = Duration::from_secs(1);
-/// How long work in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 /// Watch events in flight from the watches to the graph: a busy graph slows the watches.
 const CHANNEL: usize = 1024;
 
@@ -218,12 +216,7 @@ async fn run_until(client: Client, cancel: CancellationToken) {
             _ = std::future::ready(()), if ready => c.dispatch(now),
         }
     }
-    if !c.tasks.is_empty() {
-        let drain = async { while c.tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("garbage collection still in flight at shutdown was abandoned");
-        }
-    }
+    super::drain(&mut c.tasks, "garbage collections").await;
 }
 
 /// Discovers the API now and every [`DISCOVERY_PERIOD`]; a failed discovery is retried at

@@ -24,6 +24,21 @@ pub mod replicaset;
 pub mod root_ca;
 pub mod service_account;
 
+/// How long a controller's writes in flight get to finish at shutdown.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits, up to [`DRAIN_GRACE`], for the tasks still in flight when a controller stops;
+/// `what` names them in the warning if they are abandoned.
+pub(crate) async fn drain<T: 'static>(tasks: &mut tokio::task::JoinSet<T>, what: &str) {
+    if tasks.is_empty() {
+        return;
+    }
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_GRACE, all).await.is_err() {
+        tracing::warn!("{what} still in flight at shutdown were abandoned");
+    }
+}
+
 /// The error and its causes as one line.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();

@@ -47,7 +47,7 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -71,8 +71,6 @@ const BACKOFF: Backoff = Backoff {
 };
 /// How soon a namespace that changed under a write is looked at again.
 const STALE_RETRY: Duration = Duration::from_secs(1);
-/// How long passes in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -213,12 +211,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             }
         }
     };
-    if !tasks.is_empty() {
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("namespace deletions still in flight at shutdown were abandoned");
-        }
-    }
+    super::drain(&mut tasks, "namespace deletions").await;
     result
 }
 

@@ -44,7 +44,7 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -65,8 +65,6 @@ const BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     max: Duration::from_secs(300),
 };
-/// How long writes in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 
 /// The flags' values: `--cluster-cidr` and `--node-cidr-mask-size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,12 +243,7 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
             _ = std::future::ready(()), if ready => a.dispatch(now),
         }
     };
-    if !a.tasks.is_empty() {
-        let drain = async { while a.tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("node CIDR writes still in flight at shutdown were abandoned");
-        }
-    }
+    super::drain(&mut a.tasks, "node CIDR writes").await;
     result
 }
 

@@ -43,7 +43,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -68,8 +68,6 @@ const BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     max: Duration::from_secs(300),
 };
-/// How long syncs in flight at shutdown may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -212,12 +210,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    if !c.tasks.is_empty() {
-        let drain = async { while c.tasks.join_next().await.is_some() {} };
-        if timeout(GRACE, drain).await.is_err() {
-            warn!("ReplicaSet syncs still in flight at shutdown were abandoned");
-        }
-    }
+    super::drain(&mut c.tasks, "ReplicaSet syncs").await;
     result
 }
 

@@ -11,7 +11,7 @@
 //! ```text
 //!   client ns                node ns                          pod ns i
 //!   10.97.0.2/24 ── veth ── 10.97.0.1/24 (ext0, node IP)
-//!                            br0 10.99.0.1/24 ── vp{i} ──────── eth0 10.99.0.{i+2}/24
+//!                            br0 10.99.0.1/24 ── vp{i} (hairpin) ─ eth0 10.99.0.{i+2}/24
 //!                            route 10.98.0.0/16 (service IPs) dev br0
 //! ```
 
@@ -96,6 +96,17 @@ impl Lab {
                     &pod.name,
                 ]);
                 node.ip(&["link", "set", &veth, "master", "br0", "up"]);
+                // As the bridge CNI plugin's hairpinMode: with br_netfilter a pod's connection
+                // DNAT'd back to itself is bridged out of the port it came in by.
+                node.ip(&[
+                    "link",
+                    "set",
+                    &veth,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ]);
                 pod.ip(&["addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
                 pod.ip(&["link", "set", "eth0", "up"]);
                 pod.ip(&["route", "add", "default", "via", "10.99.0.1"]);
@@ -293,6 +304,34 @@ fn cluster_ip_spreads_over_endpoints() {
 
     let from_node = tcp_get(&lab.node, "10.98.0.10:80").expect("connect from the node");
     assert!(from_node == "pod0" || from_node == "pod1", "{from_node}");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    require_kernel!(&["ip", "nft", "conntrack"]);
+    let mut lab = Lab::new(2);
+    lab.serve(0);
+    lab.serve(1);
+    let applied = lab.apply(&state(vec![service(
+        "10.98.0.10",
+        Protocol::Tcp,
+        80,
+        &[0, 1],
+    )]));
+    // Without the hairpin masquerade a pod picked as its own endpoint would get a packet from
+    // outside with its own address as the source, a martian it drops: every connect must work.
+    // 20 picks that never land on pod0 itself: probability 2^-20.
+    let replies = tally((0..20).map(|_| tcp_get(&lab.pods[0], "10.98.0.10:80").expect("connect")));
+    assert!(replies.contains_key("pod0"), "{replies:?}");
+    // After an in-place update that leaves pod0 alone.
+    lab.update(
+        &applied,
+        &state(vec![service("10.98.0.10", Protocol::Tcp, 80, &[0])]),
+    );
+    assert_eq!(
+        tcp_get(&lab.pods[0], "10.98.0.10:80").expect("hairpin connect after the update"),
+        "pod0"
+    );
 }
 
 #[test]

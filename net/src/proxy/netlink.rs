@@ -37,8 +37,7 @@ use nix::sys::socket::{
 
 use super::model::Protocol;
 use super::ruleset::{
-    ChainType, FAMILY, Family, HookPoint, Match, NUMGEN_CASCADE_MAX, Rule, SetKind, Stmt, TABLE,
-    Verdict,
+    ChainType, FAMILY, Family, HookPoint, Match, Rule, SetKind, Stmt, TABLE, Verdict, expand,
 };
 use super::transaction::{Element, Op, Transaction};
 
@@ -317,13 +316,9 @@ const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DATA_LEN: u16 = 7;
-const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_TIMEOUT: u16 = 11;
 const NFTA_SET_USERDATA: u16 = 13;
-const NFTA_SET_DESC_SIZE: u16 = 1;
-const NFT_SET_ANONYMOUS: u32 = 0x1;
-const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
@@ -332,7 +327,6 @@ const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 
@@ -352,6 +346,8 @@ const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
 const NF_CT_STATE_NEW: u32 = 1 << 3;
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 1 << 5;
 const NFTA_FIB_F_SADDR: u32 = 1 << 0;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -366,7 +362,6 @@ const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
 const NFT_REJECT_ICMPX_PORT_UNREACH: u8 = 1;
 
 // nft's datatype ids, and its 6-bit shift for concatenated key types (src/datatype.h).
-const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -556,16 +551,13 @@ impl Batch {
     }
 
     /// Looks register 1 up in `set`; a map's verdict goes to the verdict register.
-    fn lookup(&mut self, set: &str, set_id: Option<u32>, verdict_map: bool) {
+    fn lookup(&mut self, set: &str, verdict_map: bool) {
         self.expr("lookup", |b| {
             b.u32(2, 1); // NFTA_LOOKUP_SREG
             if verdict_map {
                 b.u32(3, 0); // NFTA_LOOKUP_DREG
             }
             b.str(1, set); // NFTA_LOOKUP_SET
-            if let Some(id) = set_id {
-                b.u32(4, id); // NFTA_LOOKUP_SET_ID
-            }
         });
     }
 
@@ -609,7 +601,6 @@ impl Batch {
         msg: u16,
         flags: u16,
         set: &str,
-        set_id: Option<u32>,
         elements: &[(Vec<u8>, Option<&Verdict>)],
     ) {
         let mut rest = elements;
@@ -617,9 +608,6 @@ impl Batch {
             self.nft(msg, flags, |b| {
                 b.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
                 b.str(NFTA_SET_ELEM_LIST_SET, set);
-                if let Some(id) = set_id {
-                    b.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
-                }
                 b.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                     let start = b.buf.len();
                     while let [(key, data), tail @ ..] = rest {
@@ -745,13 +733,22 @@ impl Batch {
 
     fn match_(&mut self, deps: &mut Deps, m: &Match) {
         match m {
-            Match::CtStateNew => {
-                self.expr("ct", |b| {
-                    b.u32(2, NFT_CT_STATE); // NFTA_CT_KEY
-                    b.u32(1, 1); // NFTA_CT_DREG
-                });
-                self.bitwise(&NF_CT_STATE_NEW.to_ne_bytes(), &[0; 4], false);
-                self.cmp(NFT_CMP_NEQ, &[0; 4]);
+            Match::CtStateNew => self.ct_bits(NFT_CT_STATE, NF_CT_STATE_NEW),
+            Match::CtStatusDnat => self.ct_bits(NFT_CT_STATUS, IPS_DST_NAT),
+            Match::SaddrDaddrInSet(family, set) => {
+                self.load_addr(deps, *family, Field::Saddr);
+                let words = addr_len(*family) / 4;
+                self.payload(
+                    NFT_PAYLOAD_NETWORK,
+                    offset(*family, Field::Daddr),
+                    addr_len(*family),
+                    register(words),
+                );
+                self.lookup(set, false);
+            }
+            Match::Numgen(modulus) => {
+                self.numgen(*modulus);
+                self.cmp(NFT_CMP_EQ, &0u32.to_ne_bytes());
             }
             Match::Daddr(ip) => {
                 let full = addr_len(Family::of(*ip)) as u8 * 8;
@@ -770,11 +767,11 @@ impl Batch {
             Match::SaddrInNet(net) => self.net_match(deps, Field::Saddr, net, NFT_CMP_EQ),
             Match::DaddrInSet(family, set) => {
                 self.load_addr(deps, *family, Field::Daddr);
-                self.lookup(set, None, false);
+                self.lookup(set, false);
             }
             Match::SaddrInSet(family, set) => {
                 self.load_addr(deps, *family, Field::Saddr);
-                self.lookup(set, None, false);
+                self.lookup(set, false);
             }
             Match::FibDaddrLocal => self.fib_addrtype(NFTA_FIB_F_DADDR),
             Match::FibSaddrLocal => self.fib_addrtype(NFTA_FIB_F_SADDR),
@@ -794,8 +791,17 @@ impl Batch {
         }
     }
 
-    /// `anon` holds the ids of the anonymous vmaps made for this rule's `numgen ... vmap`s.
-    fn stmt(&mut self, deps: &mut Deps, s: &Stmt, anon: &mut impl Iterator<Item = u32>) {
+    /// `ct KEY & BITS != 0`
+    fn ct_bits(&mut self, key: u32, bits: u32) {
+        self.expr("ct", |b| {
+            b.u32(2, key); // NFTA_CT_KEY
+            b.u32(1, 1); // NFTA_CT_DREG
+        });
+        self.bitwise(&bits.to_ne_bytes(), &[0; 4], false);
+        self.cmp(NFT_CMP_NEQ, &[0; 4]);
+    }
+
+    fn stmt(&mut self, deps: &mut Deps, s: &Stmt) {
         match s {
             Stmt::Verdict(v) => self.immediate_verdict(v),
             Stmt::VmapAddrProtoPort(family, map) => {
@@ -804,19 +810,14 @@ impl Batch {
                 let words = addr_len(*family) / 4;
                 self.meta_load(NFT_META_L4PROTO, register(words));
                 self.payload(NFT_PAYLOAD_TRANSPORT, 2, 2, register(words + 1));
-                self.lookup(map, None, true);
+                self.lookup(map, true);
             }
             Stmt::VmapProtoPort(map) => {
                 self.meta_load(NFT_META_L4PROTO, register(0));
                 self.payload(NFT_PAYLOAD_TRANSPORT, 2, 2, register(1));
-                self.lookup(map, None, true);
+                self.lookup(map, true);
             }
-            Stmt::NumgenGoto(targets) => {
-                self.numgen(targets.len());
-                // encode() made one anonymous map per such statement, in order.
-                let id = anon.next();
-                self.lookup(ANON_MAP, id, true);
-            }
+            Stmt::NumgenDnat(..) => unreachable!("add_rule expands a cascade into plain rules"),
             Stmt::MarkOr(m) => {
                 self.meta_load(NFT_META_MARK, 1);
                 self.bitwise(&(!m).to_ne_bytes(), &m.to_ne_bytes(), true);
@@ -860,43 +861,6 @@ impl Batch {
         }
     }
 
-    /// An anonymous constant map `{ 0 : goto t0, 1 : goto t1, ... }` for an inline
-    /// `numgen random mod N vmap`, as nft makes it (the kernel names it; rules find it by id).
-    fn anon_vmap(&mut self, targets: &[String]) -> u32 {
-        let id = self.set_id();
-        self.nft(NFT_MSG_NEWSET, NLM_F_CREATE, |b| {
-            b.str(NFTA_SET_TABLE, TABLE);
-            b.str(NFTA_SET_NAME, ANON_MAP);
-            b.u32(
-                NFTA_SET_FLAGS,
-                NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP,
-            );
-            b.u32(NFTA_SET_KEY_TYPE, TYPE_INTEGER);
-            b.u32(NFTA_SET_KEY_LEN, 4);
-            b.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
-            b.u32(NFTA_SET_DATA_LEN, 0);
-            b.u32(NFTA_SET_ID, id);
-            b.nest(NFTA_SET_DESC, |b| {
-                b.u32(NFTA_SET_DESC_SIZE, targets.len() as u32)
-            });
-            b.attr(NFTA_SET_USERDATA, &udata(Udata::AnonVmap));
-        });
-        let gotos: Vec<Verdict> = targets.iter().map(|t| Verdict::Goto(t.clone())).collect();
-        let elements: Vec<(Vec<u8>, Option<&Verdict>)> = gotos
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((i as u32).to_ne_bytes().to_vec(), Some(v)))
-            .collect();
-        self.elements(
-            NFT_MSG_NEWSETELEM,
-            NLM_F_CREATE,
-            ANON_MAP,
-            Some(id),
-            &elements,
-        );
-        id
-    }
-
     fn op(&mut self, op: &Op<'_>) {
         match op {
             Op::AddChain { name, hook } => self.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |b| {
@@ -934,17 +898,17 @@ impl Batch {
             Op::DeleteElements { set, elements } => {
                 let keys: Vec<(Vec<u8>, Option<&Verdict>)> =
                     elements.iter().map(|e| (key(e), None)).collect();
-                self.elements(NFT_MSG_DELSETELEM, 0, set, None, &keys);
+                self.elements(NFT_MSG_DELSETELEM, 0, set, &keys);
             }
             Op::AddElements { set, elements } => {
                 let items: Vec<(Vec<u8>, Option<&Verdict>)> = elements
                     .iter()
                     .map(|e| match e {
-                        Element::Addr(_) => (key(e), None),
+                        Element::Addr(_) | Element::Pair(_) => (key(e), None),
                         Element::Map(_, v) => (key(e), Some(*v)),
                     })
                     .collect();
-                self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, set, None, &items);
+                self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, set, &items);
             }
             Op::DeleteChain(name) => self.nft(NFT_MSG_DELCHAIN, 0, |b| {
                 b.str(NFTA_CHAIN_TABLE, TABLE);
@@ -958,48 +922,18 @@ impl Batch {
     }
 
     fn add_rule(&mut self, chain: &str, rule: &Rule) {
-        match rule.stmts.as_slice() {
-            // The cascade the text renderer makes (`ruleset::numgen_cascade`): rule i is
-            // `numgen random mod (N-i) 0 goto target_i`, the last a plain `goto`.
-            [Stmt::NumgenGoto(targets)] if targets.len() <= NUMGEN_CASCADE_MAX => {
-                let n = targets.len();
-                for (i, target) in targets.iter().enumerate() {
-                    self.rule(chain, |b, deps| {
-                        for m in &rule.matches {
-                            b.match_(deps, m);
-                        }
-                        if i + 1 < n {
-                            b.numgen(n - i);
-                            b.cmp(NFT_CMP_EQ, &0u32.to_ne_bytes());
-                        }
-                        b.immediate_verdict(&Verdict::Goto(target.clone()));
-                    });
+        for rule in expand(rule) {
+            self.rule(chain, |b, deps| {
+                for m in &rule.matches {
+                    b.match_(deps, m);
                 }
-            }
-            stmts => {
-                let anon: Vec<u32> = stmts
-                    .iter()
-                    .filter_map(|s| match s {
-                        Stmt::NumgenGoto(targets) => Some(self.anon_vmap(targets)),
-                        _ => None,
-                    })
-                    .collect();
-                let mut anon = anon.into_iter();
-                self.rule(chain, |b, deps| {
-                    for m in &rule.matches {
-                        b.match_(deps, m);
-                    }
-                    for s in stmts {
-                        b.stmt(deps, s, &mut anon);
-                    }
-                });
-            }
+                for s in &rule.stmts {
+                    b.stmt(deps, s);
+                }
+            });
         }
     }
 }
-
-/// The name nft gives anonymous maps; the kernel replaces `%d`.
-const ANON_MAP: &str = "__map%d";
 
 fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
     let concat = |types: &[u32]| types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t);
@@ -1010,6 +944,13 @@ fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
     // (flags, key type, key length, verdict map, timeout in seconds)
     let (flags, key_type, key_len, map, timeout) = match kind {
         SetKind::Addrs(f) => (0, addr_type(f), addr_len(*f), false, None),
+        SetKind::AddrPairs(f) => (
+            0,
+            concat(&[addr_type(f), addr_type(f)]),
+            addr_len(*f) * 2,
+            false,
+            None,
+        ),
         SetKind::Affinity { family, timeout } => (
             NFT_SET_TIMEOUT | NFT_SET_EVAL,
             addr_type(family),
@@ -1048,6 +989,7 @@ fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
     }
     let udata = match kind {
         SetKind::Addrs(_) | SetKind::Affinity { .. } => udata(Udata::Addr),
+        SetKind::AddrPairs(_) => udata(Udata::ConcatSet),
         SetKind::AddrProtoPortMap(_) | SetKind::ProtoPortMap => udata(Udata::ConcatMap),
     };
     b.attr(NFTA_SET_USERDATA, &udata);
@@ -1058,36 +1000,40 @@ fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
 enum Udata {
     /// An address key, big endian.
     Addr,
+    /// A `type a . b` set.
+    ConcatSet,
     /// A `type a . b . c : verdict` map.
     ConcatMap,
-    /// The anonymous `integer : verdict` map of `numgen ... vmap`.
-    AnonVmap,
 }
 
-/// libnftnl set userdata TLVs (type u8, length u8, host-endian u32 values): KEYBYTEORDER, and for
-/// maps DATABYTEORDER, a `typeof` (KEY_TYPEOF = concat expression for a concatenated key,
-/// DATA_TYPEOF = verdict expression for the anonymous map) without sub-expressions, and
-/// DATA_INTERVAL = 0. Byte orders: 0 invalid (concatenation), 1 host, 2 big endian.
+/// libnftnl set userdata TLVs (type u8, length u8, host-endian u32 values): KEYBYTEORDER, for maps
+/// DATABYTEORDER, for a concatenated key a `typeof` (KEY_TYPEOF = concat expression) without
+/// sub-expressions, and for maps DATA_INTERVAL = 0. Byte orders: 0 invalid (concatenation), 2 big
+/// endian.
 fn udata(kind: Udata) -> Vec<u8> {
     let tlv = |out: &mut Vec<u8>, ty: u8, v: u32| {
         out.extend_from_slice(&[ty, 4]);
         out.extend_from_slice(&v.to_ne_bytes());
     };
     let mut out = Vec::with_capacity(28);
-    let (key_order, typeof_tlv, typeof_expr) = match kind {
+    let map = match kind {
         Udata::Addr => {
             tlv(&mut out, 0, 2);
             return out;
         }
-        Udata::ConcatMap => (0, 3, 13),
-        Udata::AnonVmap => (1, 4, 1),
+        Udata::ConcatSet => false,
+        Udata::ConcatMap => true,
     };
-    tlv(&mut out, 0, key_order);
-    tlv(&mut out, 1, 0);
-    out.extend_from_slice(&[typeof_tlv, 8]);
-    tlv(&mut out, 0, typeof_expr);
+    tlv(&mut out, 0, 0);
+    if map {
+        tlv(&mut out, 1, 0);
+    }
+    out.extend_from_slice(&[3, 8]);
+    tlv(&mut out, 0, 13);
     out.extend_from_slice(&[1, 0]);
-    tlv(&mut out, 6, 0);
+    if map {
+        tlv(&mut out, 6, 0);
+    }
     out
 }
 
@@ -1095,6 +1041,7 @@ fn udata(kind: Udata) -> Vec<u8> {
 fn key(element: &Element<'_>) -> Vec<u8> {
     match element {
         Element::Addr(ip) => octets(**ip),
+        Element::Pair(ip) => [octets(**ip), octets(**ip)].concat(),
         Element::Map(k, _) => {
             let mut out = k.addr.map(octets).unwrap_or_default();
             out.extend_from_slice(&[proto_number(k.protocol), 0, 0, 0]);
@@ -1111,20 +1058,6 @@ fn encode(tx: &Transaction<'_>, seq: u32) -> Result<Batch, Error> {
         return Err(Error::Unsupported(format!(
             "a full replace of table {FAMILY} {TABLE} (it recreates the table)"
         )));
-    }
-    for op in &tx.ops {
-        if let Op::AddRule { chain, rule } = op {
-            let cascade = matches!(rule.stmts.as_slice(), [Stmt::NumgenGoto(t)] if t.len() <= NUMGEN_CASCADE_MAX);
-            let empty_vmap = rule
-                .stmts
-                .iter()
-                .any(|s| matches!(s, Stmt::NumgenGoto(t) if t.is_empty()));
-            if !cascade && empty_vmap {
-                return Err(Error::Unsupported(format!(
-                    "`numgen random mod 0` in chain {chain}"
-                )));
-            }
-        }
     }
     let mut b = Batch {
         buf: Vec::with_capacity(4096 + tx.ops.len() * 256),

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::proxy::ruleset::{Hook, MapKey};
+use crate::proxy::ruleset::{Hook, MapKey, Pick};
 
 /// The attributes (after nlmsghdr and nfgenmsg) of each nf_tables message of `tx`'s batch.
 fn bodies(tx: &Transaction<'_>) -> Vec<String> {
@@ -194,10 +194,14 @@ const RULES: &[&[&str]] = &[
         "78000000",
     ],
     &[
-        "0a0001006e6f64757300000006000200630000009c000480340001800b0001006e756d67656e000024000280",
+        "0a0001006e6f647573000000060002006300000044010480340001800b0001006e756d67656e000024000280",
         "08000100000000010800020000000002080003000000000108000400000000002c00018008000100636d7000",
-        "20000280080001000000000108000200000000000c0003800800010000000000380001800e000100696d6d65",
-        "6469617465000000240002800800010000000000180002801400028008000100fffffffc0600020078000000",
+        "20000280080001000000000108000200000000000c000380080001000000000024000180090001006d657461",
+        "0000000014000280080002000000001008000100000000012c00018008000100636d70002000028008000100",
+        "0000000108000200000000000c00038005000100060000002c0001800e000100696d6d656469617465000000",
+        "1800028008000100000000010c000280080001000a0000012c0001800e000100696d6d656469617465000000",
+        "1800028008000100000000020c000280060001000050000038000180080001006e6174002c00028008000100",
+        "000000010800020000000002080003000000000108000500000000020800070000000002",
     ],
     &[
         "0a0001006e6f64757300000006000200630000007800048024000180090001006d6574610000000014000280",
@@ -275,10 +279,13 @@ fn rules() -> Vec<(&'static str, Rule)> {
                 vec![goto],
             ),
         ),
-        // numgen random mod 2 0 goto x (the first rule of the cascade)
+        // numgen random mod 2 0 meta l4proto tcp dnat ip to 10.0.0.1:80 (a cascade's first rule)
         (
             "c",
-            rule(vec![], vec![Stmt::NumgenGoto(vec!["x".into(), "y".into()])]),
+            rule(
+                vec![Match::Numgen(2), Match::L4Proto(Protocol::Tcp)],
+                vec![Stmt::Dnat("10.0.0.1:80".parse().expect("socket address"))],
+            ),
         ),
         // meta l4proto tcp reject with tcp reset
         (
@@ -315,18 +322,24 @@ fn rules_are_encoded_as_nft_does() {
 }
 
 #[test]
-fn a_numgen_cascade_is_one_rule_per_target() {
-    let targets: Vec<String> = (0..3).map(|i| format!("ep{i}")).collect();
+fn a_numgen_cascade_is_one_rule_per_pick() {
+    let picks: Vec<Pick> = (1..=3)
+        .map(|i| Pick {
+            to: format!("10.0.0.{i}:80").parse().expect("socket address"),
+            affinity: None,
+        })
+        .collect();
     let rule = Rule {
         matches: vec![],
-        stmts: vec![Stmt::NumgenGoto(targets)],
+        stmts: vec![Stmt::NumgenDnat(Protocol::Tcp, picks)],
     };
     let got = bodies(&tx(vec![Op::AddRule {
-        chain: "svc",
+        chain: "c",
         rule: &rule,
     }]));
     assert_eq!(got.len(), 3);
-    // numgen's modulus (attribute 2, big endian) counts down: 3, 2, and none for the last rule.
+    // The first is the rule nft sends for `numgen random mod 3 0 ...` (modulus attribute 2, big
+    // endian, counts down: 3, 2, and no numgen in the last rule).
     assert!(got[0].contains("0800020000000003"), "{}", got[0]);
     assert!(got[1].contains("0800020000000002"), "{}", got[1]);
     assert!(!got[2].contains("6e756d67656e"), "{}", got[2]);
@@ -371,19 +384,10 @@ fn large_element_lists_are_split_into_messages() {
 }
 
 #[test]
-fn full_replaces_and_empty_inline_vmaps_are_unsupported() {
+fn full_replaces_are_unsupported() {
     let full = Transaction {
         full: true,
         ops: vec![],
     };
     assert!(matches!(encode(&full, 1), Err(Error::Unsupported(_))));
-    let rule = Rule {
-        matches: vec![],
-        stmts: vec![Stmt::MarkOr(1), Stmt::NumgenGoto(vec![])],
-    };
-    let empty = tx(vec![Op::AddRule {
-        chain: "c",
-        rule: &rule,
-    }]);
-    assert!(matches!(encode(&empty, 1), Err(Error::Unsupported(_))));
 }

@@ -15,15 +15,22 @@
 //!   `meta l4proto . th dport` in `service-nodeports` for the node's NodePort addresses.
 //! - Per service port: `svc-*` picks among all usable endpoints (cluster policy), `local-*` among this
 //!   node's (Local policy), `ext-*` handles traffic to external destinations (NodePort, externalIPs,
-//!   load-balancer IPs) before handing it to one of those; `ep-*` DNATs to one endpoint. Choice is
-//!   `numgen random mod N vmap { ... }`.
-//! - ClientIP affinity: one timed set per endpoint (`aff-*`, `flags dynamic,timeout`). The endpoint
-//!   chain does `update @aff { ip saddr }` (refreshing the timeout on every new connection, as the
-//!   iptables mode's `recent --set` does), and the service chain first tries `ip saddr @aff goto ep`.
+//!   load-balancer IPs) before handing it to one of those. The pick is a cascade of rules that DNAT
+//!   straight to an endpoint (`numgen random mod (N-i) 0 ... dnat to ep_i`), so there are no
+//!   per-endpoint chains: upstream has one per endpoint, but every chain is a node the kernel walks
+//!   when it validates the table at commit, and a rule change (any endpoint count change) pays for
+//!   the whole walk — one chain per service port makes that walk a third as long.
+//! - ClientIP affinity: one timed set per endpoint (`aff-*`, `flags dynamic,timeout`). The service
+//!   chain first tries `ip saddr @aff ... dnat to ep`, and whichever rule picks an endpoint does
+//!   `update @aff { ip saddr }` (refreshing the timeout on every new connection, as the iptables
+//!   mode's `recent --set` does).
 //! - Masquerade is decided in the nat chains by setting mark bit [`MASQ_MARK`] and done once, in
 //!   postrouting: ClusterIP traffic from outside the cluster CIDRs, all external traffic with
 //!   externalTrafficPolicy Cluster, host-originated external traffic, and hairpin (an endpoint
-//!   reaching itself through its service, whose reply would otherwise bypass the node).
+//!   reaching itself through its service, whose reply would otherwise bypass the node). Hairpin is
+//!   found in postrouting, where a DNAT'd packet's source equals its new destination: the set
+//!   `hairpin` holds `ep . ep` for every endpoint address, so an endpoint change is a set element
+//!   change, not a rule change.
 //! - Services without usable endpoints are in `no-endpoint-services` / `no-endpoint-nodeports`,
 //!   checked in filter chains at priority -110 (before DNAT) on input, forward and output: `reject`
 //!   (TCP reset, else ICMP port unreachable) so clients fail at once; `drop` when endpoints exist but
@@ -170,6 +177,12 @@ pub enum Match {
     SaddrNotIn(Family, Vec<IpNet>),
     SaddrInSet(Family, String),
     SaddrInNet(IpNet),
+    /// `ip saddr . ip daddr @set`
+    SaddrDaddrInSet(Family, String),
+    /// `ct status dnat`
+    CtStatusDnat,
+    /// `numgen random mod M 0`: only in the rules a [`Stmt::NumgenDnat`] cascade renders to.
+    Numgen(usize),
     FibDaddrLocal,
     FibSaddrLocal,
     L4Proto(Protocol),
@@ -185,8 +198,9 @@ pub enum Stmt {
     VmapAddrProtoPort(Family, String),
     /// `meta l4proto . th dport vmap @map`
     VmapProtoPort(String),
-    /// `numgen random mod N vmap { 0 : goto a, ... }`
-    NumgenGoto(Vec<String>),
+    /// DNAT to one of the picks at random (each with probability 1/N), rendered as a cascade of
+    /// rules (see [`numgen_cascade`]); the rule holding it has nothing after it.
+    NumgenDnat(Protocol, Vec<Pick>),
     MarkOr(u32),
     MarkXor(u32),
     /// `update @set { ip saddr }`
@@ -206,6 +220,13 @@ pub enum Verdict {
     Drop,
 }
 
+/// One endpoint of a random choice: DNAT to `to`, first refreshing its affinity set if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    pub to: SocketAddr,
+    pub affinity: Option<String>,
+}
+
 /// A key of a dispatch map: `addr . proto . port`, or `proto . port` for node ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MapKey {
@@ -218,6 +239,8 @@ pub struct MapKey {
 pub enum SetKind {
     /// A plain address set.
     Addrs(Family),
+    /// `addr . addr`, each element an address paired with itself (rendered `a . a`).
+    AddrPairs(Family),
     /// ClientIP affinity: dynamic, entries expire `timeout` seconds after their last update.
     Affinity { family: Family, timeout: u32 },
     /// `addr . inet_proto . inet_service : verdict`
@@ -298,6 +321,7 @@ const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
 const NODEPORT_IPS: &str = "nodeport-ips";
+const HAIRPIN: &str = "hairpin";
 
 /// Filter chains run before DNAT (-100), so they still see the service address.
 const FILTER_PRIORITY: i32 = -110;
@@ -488,20 +512,30 @@ fn skeleton(node: &Node) -> Ruleset {
         plain(),
         vec![rule(vec![], vec![Stmt::MarkOr(MASQ_MARK)])],
     );
-    add(
-        MASQUERADING,
-        plain(),
-        vec![
+    // Hairpin: a DNAT'd connection whose source is its (new) destination.
+    let mut masquerading: Vec<Rule> = Family::ALL
+        .into_iter()
+        .map(|family| {
             rule(
-                vec![Match::MarkClear(MASQ_MARK)],
-                vec![Stmt::Verdict(Verdict::Return)],
-            ),
-            // Clear the bit so a packet that is routed again (e.g. encapsulated) is not
-            // masqueraded twice.
-            rule(vec![], vec![Stmt::MarkXor(MASQ_MARK)]),
-            rule(vec![], vec![Stmt::Masquerade]),
-        ],
-    );
+                vec![
+                    Match::CtStatusDnat,
+                    Match::SaddrDaddrInSet(family, family.object(HAIRPIN)),
+                ],
+                vec![Stmt::MarkOr(MASQ_MARK)],
+            )
+        })
+        .collect();
+    masquerading.extend([
+        rule(
+            vec![Match::MarkClear(MASQ_MARK)],
+            vec![Stmt::Verdict(Verdict::Return)],
+        ),
+        // Clear the bit so a packet that is routed again (e.g. encapsulated) is not
+        // masqueraded twice.
+        rule(vec![], vec![Stmt::MarkXor(MASQ_MARK)]),
+        rule(vec![], vec![Stmt::Masquerade]),
+    ]);
+    add(MASQUERADING, plain(), masquerading);
 
     for family in Family::ALL {
         rs.sets.insert(
@@ -522,6 +556,8 @@ fn skeleton(node: &Node) -> Ruleset {
         );
         rs.sets
             .insert(family.object(CLUSTER_IPS), Set::new(SetKind::Addrs(family)));
+        rs.sets
+            .insert(family.object(HAIRPIN), Set::new(SetKind::AddrPairs(family)));
         if let NodePortAddresses::Only(ips) = &node.node_port_addresses {
             let mut set = Set::new(SetKind::Addrs(family));
             set.addrs = ips
@@ -542,6 +578,8 @@ pub struct Fragment {
     /// (map name, key, verdict) for the four dispatch maps.
     entries: Vec<(String, Family, MapKey, Verdict)>,
     cluster_ips: Vec<IpAddr>,
+    /// Every endpoint address, for the `hairpin` sets.
+    hairpin: Vec<IpAddr>,
 }
 
 type Owners = HashMap<(Option<IpAddr>, Family, Protocol, u16), Arc<str>>;
@@ -589,6 +627,13 @@ impl Fragment {
             rs.sets
                 .get_mut(&Family::of(ip).object(CLUSTER_IPS))
                 .expect("the skeleton declares both cluster-ips sets")
+                .addrs
+                .insert(ip);
+        }
+        for &ip in &self.hairpin {
+            rs.sets
+                .get_mut(&Family::of(ip).object(HAIRPIN))
+                .expect("the skeleton declares both hairpin sets")
                 .addrs
                 .insert(ip);
         }
@@ -845,10 +890,12 @@ fn port_fragment(
         }
     }
 
-    // The policy chains and the endpoint chains they reach. An endpoint chain (and its affinity
-    // set) is named by service port and endpoint, so the cluster and local chains share it.
-    let mut endpoints: BTreeMap<(IpAddr, u16), (String, String)> = BTreeMap::new();
-    let mut policy = |name: &str, eps: &[&Endpoint], masq_outside_cluster: bool| {
+    // The policy chains. An endpoint's affinity set is named by service port and endpoint, so the
+    // cluster and local chains share it.
+    let aff_set = |ep: &Endpoint| {
+        affinity.map(|_| object_name("aff", family, &format!("{readable}__{}/{}", ep.ip, ep.port)))
+    };
+    let policy = |eps: &[&Endpoint], masq_outside_cluster: bool| {
         let mut rules = Vec::new();
         let cidrs: Vec<IpNet> = node
             .cluster_cidrs
@@ -868,61 +915,67 @@ fn port_fragment(
                 vec![jump(MARK_FOR_MASQUERADE)],
             ));
         }
-        let mut targets = Vec::new();
-        for ep in eps {
-            let (chain, set) = endpoints.entry((ep.ip, ep.port)).or_insert_with(|| {
-                let ep_readable = format!("{readable}__{}/{}", ep.ip, ep.port);
-                (
-                    object_name("ep", family, &ep_readable),
-                    object_name("aff", family, &ep_readable),
-                )
-            });
-            if affinity.is_some() {
+        let picks: Vec<Pick> = eps
+            .iter()
+            .map(|ep| Pick {
+                to: SocketAddr::new(ep.ip, ep.port),
+                affinity: aff_set(ep),
+            })
+            .collect();
+        for pick in &picks {
+            if let Some(set) = &pick.affinity {
                 rules.push(rule(
-                    vec![Match::SaddrInSet(family, set.clone())],
-                    vec![goto(chain)],
+                    vec![
+                        Match::SaddrInSet(family, set.clone()),
+                        Match::L4Proto(port.protocol),
+                    ],
+                    vec![Stmt::UpdateSaddr(family, set.clone()), Stmt::Dnat(pick.to)],
                 ));
             }
-            targets.push(chain.clone());
         }
-        rules.push(rule(vec![], vec![Stmt::NumgenGoto(targets)]));
-        (name.to_owned(), Chain { hook: None, rules })
+        rules.push(rule(vec![], vec![Stmt::NumgenDnat(port.protocol, picks)]));
+        Chain { hook: None, rules }
     };
     if uses_cluster && !cluster_eps.is_empty() {
         let masq = service.internal_traffic_policy == TrafficPolicy::Cluster;
-        let (name, chain) = policy(&svc_chain, &cluster_eps, masq);
-        objects.chains.insert(name, chain);
+        objects
+            .chains
+            .insert(svc_chain.clone(), policy(&cluster_eps, masq));
     }
     if uses_local && !local_eps.is_empty() {
-        let (name, chain) = policy(&local_chain, &local_eps, false);
-        objects.chains.insert(name, chain);
+        objects
+            .chains
+            .insert(local_chain.clone(), policy(&local_eps, false));
     }
-
-    for ((ip, target_port), (chain, set)) in endpoints {
-        // Hairpin: the endpoint reaching its own service would get a reply straight from itself
-        // (same subnet) with the wrong source; masquerading sends the reply back through the node.
-        let mut rules = vec![rule(
-            vec![Match::Saddr(ip)],
-            vec![jump(MARK_FOR_MASQUERADE)],
-        )];
-        if let Some(timeout) = affinity {
-            rules.push(rule(vec![], vec![Stmt::UpdateSaddr(family, set.clone())]));
+    let mut used: Vec<&Endpoint> = Vec::new();
+    if uses_cluster {
+        used.extend(&cluster_eps);
+    }
+    if uses_local {
+        used.extend(&local_eps);
+    }
+    used.sort_by_key(|e| (e.ip, e.port));
+    used.dedup_by_key(|e| (e.ip, e.port));
+    for ep in used {
+        fragment.hairpin.push(ep.ip);
+        if let (Some(timeout), Some(set)) = (affinity, aff_set(ep)) {
             objects
                 .sets
                 .insert(set, Set::new(SetKind::Affinity { family, timeout }));
         }
-        rules.push(rule(
-            vec![Match::L4Proto(port.protocol)],
-            vec![Stmt::Dnat(SocketAddr::new(ip, target_port))],
-        ));
-        objects.chains.insert(chain, Chain { hook: None, rules });
     }
 }
 
 impl Ruleset {
-    /// The number of rules, for metrics.
+    /// The number of rules in the kernel (a cascade counts its rules), for metrics.
     pub fn rule_count(&self) -> usize {
-        self.all_chains().map(|(_, c)| c.rules.len()).sum()
+        self.all_chains()
+            .flat_map(|(_, c)| &c.rules)
+            .map(|r| match r.stmts.as_slice() {
+                [Stmt::NumgenDnat(_, picks)] => picks.len(),
+                _ => 1,
+            })
+            .sum()
     }
 
     /// Every chain, the fixed ones first, then each service's.
@@ -960,30 +1013,41 @@ impl Ruleset {
     }
 }
 
-/// Up to this many endpoints, the random choice is rendered as a cascade of rules instead of one
-/// `numgen ... vmap { }`. Kernel quirk (seen on 6.18): every anonymous set in a transaction costs a
-/// walk of the whole transaction when it is bound (`__nft_set_trans_bind`) and a scan of the table's
-/// sets when it is named (`nf_tables_set_alloc_name`), so one anonymous vmap per service made a
-/// 10k-service commit take ~50 s of kernel time. The cascade needs no set and is O(endpoints) for
-/// the first packet of a connection only.
-pub const NUMGEN_CASCADE_MAX: usize = 32;
-
-/// `numgen random mod (N-i) 0 goto ep_i` for i < N-1, then `goto ep_{N-1}`: endpoint i is taken
-/// with probability (1 - 1/N - ... ) * 1/(N-i) = 1/N, as iptables' `statistic` cascade.
-pub(crate) fn numgen_cascade(matches: &[Match], targets: &[String]) -> Vec<String> {
-    let prefix: String = matches.iter().map(|m| format!("{m} ")).collect();
-    let n = targets.len();
-    targets
+/// The rules a `NumgenDnat` renders to, each with `matches` first: rule i is
+/// `numgen random mod (N-i) 0 meta l4proto P [update @aff_i { ip saddr }] dnat to ep_i`, the last one
+/// without `numgen`. Endpoint i is taken with probability (1 - 1/N - ...) * 1/(N-i) = 1/N, as the
+/// iptables mode's `statistic` cascade. Rules, not an anonymous `numgen ... map { }`: on 6.18 every
+/// anonymous set in a transaction costs a walk of the whole transaction when it is bound
+/// (`__nft_set_trans_bind`) and a scan of the table's sets when it is named, which made a
+/// 10k-service commit take ~50 s of kernel time. The cascade costs O(endpoints) rules, for the
+/// first packet of a connection only.
+pub fn numgen_cascade(matches: &[Match], protocol: Protocol, picks: &[Pick]) -> Vec<Rule> {
+    let n = picks.len();
+    picks
         .iter()
         .enumerate()
-        .map(|(i, target)| {
-            if i + 1 == n {
-                format!("{prefix}goto {target}")
-            } else {
-                format!("{prefix}numgen random mod {} 0 goto {target}", n - i)
+        .map(|(i, pick)| {
+            let mut m = matches.to_vec();
+            if i + 1 < n {
+                m.push(Match::Numgen(n - i));
             }
+            m.push(Match::L4Proto(protocol));
+            let mut stmts = Vec::with_capacity(2);
+            if let Some(set) = &pick.affinity {
+                stmts.push(Stmt::UpdateSaddr(Family::of(pick.to.ip()), set.clone()));
+            }
+            stmts.push(Stmt::Dnat(pick.to));
+            rule(m, stmts)
         })
         .collect()
+}
+
+/// The rules `rule` stands for in the kernel: itself, or the cascade of a `NumgenDnat`.
+pub fn expand(rule: &Rule) -> Vec<Rule> {
+    match rule.stmts.as_slice() {
+        [Stmt::NumgenDnat(protocol, picks)] => numgen_cascade(&rule.matches, *protocol, picks),
+        _ => vec![rule.clone()],
+    }
 }
 
 impl fmt::Display for Verdict {
@@ -1023,6 +1087,11 @@ impl fmt::Display for Match {
             Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
             Match::Dport(p) => write!(f, "th dport {p}"),
             Match::MarkClear(m) => write!(f, "meta mark & {m:#010x} == 0"),
+            Match::SaddrDaddrInSet(fam, set) => {
+                write!(f, "{0} saddr . {0} daddr @{set}", fam.nft())
+            }
+            Match::CtStatusDnat => f.write_str("ct status dnat"),
+            Match::Numgen(m) => write!(f, "numgen random mod {m} 0"),
         }
     }
 }
@@ -1037,18 +1106,12 @@ impl fmt::Display for Stmt {
                 fam.nft()
             ),
             Stmt::VmapProtoPort(map) => write!(f, "meta l4proto . th dport vmap @{map}"),
-            Stmt::NumgenGoto(targets) => {
-                let arms: Vec<String> = targets
+            Stmt::NumgenDnat(protocol, picks) => {
+                let rules: Vec<String> = numgen_cascade(&[], *protocol, picks)
                     .iter()
-                    .enumerate()
-                    .map(|(i, t)| format!("{i} : goto {t}"))
+                    .map(ToString::to_string)
                     .collect();
-                write!(
-                    f,
-                    "numgen random mod {} vmap {{ {} }}",
-                    targets.len(),
-                    arms.join(", ")
-                )
+                write!(f, "{}", rules.join(" ; "))
             }
             Stmt::MarkOr(m) => write!(f, "meta mark set meta mark | {m:#010x}"),
             Stmt::MarkXor(m) => write!(f, "meta mark set meta mark ^ {m:#010x}"),

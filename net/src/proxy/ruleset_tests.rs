@@ -506,45 +506,40 @@ fn names_are_bounded_and_distinct() {
 
 #[test]
 fn numgen_cascade_is_uniform() {
-    for n in 1..=NUMGEN_CASCADE_MAX {
-        let targets: Vec<String> = (0..n).map(|i| format!("ep{i}")).collect();
-        let lines = numgen_cascade(&[], &targets);
-        assert_eq!(lines.len(), n);
+    for n in 1..=40 {
+        let picks: Vec<Pick> = (0..n)
+            .map(|i| Pick {
+                to: SocketAddr::new(ip("10.0.0.1"), 1000 + i as u16),
+                affinity: (i % 2 == 0).then(|| format!("aff{i}")),
+            })
+            .collect();
+        let rules = numgen_cascade(&[Match::CtStateNew], Protocol::Udp, &picks);
+        assert_eq!(rules.len(), n);
         // Probability of reaching rule i, times the chance that rule i's draw hits.
         let mut reach = 1.0_f64;
-        for (i, line) in lines.iter().enumerate() {
-            let hit = match line.strip_prefix("numgen random mod ") {
-                Some(rest) => {
-                    let modulus: f64 = rest
-                        .split(' ')
-                        .next()
-                        .and_then(|m| m.parse().ok())
-                        .expect("modulus");
-                    1.0 / modulus
-                }
-                None => 1.0,
+        for (i, rule) in rules.iter().enumerate() {
+            let hit = match rule.matches.as_slice() {
+                [
+                    Match::CtStateNew,
+                    Match::Numgen(m),
+                    Match::L4Proto(Protocol::Udp),
+                ] => 1.0 / *m as f64,
+                [Match::CtStateNew, Match::L4Proto(Protocol::Udp)] => 1.0,
+                other => panic!("unexpected matches {other:?}"),
             };
             let p = reach * hit;
             assert!((p - 1.0 / n as f64).abs() < 1e-12, "n={n} i={i}: {p}");
-            assert!(line.ends_with(&format!("goto ep{i}")), "{line}");
+            let dnat = Stmt::Dnat(picks[i].to);
+            match &picks[i].affinity {
+                Some(set) => assert_eq!(
+                    rule.stmts,
+                    vec![Stmt::UpdateSaddr(Family::V4, set.clone()), dnat]
+                ),
+                None => assert_eq!(rule.stmts, vec![dnat]),
+            }
             reach *= 1.0 - hit;
         }
     }
-    let many: Vec<String> = (0..NUMGEN_CASCADE_MAX + 1)
-        .map(|i| format!("ep{i}"))
-        .collect();
-    let mut rs = Ruleset::default();
-    rs.chains.insert(
-        "c".into(),
-        Chain {
-            hook: None,
-            rules: vec![rule(vec![], vec![Stmt::NumgenGoto(many)])],
-        },
-    );
-    assert!(rs.render().contains(&format!(
-        "numgen random mod {} vmap {{ 0 : goto ep0,",
-        NUMGEN_CASCADE_MAX + 1
-    )));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::Protocol;
-use super::ruleset::{Family, HookPoint, MapKey, Match, Ruleset, SetKind, Stmt, Verdict};
+use super::ruleset::{Family, HookPoint, MapKey, Match, Pick, Ruleset, SetKind, Stmt, Verdict};
 
 /// Where a packet comes from, which decides the hooks it traverses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,15 +244,24 @@ impl<'a> Tracer<'a> {
                         }
                     }
                     Stmt::VmapProtoPort(map) => self.lookup(map, None, p.protocol, state.dport),
-                    Stmt::NumgenGoto(targets) => {
-                        assert!(!targets.is_empty(), "numgen with no targets in {chain}");
-                        let chosen: Vec<&String> = match pick {
-                            Some(i) => vec![&targets[i % targets.len()]],
-                            None => targets.iter().collect(),
+                    Stmt::NumgenDnat(_, picks) => {
+                        assert!(!picks.is_empty(), "numgen with no picks in {chain}");
+                        let chosen: Vec<&Pick> = match pick {
+                            Some(i) => vec![&picks[i % picks.len()]],
+                            None => picks.iter().collect(),
                         };
                         return chosen
                             .into_iter()
-                            .flat_map(|t| self.run_chain(t, 0, p, state.clone(), pick, depth + 1))
+                            .map(|chosen| {
+                                let mut state = state.clone();
+                                if let Some(set) = &chosen.affinity {
+                                    state.updates.push((set.clone(), p.src));
+                                }
+                                state.dnat = Some(chosen.to);
+                                state.daddr = chosen.to.ip();
+                                state.dport = chosen.to.port();
+                                (state, Flow::Accept)
+                            })
                             .collect();
                     }
                     Stmt::MarkOr(m) => {
@@ -354,6 +363,12 @@ impl<'a> Tracer<'a> {
             Match::L4Proto(proto) => p.protocol == *proto,
             Match::Dport(port) => s.dport == *port,
             Match::MarkClear(m) => s.mark & m == 0,
+            // Only DNAT'd packets get this far with a source equal to their destination.
+            Match::SaddrDaddrInSet(f, set) => {
+                fam(p.src, f) && p.src == s.daddr && self.in_set(set, p.src)
+            }
+            Match::CtStatusDnat => s.dnat.is_some(),
+            Match::Numgen(_) => unreachable!("a cascade is expanded only when rendered"),
         }
     }
 }

@@ -22,18 +22,20 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::ruleset::{
-    Chain, ChainType, FAMILY, Hook, MapKey, NUMGEN_CASCADE_MAX, Rule, Ruleset, ServiceObjects, Set,
-    SetKind, Stmt, TABLE, Verdict, numgen_cascade,
+    Chain, ChainType, FAMILY, Hook, MapKey, Rule, Ruleset, ServiceObjects, Set, SetKind, TABLE,
+    Verdict, expand,
 };
 
 /// What a fresh table holds.
 static NO_CHAINS: BTreeMap<String, Chain> = BTreeMap::new();
 static NO_SETS: BTreeMap<String, Set> = BTreeMap::new();
 
-/// One element of a set: an address, or a map key with its verdict (deletes need only the key).
+/// One element of a set: an address, an address paired with itself, or a map key with its
+/// verdict (deletes need only the key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Element<'a> {
     Addr(&'a IpAddr),
+    Pair(&'a IpAddr),
     Map(&'a MapKey, &'a Verdict),
 }
 
@@ -194,7 +196,14 @@ impl<'a> Transaction<'a> {
                             set.addrs.iter().map(|a| (a, &())),
                         );
                         let (map_deleted, map_new) = merge_diff(old.map.iter(), set.map.iter());
-                        let addr = |(a, _): (&'a IpAddr, &())| Element::Addr(a);
+                        let pairs = matches!(set.kind, SetKind::AddrPairs(_));
+                        let addr = |(a, _): (&'a IpAddr, &())| {
+                            if pairs {
+                                Element::Pair(a)
+                            } else {
+                                Element::Addr(a)
+                            }
+                        };
                         let entry = |(k, v)| Element::Map(k, v);
                         let deleted: Vec<Element<'a>> = addrs_deleted
                             .into_iter()
@@ -362,9 +371,16 @@ fn merge_diff<'a, K: Ord + 'a, V: PartialEq + 'a>(
 }
 
 fn elements(set: &Set) -> impl Iterator<Item = Element<'_>> {
+    let pairs = matches!(set.kind, SetKind::AddrPairs(_));
     set.addrs
         .iter()
-        .map(Element::Addr)
+        .map(move |a| {
+            if pairs {
+                Element::Pair(a)
+            } else {
+                Element::Addr(a)
+            }
+        })
         .chain(set.map.iter().map(|(k, v)| Element::Map(k, v)))
 }
 
@@ -388,6 +404,9 @@ fn render_op(out: &mut String, t: &str, op: &Op<'_>) {
         Op::AddSet { name, kind } => {
             let decl = match kind {
                 SetKind::Addrs(f) => format!("set {t} {name} {{ type {} ; }}", f.addr_type()),
+                SetKind::AddrPairs(f) => {
+                    format!("set {t} {name} {{ type {0} . {0} ; }}", f.addr_type())
+                }
                 SetKind::Affinity { family, timeout } => format!(
                     "set {t} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
                     family.addr_type()
@@ -404,13 +423,8 @@ fn render_op(out: &mut String, t: &str, op: &Op<'_>) {
         }
         Op::FlushChain(name) => writeln!(out, "flush chain {t} {name}"),
         Op::AddRule { chain, rule } => {
-            match rule.stmts.as_slice() {
-                [Stmt::NumgenGoto(targets)] if targets.len() <= NUMGEN_CASCADE_MAX => {
-                    for line in numgen_cascade(&rule.matches, targets) {
-                        writeln!(out, "add rule {t} {chain} {line}").expect(w);
-                    }
-                }
-                _ => writeln!(out, "add rule {t} {chain} {rule}").expect(w),
+            for rule in expand(rule) {
+                writeln!(out, "add rule {t} {chain} {rule}").expect(w);
             }
             Ok(())
         }
@@ -426,7 +440,7 @@ fn render_op(out: &mut String, t: &str, op: &Op<'_>) {
         Op::DeleteSet { name, kind } => {
             let keyword = match kind {
                 SetKind::AddrProtoPortMap(_) | SetKind::ProtoPortMap => "map",
-                SetKind::Addrs(_) | SetKind::Affinity { .. } => "set",
+                SetKind::Addrs(_) | SetKind::AddrPairs(_) | SetKind::Affinity { .. } => "set",
             };
             writeln!(out, "delete {keyword} {t} {name}")
         }
@@ -442,6 +456,7 @@ fn render_elements(out: &mut String, head: &str, elements: &[Element<'_>], with_
         let sep = if i == last { "" } else { "," };
         match e {
             Element::Addr(a) => writeln!(out, "\t{a}{sep}"),
+            Element::Pair(a) => writeln!(out, "\t{a} . {a}{sep}"),
             Element::Map(k, v) => {
                 let key = match k.addr {
                     Some(a) => format!("{a} . {} . {}", k.protocol, k.port),

@@ -10,7 +10,7 @@ use crate::proxy::model::{
     Endpoint, Node, NodePortAddresses, Protocol, ProxyState, Service, ServicePort, SessionAffinity,
     TrafficPolicy,
 };
-use crate::proxy::ruleset::{Chain, Match, build};
+use crate::proxy::ruleset::{Chain, Match, Stmt, build};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
@@ -78,14 +78,18 @@ fn references(rule: &Rule) -> (Vec<&str>, Vec<&str>) {
     let mut sets = Vec::new();
     for m in &rule.matches {
         match m {
-            Match::DaddrInSet(_, s) | Match::SaddrInSet(_, s) => sets.push(s.as_str()),
+            Match::DaddrInSet(_, s) | Match::SaddrInSet(_, s) | Match::SaddrDaddrInSet(_, s) => {
+                sets.push(s.as_str())
+            }
             _ => {}
         }
     }
     for s in &rule.stmts {
         match s {
             Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => chains.push(c.as_str()),
-            Stmt::NumgenGoto(targets) => chains.extend(targets.iter().map(String::as_str)),
+            Stmt::NumgenDnat(_, picks) => {
+                sets.extend(picks.iter().filter_map(|p| p.affinity.as_deref()))
+            }
             Stmt::VmapAddrProtoPort(_, m) | Stmt::VmapProtoPort(m) | Stmt::UpdateSaddr(_, m) => {
                 sets.push(m.as_str())
             }
@@ -191,7 +195,9 @@ fn replay(start: &Ruleset, tx: &Transaction<'_>) -> Table {
                 let s = rs.sets.get_mut(*set).expect("deleting from a missing set");
                 for e in elements {
                     match e {
-                        Element::Addr(a) => assert!(s.addrs.remove(a), "{a} not in {set}"),
+                        Element::Addr(a) | Element::Pair(a) => {
+                            assert!(s.addrs.remove(a), "{a} not in {set}")
+                        }
                         Element::Map(k, _) => {
                             assert!(s.map.remove(k).is_some(), "{k:?} not in {set}")
                         }
@@ -212,7 +218,9 @@ fn replay(start: &Ruleset, tx: &Transaction<'_>) -> Table {
                 let s = rs.sets.get_mut(*set).expect("adding to a missing set");
                 for e in elements {
                     match e {
-                        Element::Addr(a) => assert!(s.addrs.insert(**a), "{a} already in {set}"),
+                        Element::Addr(a) | Element::Pair(a) => {
+                            assert!(s.addrs.insert(**a), "{a} already in {set}")
+                        }
                         Element::Map(k, v) => assert!(
                             s.map.insert(**k, (*v).clone()).is_none(),
                             "{k:?} already in {set}"
@@ -299,12 +307,14 @@ fn one_endpoint_change_touches_only_its_service() {
         panic!("expected an update");
     };
     let text = tx.render();
-    // Only `web`'s chains are named; nothing is re-declared, no map element changes.
+    // Only `web`'s service chain is refilled; nothing is declared or deleted, no element changes
+    // (the other services keep the endpoint in the hairpin set).
     for line in text.lines() {
         assert!(line.contains("default/web/"), "unrelated change: {line}");
     }
-    assert!(text.contains("delete chain inet nodus ep-"), "{text}");
+    assert!(text.contains("flush chain inet nodus svc-"), "{text}");
     assert!(!text.contains("add chain"), "{text}");
+    assert!(!text.contains("delete"), "{text}");
     assert!(!text.contains("element"), "{text}");
     assert_update_reaches(&before, &after);
 }

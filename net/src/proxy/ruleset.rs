@@ -41,7 +41,7 @@
 //! both families change in the same atomic transaction. Lookups are typed (`ip daddr` only matches
 //! IPv4), so the cost for a packet is one implicit family check; v6 objects carry a `6` suffix.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -346,24 +346,51 @@ pub fn build(state: &ProxyState) -> Build {
 }
 
 /// Builds rulesets like [`build`], remembering each service's part so that the next build reuses
-/// it while the service (and the node) are unchanged: at 10k services one endpoint change then
-/// costs one service's work plus the shared maps, not the whole table. The result is always
-/// equal to what [`build`] returns for the same state.
+/// it while the service (and the node) are unchanged, and remembering the last ruleset so that a
+/// build that changes a few services patches it: at 10k services one endpoint change then costs
+/// one service's work and a copy of the result, not a pass that merges every service again. The
+/// result is always equal to what [`build`] returns for the same state.
 #[derive(Debug, Default)]
 pub struct Builder {
     node: Option<Node>,
     parts: HashMap<Arc<str>, (Service, Arc<Fragment>)>,
+    last: Option<Patchable>,
 }
+
+/// A build kept for patching: the ruleset, who owns each dispatch key, and how many services put
+/// each address into the shared address sets (an address stays while one of them is left).
+#[derive(Debug)]
+struct Patchable {
+    ruleset: Ruleset,
+    owners: Owners,
+    refs: HashMap<(String, IpAddr), u32>,
+}
+
+/// Above this many changed services a build starts from scratch: patching saves nothing there.
+const MAX_PATCHED: usize = 64;
 
 impl Builder {
     pub fn build(&mut self, state: &ProxyState) -> Build {
+        if self.node.as_ref() == Some(&state.node)
+            && let Some(build) = self.patch(state)
+        {
+            return build;
+        }
+        self.rebuild(state)
+    }
+
+    fn rebuild(&mut self, state: &ProxyState) -> Build {
         if self.node.as_ref() != Some(&state.node) {
             self.parts.clear();
             self.node = Some(state.node.clone());
         }
-        let mut ruleset = skeleton(&state.node);
+        let mut last = Patchable {
+            ruleset: skeleton(&state.node),
+            owners: Owners::new(),
+            refs: HashMap::new(),
+        };
         let mut skipped = Vec::new();
-        let mut owners = Owners::new();
+        let mut conflicts = false;
         let mut parts = HashMap::with_capacity(state.services.len());
 
         let mut services: Vec<&Service> = state.services.iter().collect();
@@ -382,16 +409,86 @@ impl Builder {
                     (service.clone(), fragment)
                 }
             };
-            if let Some(err) = fragment.conflict(&owners, &id) {
+            if let Some(err) = fragment.conflict(&last.owners, &id) {
                 skipped.push(err);
+                conflicts = true;
                 continue;
             }
-            fragment.merge_into(&mut ruleset, &mut owners, &id);
+            fragment.merge_into(&mut last, &id);
             parts.insert(id, (known, fragment));
         }
         // Only what this state holds is remembered: a deleted service's part is dropped.
         self.parts = parts;
+        let ruleset = last.ruleset.clone();
+        // Who wins a conflict depends on every claimant, so a build with one is never patched.
+        self.last = (!conflicts).then_some(last);
         Build { ruleset, skipped }
+    }
+
+    /// The build of `state` as a patch of the last one, or `None` when that is not possible or
+    /// not worth it (then nothing that matters was changed: the caller rebuilds).
+    fn patch(&mut self, state: &ProxyState) -> Option<Build> {
+        let last = self.last.as_mut()?;
+        let ids: Vec<String> = state.services.iter().map(Service::id).collect();
+        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        if present.len() != ids.len() {
+            return None;
+        }
+        let mut changed: Vec<(&str, &Service)> = Vec::new();
+        for (id, service) in ids.iter().zip(&state.services) {
+            match self.parts.get(id.as_str()) {
+                Some((known, _)) if known == service => {}
+                _ => changed.push((id, service)),
+            }
+            if changed.len() > MAX_PATCHED {
+                return None;
+            }
+        }
+        // The remembered parts to take out: those of edited services, and of services gone.
+        let mut gone: Vec<Arc<str>> = changed
+            .iter()
+            .filter_map(|(id, _)| self.parts.get_key_value(*id).map(|(k, _)| k.clone()))
+            .collect();
+        let unchanged = ids.len() - changed.len();
+        if self.parts.len() > unchanged + gone.len() {
+            gone.extend(
+                self.parts
+                    .keys()
+                    .filter(|id| !present.contains(id.as_ref()))
+                    .cloned(),
+            );
+        }
+        if gone.len() > MAX_PATCHED {
+            return None;
+        }
+        for id in &gone {
+            if let Some((_, fragment)) = self.parts.remove(id) {
+                fragment.unmerge_from(last, id);
+            }
+        }
+        // In name order, as a full build reports them.
+        changed.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
+        let mut skipped = Vec::new();
+        for (id, service) in changed {
+            if let Err(err) = service.validate() {
+                skipped.push(err);
+                continue;
+            }
+            let id: Arc<str> = id.into();
+            let fragment = Arc::new(service_fragment(service, &state.node));
+            if fragment.conflict(&last.owners, &id).is_some() {
+                // Whether this one or the owner is skipped depends on their names: a full build
+                // decides. The parts merged so far stay valid for it.
+                self.last = None;
+                return None;
+            }
+            fragment.merge_into(last, &id);
+            self.parts.insert(id, (service.clone(), fragment));
+        }
+        Some(Build {
+            ruleset: last.ruleset.clone(),
+            skipped,
+        })
     }
 }
 
@@ -612,31 +709,63 @@ impl Fragment {
         None
     }
 
-    fn merge_into(&self, rs: &mut Ruleset, owners: &mut Owners, service: &Arc<str>) {
+    fn merge_into(&self, last: &mut Patchable, service: &Arc<str>) {
+        let rs = &mut last.ruleset;
         rs.services
             .insert(service.to_string(), self.objects.clone());
         for (map, family, key, verdict) in &self.entries {
-            owners.insert(Self::owner_key(*family, key), service.clone());
+            last.owners
+                .insert(Self::owner_key(*family, key), service.clone());
             rs.sets
                 .get_mut(map)
                 .expect("the skeleton declares every dispatch map")
                 .map
                 .insert(*key, verdict.clone());
         }
-        for &ip in &self.cluster_ips {
-            rs.sets
-                .get_mut(&Family::of(ip).object(CLUSTER_IPS))
-                .expect("the skeleton declares both cluster-ips sets")
-                .addrs
-                .insert(ip);
+        for (base, ip) in self.addresses() {
+            let set = Family::of(ip).object(base);
+            let count = last.refs.entry((set.clone(), ip)).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                rs.sets
+                    .get_mut(&set)
+                    .expect("the skeleton declares every address set")
+                    .addrs
+                    .insert(ip);
+            }
         }
-        for &ip in &self.hairpin {
-            rs.sets
-                .get_mut(&Family::of(ip).object(HAIRPIN))
-                .expect("the skeleton declares both hairpin sets")
-                .addrs
-                .insert(ip);
+    }
+
+    /// Takes back what [`Fragment::merge_into`] put in.
+    fn unmerge_from(&self, last: &mut Patchable, service: &str) {
+        let rs = &mut last.ruleset;
+        rs.services.remove(service);
+        for (map, family, key, _) in &self.entries {
+            last.owners.remove(&Self::owner_key(*family, key));
+            if let Some(set) = rs.sets.get_mut(map) {
+                set.map.remove(key);
+            }
         }
+        for (base, ip) in self.addresses() {
+            let set = Family::of(ip).object(base);
+            let key = (set, ip);
+            let Some(count) = last.refs.get_mut(&key) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                last.refs.remove(&key);
+                if let Some(set) = rs.sets.get_mut(&key.0) {
+                    set.addrs.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// The addresses this service puts into shared sets: (set base name, address).
+    fn addresses(&self) -> impl Iterator<Item = (&'static str, IpAddr)> + '_ {
+        let cluster = self.cluster_ips.iter().map(|&ip| (CLUSTER_IPS, ip));
+        cluster.chain(self.hairpin.iter().map(|&ip| (HAIRPIN, ip)))
     }
 }
 

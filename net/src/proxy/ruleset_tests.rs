@@ -590,3 +590,93 @@ fn a_remembering_builder_builds_what_build_builds_and_shares_unchanged_services(
         previous = Some(remembered.ruleset);
     }
 }
+
+/// A long walk of small random edits (endpoints shared between services, services coming and
+/// going, invalid services, two services claiming one address and port, a node change): after
+/// every step the patching builder holds exactly what a fresh build makes, and steps without a
+/// conflict are patches.
+#[test]
+fn a_patched_build_equals_a_fresh_build_at_every_step() {
+    // A small linear congruential generator: the walk is the same on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % n
+    };
+    let service = |i: usize, eps: Vec<Endpoint>| {
+        let mut s = web(eps);
+        s.name = format!("s{i}");
+        s.cluster_ips = vec![ip(&format!("10.98.1.{i}"))];
+        s.external_ips.clear();
+        s.load_balancer_ips.clear();
+        s.ports[0].node_port = None;
+        s
+    };
+    // Endpoints come from a small pool, so services share them (the hairpin set counts holders).
+    let pool = |k: usize| ep(&format!("10.99.0.{}:8080", 2 + k % 6), k.is_multiple_of(2));
+    let mut services: Vec<Service> = (0..12)
+        .map(|i| service(i, vec![pool(i), pool(i + 1)]))
+        .collect();
+    let mut node_now = node();
+    let mut builder = Builder::default();
+    let mut patched = 0;
+    for step in 0..400 {
+        let i = next(services.len().max(1));
+        match next(9) {
+            0 | 1 if !services.is_empty() => {
+                let eps = &mut services[i].ports[0].endpoints;
+                if eps.is_empty() {
+                    eps.push(pool(next(6)));
+                } else {
+                    eps.remove(next(eps.len()));
+                }
+            }
+            2 | 3 if !services.is_empty() => services[i].ports[0].endpoints.push(pool(next(6))),
+            4 if services.len() > 1 => {
+                services.remove(i);
+            }
+            5 => {
+                let n = 100 + step;
+                services.push(service(n % 250, vec![pool(next(6))]));
+            }
+            6 if !services.is_empty() => {
+                // Invalid (port 0) or valid again.
+                let port = &mut services[i].ports[0].port;
+                *port = if *port == 0 { 80 } else { 0 };
+            }
+            7 if services.len() > 1 => {
+                // Claim another service's cluster IP (a conflict), or give it back.
+                let j = next(services.len());
+                services[i].cluster_ips = services[j].cluster_ips.clone();
+            }
+            8 if step % 50 == 0 => {
+                node_now.cluster_cidrs = vec![if node_now.cluster_cidrs[0].prefix_len() == 16 {
+                    "10.99.0.0/17".parse().expect("CIDR")
+                } else {
+                    "10.99.0.0/16".parse().expect("CIDR")
+                }];
+            }
+            _ => {}
+        }
+        let state = ProxyState {
+            node: node_now.clone(),
+            services: services.clone(),
+        };
+        let was_patchable = builder.last.is_some() && builder.node.as_ref() == Some(&state.node);
+        let fresh = build(&state);
+        let kept = builder.build(&state);
+        assert_eq!(kept.ruleset, fresh.ruleset, "step {step}");
+        assert_eq!(kept.skipped, fresh.skipped, "step {step}");
+        let conflicts = fresh
+            .skipped
+            .iter()
+            .any(|e| matches!(e, ServiceError::Conflict { .. }));
+        if was_patchable && builder.last.is_some() {
+            patched += 1;
+        }
+        assert_eq!(builder.last.is_none(), conflicts, "step {step}");
+    }
+    assert!(patched > 100, "only {patched} patched builds");
+}

@@ -735,6 +735,10 @@ impl Batch {
         match m {
             Match::CtStateNew => self.ct_bits(NFT_CT_STATE, NF_CT_STATE_NEW),
             Match::CtStatusDnat => self.ct_bits(NFT_CT_STATUS, IPS_DST_NAT),
+            Match::DaddrProtoPortInSet(family, set) => {
+                self.load_addr_proto_port(deps, *family);
+                self.lookup(set, false);
+            }
             Match::SaddrDaddrInSet(family, set) => {
                 self.load_addr(deps, *family, Field::Saddr);
                 let words = addr_len(*family) / 4;
@@ -791,6 +795,14 @@ impl Batch {
         }
     }
 
+    /// `ip daddr . meta l4proto . th dport` into registers: each part padded to 32-bit words.
+    fn load_addr_proto_port(&mut self, deps: &mut Deps, family: Family) {
+        self.load_addr(deps, family, Field::Daddr);
+        let words = addr_len(family) / 4;
+        self.meta_load(NFT_META_L4PROTO, register(words));
+        self.payload(NFT_PAYLOAD_TRANSPORT, 2, 2, register(words + 1));
+    }
+
     /// `ct KEY & BITS != 0`
     fn ct_bits(&mut self, key: u32, bits: u32) {
         self.expr("ct", |b| {
@@ -805,11 +817,7 @@ impl Batch {
         match s {
             Stmt::Verdict(v) => self.immediate_verdict(v),
             Stmt::VmapAddrProtoPort(family, map) => {
-                // `ip daddr . meta l4proto . th dport`: each part padded to 32-bit words.
-                self.load_addr(deps, *family, Field::Daddr);
-                let words = addr_len(*family) / 4;
-                self.meta_load(NFT_META_L4PROTO, register(words));
-                self.payload(NFT_PAYLOAD_TRANSPORT, 2, 2, register(words + 1));
+                self.load_addr_proto_port(deps, *family);
                 self.lookup(map, true);
             }
             Stmt::VmapProtoPort(map) => {
@@ -904,7 +912,7 @@ impl Batch {
                 let items: Vec<(Vec<u8>, Option<&Verdict>)> = elements
                     .iter()
                     .map(|e| match e {
-                        Element::Addr(_) | Element::Pair(_) => (key(e), None),
+                        Element::Addr(_) | Element::Pair(_) | Element::Key(_) => (key(e), None),
                         Element::Map(_, v) => (key(e), Some(*v)),
                     })
                     .collect();
@@ -951,6 +959,13 @@ fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
             false,
             None,
         ),
+        SetKind::AddrProtoPortSet(f) => (
+            0,
+            concat(&[addr_type(f), TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]),
+            addr_len(*f) + 8,
+            false,
+            None,
+        ),
         SetKind::Affinity { family, timeout } => (
             NFT_SET_TIMEOUT | NFT_SET_EVAL,
             addr_type(family),
@@ -989,7 +1004,7 @@ fn add_set(b: &mut Batch, name: &str, kind: &SetKind, id: u32) {
     }
     let udata = match kind {
         SetKind::Addrs(_) | SetKind::Affinity { .. } => udata(Udata::Addr),
-        SetKind::AddrPairs(_) => udata(Udata::ConcatSet),
+        SetKind::AddrPairs(_) | SetKind::AddrProtoPortSet(_) => udata(Udata::ConcatSet),
         SetKind::AddrProtoPortMap(_) | SetKind::ProtoPortMap => udata(Udata::ConcatMap),
     };
     b.attr(NFTA_SET_USERDATA, &udata);
@@ -1042,7 +1057,7 @@ fn key(element: &Element<'_>) -> Vec<u8> {
     match element {
         Element::Addr(ip) => octets(**ip),
         Element::Pair(ip) => [octets(**ip), octets(**ip)].concat(),
-        Element::Map(k, _) => {
+        Element::Map(k, _) | Element::Key(k) => {
             let mut out = k.addr.map(octets).unwrap_or_default();
             out.extend_from_slice(&[proto_number(k.protocol), 0, 0, 0]);
             out.extend_from_slice(&k.port.to_be_bytes());

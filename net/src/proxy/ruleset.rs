@@ -179,6 +179,8 @@ pub enum Match {
     SaddrInNet(IpNet),
     /// `ip saddr . ip daddr @set`
     SaddrDaddrInSet(Family, String),
+    /// `ip daddr . meta l4proto . th dport @set`
+    DaddrProtoPortInSet(Family, String),
     /// `ct status dnat`
     CtStatusDnat,
     /// `numgen random mod M 0`: only in the rules a [`Stmt::NumgenDnat`] cascade renders to.
@@ -241,6 +243,8 @@ pub enum SetKind {
     Addrs(Family),
     /// `addr . addr`, each element an address paired with itself (rendered `a . a`).
     AddrPairs(Family),
+    /// `addr . inet_proto . inet_service`, without verdicts.
+    AddrProtoPortSet(Family),
     /// ClientIP affinity: dynamic, entries expire `timeout` seconds after their last update.
     Affinity { family: Family, timeout: u32 },
     /// `addr . inet_proto . inet_service : verdict`
@@ -253,6 +257,7 @@ pub enum SetKind {
 pub struct Set {
     pub kind: SetKind,
     pub addrs: BTreeSet<IpAddr>,
+    pub keys: BTreeSet<MapKey>,
     pub map: BTreeMap<MapKey, Verdict>,
 }
 
@@ -261,6 +266,7 @@ impl Set {
         Set {
             kind,
             addrs: BTreeSet::new(),
+            keys: BTreeSet::new(),
             map: BTreeMap::new(),
         }
     }
@@ -322,6 +328,7 @@ const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
 const NODEPORT_IPS: &str = "nodeport-ips";
 const HAIRPIN: &str = "hairpin";
+const MASQUERADE_FROM_OUTSIDE: &str = "cluster-ips-masquerade";
 
 /// Filter chains run before DNAT (-100), so they still see the service address.
 const FILTER_PRIORITY: i32 = -110;
@@ -562,6 +569,26 @@ fn skeleton(node: &Node) -> Ruleset {
     let mut nodeports_check = Vec::new();
     let mut cluster_ips_check = Vec::new();
     for family in Family::ALL {
+        // ClusterIP traffic from outside the cluster is masqueraded, so that the reply comes
+        // back through this node (one rule and a set of service ports, not a rule per service:
+        // every rule is validated again on each commit).
+        let cidrs: Vec<IpNet> = node
+            .cluster_cidrs
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+            .copied()
+            .collect();
+        if !cidrs.is_empty() {
+            services.push(rule(
+                vec![
+                    Match::DaddrProtoPortInSet(family, family.object(MASQUERADE_FROM_OUTSIDE)),
+                    Match::SaddrNotIn(family, cidrs),
+                ],
+                vec![jump(MARK_FOR_MASQUERADE)],
+            ));
+        }
+    }
+    for family in Family::ALL {
         services.push(rule(
             vec![],
             vec![Stmt::VmapAddrProtoPort(family, family.object(SERVICE_IPS))],
@@ -655,6 +682,10 @@ fn skeleton(node: &Node) -> Ruleset {
             .insert(family.object(CLUSTER_IPS), Set::new(SetKind::Addrs(family)));
         rs.sets
             .insert(family.object(HAIRPIN), Set::new(SetKind::AddrPairs(family)));
+        rs.sets.insert(
+            family.object(MASQUERADE_FROM_OUTSIDE),
+            Set::new(SetKind::AddrProtoPortSet(family)),
+        );
         if let NodePortAddresses::Only(ips) = &node.node_port_addresses {
             let mut set = Set::new(SetKind::Addrs(family));
             set.addrs = ips
@@ -677,6 +708,8 @@ pub struct Fragment {
     cluster_ips: Vec<IpAddr>,
     /// Every endpoint address, for the `hairpin` sets.
     hairpin: Vec<IpAddr>,
+    /// ClusterIP ports whose traffic from outside the cluster is masqueraded.
+    masquerade: Vec<(Family, MapKey)>,
 }
 
 type Owners = HashMap<(Option<IpAddr>, Family, Protocol, u16), Arc<str>>;
@@ -722,6 +755,13 @@ impl Fragment {
                 .map
                 .insert(*key, verdict.clone());
         }
+        for (family, key) in &self.masquerade {
+            rs.sets
+                .get_mut(&family.object(MASQUERADE_FROM_OUTSIDE))
+                .expect("the skeleton declares both masquerade sets")
+                .keys
+                .insert(*key);
+        }
         for (base, ip) in self.addresses() {
             let set = Family::of(ip).object(base);
             let count = last.refs.entry((set.clone(), ip)).or_insert(0);
@@ -744,6 +784,12 @@ impl Fragment {
             last.owners.remove(&Self::owner_key(*family, key));
             if let Some(set) = rs.sets.get_mut(map) {
                 set.map.remove(key);
+            }
+        }
+        // Each key has one owner (see `conflict`), so it is this fragment's alone.
+        for (family, key) in &self.masquerade {
+            if let Some(set) = rs.sets.get_mut(&family.object(MASQUERADE_FROM_OUTSIDE)) {
+                set.keys.remove(key);
             }
         }
         for (base, ip) in self.addresses() {
@@ -1024,26 +1070,8 @@ fn port_fragment(
     let aff_set = |ep: &Endpoint| {
         affinity.map(|_| object_name("aff", family, &format!("{readable}__{}/{}", ep.ip, ep.port)))
     };
-    let policy = |eps: &[&Endpoint], masq_outside_cluster: bool| {
+    let policy = |eps: &[&Endpoint]| {
         let mut rules = Vec::new();
-        let cidrs: Vec<IpNet> = node
-            .cluster_cidrs
-            .iter()
-            .filter(|n| Family::of_net(n) == family)
-            .copied()
-            .collect();
-        if masq_outside_cluster && !cidrs.is_empty() {
-            // Only for the ClusterIP itself: external traffic was already marked in `ext-*`.
-            rules.push(rule(
-                vec![
-                    Match::Daddr(cluster_ip),
-                    Match::L4Proto(port.protocol),
-                    Match::Dport(port.port),
-                    Match::SaddrNotIn(family, cidrs),
-                ],
-                vec![jump(MARK_FOR_MASQUERADE)],
-            ));
-        }
         let picks: Vec<Pick> = eps
             .iter()
             .map(|ep| Pick {
@@ -1066,15 +1094,18 @@ fn port_fragment(
         Chain { hook: None, rules }
     };
     if uses_cluster && !cluster_eps.is_empty() {
-        let masq = service.internal_traffic_policy == TrafficPolicy::Cluster;
         objects
             .chains
-            .insert(svc_chain.clone(), policy(&cluster_eps, masq));
+            .insert(svc_chain.clone(), policy(&cluster_eps));
+        // Only for the ClusterIP itself: external traffic was already marked in `ext-*`.
+        if service.internal_traffic_policy == TrafficPolicy::Cluster {
+            fragment.masquerade.push((family, cluster_key));
+        }
     }
     if uses_local && !local_eps.is_empty() {
         objects
             .chains
-            .insert(local_chain.clone(), policy(&local_eps, false));
+            .insert(local_chain.clone(), policy(&local_eps));
     }
     let mut used: Vec<&Endpoint> = Vec::new();
     if uses_cluster {
@@ -1218,6 +1249,9 @@ impl fmt::Display for Match {
             Match::MarkClear(m) => write!(f, "meta mark & {m:#010x} == 0"),
             Match::SaddrDaddrInSet(fam, set) => {
                 write!(f, "{0} saddr . {0} daddr @{set}", fam.nft())
+            }
+            Match::DaddrProtoPortInSet(fam, set) => {
+                write!(f, "{} daddr . meta l4proto . th dport @{set}", fam.nft())
             }
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::Numgen(m) => write!(f, "numgen random mod {m} 0"),

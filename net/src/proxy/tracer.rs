@@ -368,6 +368,18 @@ impl<'a> Tracer<'a> {
                 fam(p.src, f) && p.src == s.daddr && self.in_set(set, p.src)
             }
             Match::CtStatusDnat => s.dnat.is_some(),
+            Match::DaddrProtoPortInSet(f, name) => {
+                let key = MapKey {
+                    addr: Some(s.daddr),
+                    protocol: p.protocol,
+                    port: s.dport,
+                };
+                fam(s.daddr, f)
+                    && self
+                        .ruleset
+                        .set(name)
+                        .is_some_and(|set| set.keys.contains(&key))
+            }
             Match::Numgen(_) => unreachable!("a cascade is expanded only when rendered"),
         }
     }

@@ -36,6 +36,7 @@ static NO_SETS: BTreeMap<String, Set> = BTreeMap::new();
 pub enum Element<'a> {
     Addr(&'a IpAddr),
     Pair(&'a IpAddr),
+    Key(&'a MapKey),
     Map(&'a MapKey, &'a Verdict),
 }
 
@@ -195,6 +196,11 @@ impl<'a> Transaction<'a> {
                             old.addrs.iter().map(|a| (a, &())),
                             set.addrs.iter().map(|a| (a, &())),
                         );
+                        let (keys_deleted, keys_new) = merge_diff(
+                            old.keys.iter().map(|k| (k, &())),
+                            set.keys.iter().map(|k| (k, &())),
+                        );
+                        let key = |(k, _): (&'a MapKey, &())| Element::Key(k);
                         let (map_deleted, map_new) = merge_diff(old.map.iter(), set.map.iter());
                         let pairs = matches!(set.kind, SetKind::AddrPairs(_));
                         let addr = |(a, _): (&'a IpAddr, &())| {
@@ -208,11 +214,13 @@ impl<'a> Transaction<'a> {
                         let deleted: Vec<Element<'a>> = addrs_deleted
                             .into_iter()
                             .map(addr)
+                            .chain(keys_deleted.into_iter().map(key))
                             .chain(map_deleted.into_iter().map(entry))
                             .collect();
                         let new: Vec<Element<'a>> = addrs_new
                             .into_iter()
                             .map(addr)
+                            .chain(keys_new.into_iter().map(key))
                             .chain(map_new.into_iter().map(entry))
                             .collect();
                         (deleted, new)
@@ -381,6 +389,7 @@ fn elements(set: &Set) -> impl Iterator<Item = Element<'_>> {
                 Element::Addr(a)
             }
         })
+        .chain(set.keys.iter().map(Element::Key))
         .chain(set.map.iter().map(|(k, v)| Element::Map(k, v)))
 }
 
@@ -407,6 +416,10 @@ fn render_op(out: &mut String, t: &str, op: &Op<'_>) {
                 SetKind::AddrPairs(f) => {
                     format!("set {t} {name} {{ type {0} . {0} ; }}", f.addr_type())
                 }
+                SetKind::AddrProtoPortSet(f) => format!(
+                    "set {t} {name} {{ type {} . inet_proto . inet_service ; }}",
+                    f.addr_type()
+                ),
                 SetKind::Affinity { family, timeout } => format!(
                     "set {t} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
                     family.addr_type()
@@ -440,7 +453,10 @@ fn render_op(out: &mut String, t: &str, op: &Op<'_>) {
         Op::DeleteSet { name, kind } => {
             let keyword = match kind {
                 SetKind::AddrProtoPortMap(_) | SetKind::ProtoPortMap => "map",
-                SetKind::Addrs(_) | SetKind::AddrPairs(_) | SetKind::Affinity { .. } => "set",
+                SetKind::Addrs(_)
+                | SetKind::AddrPairs(_)
+                | SetKind::AddrProtoPortSet(_)
+                | SetKind::Affinity { .. } => "set",
             };
             writeln!(out, "delete {keyword} {t} {name}")
         }
@@ -457,6 +473,10 @@ fn render_elements(out: &mut String, head: &str, elements: &[Element<'_>], with_
         match e {
             Element::Addr(a) => writeln!(out, "\t{a}{sep}"),
             Element::Pair(a) => writeln!(out, "\t{a} . {a}{sep}"),
+            Element::Key(k) => match k.addr {
+                Some(a) => writeln!(out, "\t{a} . {} . {}{sep}", k.protocol, k.port),
+                None => writeln!(out, "\t{} . {}{sep}", k.protocol, k.port),
+            },
             Element::Map(k, v) => {
                 let key = match k.addr {
                     Some(a) => format!("{a} . {} . {}", k.protocol, k.port),

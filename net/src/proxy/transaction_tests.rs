@@ -78,9 +78,10 @@ fn references(rule: &Rule) -> (Vec<&str>, Vec<&str>) {
     let mut sets = Vec::new();
     for m in &rule.matches {
         match m {
-            Match::DaddrInSet(_, s) | Match::SaddrInSet(_, s) | Match::SaddrDaddrInSet(_, s) => {
-                sets.push(s.as_str())
-            }
+            Match::DaddrInSet(_, s)
+            | Match::SaddrInSet(_, s)
+            | Match::SaddrDaddrInSet(_, s)
+            | Match::DaddrProtoPortInSet(_, s) => sets.push(s.as_str()),
             _ => {}
         }
     }
@@ -160,6 +161,7 @@ fn replay(start: &Ruleset, tx: &Transaction<'_>) -> Table {
                     Set {
                         kind: (*kind).clone(),
                         addrs: Default::default(),
+                        keys: Default::default(),
                         map: Default::default(),
                     },
                 );
@@ -198,6 +200,7 @@ fn replay(start: &Ruleset, tx: &Transaction<'_>) -> Table {
                         Element::Addr(a) | Element::Pair(a) => {
                             assert!(s.addrs.remove(a), "{a} not in {set}")
                         }
+                        Element::Key(k) => assert!(s.keys.remove(k), "{k:?} not in {set}"),
                         Element::Map(k, _) => {
                             assert!(s.map.remove(k).is_some(), "{k:?} not in {set}")
                         }
@@ -221,6 +224,7 @@ fn replay(start: &Ruleset, tx: &Transaction<'_>) -> Table {
                         Element::Addr(a) | Element::Pair(a) => {
                             assert!(s.addrs.insert(**a), "{a} already in {set}")
                         }
+                        Element::Key(k) => assert!(s.keys.insert(**k), "{k:?} already in {set}"),
                         Element::Map(k, v) => assert!(
                             s.map.insert(**k, (*v).clone()).is_none(),
                             "{k:?} already in {set}"

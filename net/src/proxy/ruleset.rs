@@ -216,8 +216,10 @@ pub enum Stmt {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
-    Jump(String),
-    Goto(String),
+    /// Chain names are shared: the dispatch maps hold one verdict per service and are copied on
+    /// every build.
+    Jump(Arc<str>),
+    Goto(Arc<str>),
     Return,
     Drop,
 }
@@ -286,7 +288,7 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, Set>,
     /// Each service's own chains and affinity sets, by service id (`namespace/name`). Shared
     /// between builds while the service is unchanged, so a diff can skip it without looking in.
-    pub services: BTreeMap<String, Arc<ServiceObjects>>,
+    pub services: BTreeMap<Arc<str>, Arc<ServiceObjects>>,
 }
 
 /// The chains and sets that belong to one service (their names embed its id, so they never
@@ -340,11 +342,11 @@ fn rule(matches: Vec<Match>, stmts: Vec<Stmt>) -> Rule {
 }
 
 fn jump(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Jump(chain.to_owned()))
+    Stmt::Verdict(Verdict::Jump(chain.into()))
 }
 
 fn goto(chain: &str) -> Stmt {
-    Stmt::Verdict(Verdict::Goto(chain.to_owned()))
+    Stmt::Verdict(Verdict::Goto(chain.into()))
 }
 
 /// Builds the ruleset for `state`. Never fails: bad services are skipped and reported.
@@ -744,8 +746,7 @@ impl Fragment {
 
     fn merge_into(&self, last: &mut Patchable, service: &Arc<str>) {
         let rs = &mut last.ruleset;
-        rs.services
-            .insert(service.to_string(), self.objects.clone());
+        rs.services.insert(service.clone(), self.objects.clone());
         for (map, family, key, verdict) in &self.entries {
             last.owners
                 .insert(Self::owner_key(*family, key), service.clone());
@@ -928,7 +929,7 @@ fn port_fragment(
     // Upstream: no endpoints at all → reject; endpoints elsewhere but none here under a Local
     // policy → drop.
     let no_endpoints_verdict = if cluster_eps.is_empty() {
-        Verdict::Goto(REJECT_CHAIN.to_owned())
+        Verdict::Goto(REJECT_CHAIN.into())
     } else {
         Verdict::Drop
     };
@@ -972,7 +973,7 @@ fn port_fragment(
             family.object(SERVICE_IPS),
             family,
             cluster_key,
-            Verdict::Goto(policy_chain(service.internal_traffic_policy)),
+            Verdict::Goto(policy_chain(service.internal_traffic_policy).into()),
         ));
     }
 
@@ -1022,7 +1023,7 @@ fn port_fragment(
                     family.object(&map),
                     family,
                     key,
-                    Verdict::Goto(ext_chain.clone()),
+                    Verdict::Goto(ext_chain.as_str().into()),
                 ));
             }
             let mut rules = Vec::new();

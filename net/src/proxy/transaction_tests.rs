@@ -87,7 +87,7 @@ fn references(rule: &Rule) -> (Vec<&str>, Vec<&str>) {
     }
     for s in &rule.stmts {
         match s {
-            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => chains.push(c.as_str()),
+            Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => chains.push(c.as_ref()),
             Stmt::NumgenDnat(_, picks) => {
                 sets.extend(picks.iter().filter_map(|p| p.affinity.as_deref()))
             }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise the e2e suite's JUnit report as Markdown (e2e/conformance writes it to summary.md).
 
-    conformance_summary.py JUNIT_XML [--title TEXT] [--note TEXT]... [--output FILE]
+    conformance_summary.py JUNIT_XML [--title TEXT] [--note TEXT]... [--output FILE] [--strict]
 
 Counts the specs (ginkgo's `[It]` leaves) that passed, failed and were skipped while running,
 apart from those that focus/skip never selected (ginkgo lists them as skipped with no reason);
@@ -9,7 +9,8 @@ names each failure with a one-line reason from its <failure>/<error> text, and e
 (BeforeSuite, AfterSuite, ReportAfterSuite) that failed.
 
 Exit status: 0 when the report was read (whatever the tests did), 2 when it is missing or not a
-ginkgo JUnit report, 3 when a suite setup node failed (so no spec could run: a harness error).
+ginkgo JUnit report, 3 when a suite setup node failed (so no spec could run: a harness error);
+with --strict, 4 when a spec failed or none passed (CI's subset must be all green).
 """
 
 import argparse
@@ -168,6 +169,7 @@ def main():
     parser.add_argument("--title", default="Conformance run")
     parser.add_argument("--note", action="append", default=[], help="a line for the header (repeatable)")
     parser.add_argument("--output", help="write the Markdown here instead of standard output")
+    parser.add_argument("--strict", action="store_true", help="exit 4 unless every selected spec passed")
     args = parser.parse_args()
     try:
         result = summarise(args.junit)
@@ -181,7 +183,11 @@ def main():
     else:
         sys.stdout.write(text)
     setup_failed = any(node in ("BeforeSuite", "SynchronizedBeforeSuite") for node, _, _, _ in result["suite_failures"])
-    return 3 if setup_failed else 0
+    if setup_failed:
+        return 3
+    if args.strict and (result["failed"] or result["suite_failures"] or not result["passed"]):
+        return 4
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 # Images built on this machine, since no registry can be reached, and imported into
-# containerd under the names pods use: the pause image, busybox and agnhost.
+# containerd under the names pods use: the pause image, busybox, agnhost, and the e2e suite's
+# nonroot and nonewprivs.
 
 # The names the pinned release uses: kubeadm's pause, and the upstream e2e suite's busybox
 # tags beside Docker Hub's (`e2e.test --list-images`).
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 BUSYBOX_IMAGES=(docker.io/library/busybox:1.36 docker.io/library/busybox:latest
 	registry.k8s.io/e2e-test-images/busybox:1.37.0-2 registry.k8s.io/e2e-test-images/busybox:1.36.1-1)
-# The name test/utils/image/manifest.go of the pinned release gives agnhost (checked when built).
+# The names test/utils/image/manifest.go of the pinned release gives agnhost (checked when
+# built), nonroot and nonewprivs.
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
+NONROOT_IMAGE=registry.k8s.io/e2e-test-images/nonroot:1.5
+NONEWPRIVS_IMAGE=registry.k8s.io/e2e-test-images/nonewprivs:1.4
 
 # image_key FILE...: a short hash of the inputs an image is built from.
 image_key() { cat "$@" | sha256sum | cut -c1-16; }
@@ -28,20 +32,26 @@ build_pause_image() {
 	echo "$out"
 }
 
+# busybox_rootfs DIR: Debian's static busybox with its applets in /bin, root and nobody.
+busybox_rootfs() {
+	local rootfs=$1 applet
+	mkdir -p "$rootfs"/{bin,etc,tmp,root,var/www,home}
+	chmod 1777 "$rootfs/tmp"
+	cp /bin/busybox "$rootfs/bin/busybox"
+	for applet in $(/bin/busybox --list); do
+		[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+	done
+	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$rootfs/etc/passwd"
+	printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+}
+
 build_busybox_image() {
-	local key out rootfs applet
-	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py" <(echo "${BUSYBOX_IMAGES[@]}"))
+	local key out rootfs
+	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py" <(echo "${BUSYBOX_IMAGES[@]}") <(declare -f busybox_rootfs))
 	out=$IMAGE_CACHE/busybox-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		mkdir -p "$rootfs"/{bin,etc,tmp,root,var/www,home}
-		chmod 1777 "$rootfs/tmp"
-		cp /bin/busybox "$rootfs/bin/busybox"
-		for applet in $(/bin/busybox --list); do
-			[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
-		done
-		printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$rootfs/etc/passwd"
-		printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+		busybox_rootfs "$rootfs"
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" $(printf -- '--name %s ' "${BUSYBOX_IMAGES[@]}") \
 			--cmd '["sh"]' --output "$out.tmp" >/dev/null
 		rm -rf "$rootfs"
@@ -70,14 +80,25 @@ build_agnhost() {
 	echo "$src"
 }
 
+# copy_with_libraries BINARY ROOTFS: the dynamically linked BINARY and every library ldd
+# resolves for it (and the loader), at the same paths under ROOTFS.
+copy_with_libraries() {
+	local binary=$1 rootfs=$2 lib
+	install -D "$binary" "$rootfs$binary" || return 1
+	for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+		install -D "$(readlink -f "$lib")" "$rootfs$lib" || return 1
+	done
+}
+
 # build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
 # /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
-# group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools.
+# group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
+# Debian's curl (lifecycle hook tests run `curl` in it; busybox has none).
 build_agnhost_image() {
 	local src key out rootfs applet
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -90,12 +111,53 @@ build_agnhost_image() {
 		for applet in $(/bin/busybox --list); do
 			[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
 		done
+		copy_with_libraries /usr/bin/curl "$rootfs" || return 1
 		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
 			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
 		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \
 			'group-defined-in-image:x:50000:user-defined-in-image' >"$rootfs/etc/group"
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$AGNHOST_IMAGE" \
 			--entrypoint '["/agnhost"]' --cmd '["pause"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
+# build_nonroot_image: upstream's test/images/nonroot, busybox run as user 1234 by default.
+build_nonroot_image() {
+	local key out rootfs
+	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs build_nonroot_image; echo "$NONROOT_IMAGE"))
+	out=$IMAGE_CACHE/nonroot-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		busybox_rootfs "$rootfs"
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$NONROOT_IMAGE" \
+			--user 1234 --cmd '["sh"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
+# build_nonewprivs_image: upstream's test/images/nonewprivs, busybox with a setuid-root `nnp`
+# (built from the pinned release's source) that prints its effective uid.
+build_nonewprivs_image() {
+	local mod=$E2E_DIR/images/agnhost key out rootfs
+	build_agnhost >/dev/null || return 1
+	if [ ! -x "$STOCK_BIN/nnp" ]; then
+		(cd "$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$(go_ldflags)" \
+			-o "$STOCK_BIN/nnp.tmp" k8s.io/kubernetes/test/images/nonewprivs) >&2 || return 1
+		mv "$STOCK_BIN/nnp.tmp" "$STOCK_BIN/nnp"
+	fi
+	key=$(image_key /bin/busybox "$STOCK_BIN/nnp" "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs build_nonewprivs_image; echo "$NONEWPRIVS_IMAGE"))
+	out=$IMAGE_CACHE/nonewprivs-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		busybox_rootfs "$rootfs"
+		install -D -m 4755 "$STOCK_BIN/nnp" "$rootfs/usr/local/bin/nnp"
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$NONEWPRIVS_IMAGE" \
+			--cmd '["nnp"]' --output "$out.tmp" >/dev/null || return 1
 		rm -rf "$rootfs"
 		mv "$out.tmp" "$out"
 	fi
@@ -117,6 +179,14 @@ import_images() {
 	fi
 	if ! grep -qx "$AGNHOST_IMAGE" <<<"$present"; then
 		tarball=$(build_agnhost_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$NONROOT_IMAGE" <<<"$present"; then
+		tarball=$(build_nonroot_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$NONEWPRIVS_IMAGE" <<<"$present"; then
+		tarball=$(build_nonewprivs_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
 }

@@ -342,9 +342,12 @@ pub fn resource_value(
         (None, _, true) if name == "ephemeral-storage" => 0,
         _ => return Err(Error::Resource(resource.to_owned())),
     };
+    // An unset or zero divisor is 1, as upstream (the API server's defaulting can send "0").
     let divisor = divisor
         .and_then(quantity::parse)
-        .map_or(1000, |m| m.0.max(1));
+        .map(|m| m.0)
+        .filter(|&m| m > 0)
+        .unwrap_or(1000);
     // ceil(milli / divisor_milli)
     let value = (milli + divisor - 1).div_euclid(divisor);
     Ok(value.to_string())
@@ -533,6 +536,8 @@ mod tests {
         assert_eq!(value("requests.cpu", None), "1", "250m rounds up to 1 core");
         assert_eq!(value("requests.cpu", Some("1m")), "250");
         assert_eq!(value("limits.memory", Some("1Mi")), "64");
+        // What the API server's defaulting leaves in a volume's resourceFieldRef.
+        assert_eq!(value("limits.memory", Some("0")), (64u64 << 20).to_string());
         assert_eq!(
             value("limits.cpu", None),
             "2",

@@ -183,6 +183,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 node_name: config.node_name.clone(),
                 root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
+                configz: config.configz.clone(),
             },
             shutdown.child_token(),
         ));

@@ -4,20 +4,31 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::CommandFactory;
 use nodus::agent;
-use nodus::config::{Config, Flags};
+use nodus::config::{self, Config, Flags};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    // Usage errors and --help end here, as clap prints them.
+    let matches = Flags::command().get_matches();
+    let (flags, unsupported) = match config::flags_with_file(&matches) {
+        Ok(parsed) => parsed,
+        Err(err) => return fail(&anyhow::Error::new(err)),
+    };
     let config = match Config::from_flags(flags, read_hostname) {
         Ok(config) => config,
         Err(err) => return fail(&anyhow::Error::new(err)),
     };
     init_logging(config.verbosity);
+    if !unsupported.is_empty() {
+        warn!(
+            fields = %unsupported.join(", "),
+            "--config: these fields are not implemented by nodus and are ignored"
+        );
+    }
     if config.cleanup {
         // As kube-proxy --cleanup: remove the rules and exit, touching nothing else.
         return match nodus::proxy::cleanup() {

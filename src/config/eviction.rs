@@ -141,6 +141,21 @@ impl Thresholds {
     pub fn get(&self, signal: Signal) -> Option<Quantity> {
         self.0.get(&signal).copied()
     }
+
+    /// Signal name to threshold (bytes, counts or percentages), as the configuration file
+    /// spells them.
+    pub fn to_map(&self) -> BTreeMap<&'static str, String> {
+        self.0
+            .iter()
+            .map(|(signal, quantity)| {
+                let value = match quantity {
+                    Quantity::Absolute(n) => n.to_string(),
+                    Quantity::Percent(p) => format!("{p}%"),
+                };
+                (signal.name(), value)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

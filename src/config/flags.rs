@@ -11,6 +11,12 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "nodus", version, about, long_about)]
 pub struct Flags {
+    /// The kubelet's configuration file: a KubeletConfiguration (kubelet.config.k8s.io/v1beta1)
+    /// and optionally a KubeProxyConfiguration document. Flags on the command line override
+    /// it; fields nodus does not implement are listed in one warning at start.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Path to a kubeconfig file with the node's credentials for the API server.
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: PathBuf,

@@ -4,7 +4,9 @@
 //! kubelet command line carries over. Everything is validated here, before any client is
 //! built, so bad input ends the program with one clear line instead of a later failure.
 
+mod configz;
 mod eviction;
+pub mod file;
 mod flags;
 mod labels;
 mod reserved;
@@ -55,6 +57,8 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     pub cleanup: bool,
     pub verbosity: u8,
+    /// What `/configz` serves: the effective configuration in KubeletConfiguration terms.
+    pub configz: serde_json::Value,
 }
 
 /// The proxy role's flags, validated.
@@ -244,7 +248,9 @@ impl Config {
             }),
             other => return Err(invalid("proxy-mode", other, "must be nftables or none")),
         };
+        let configz = configz::render(&flags, &eviction_hard);
         Ok(Self {
+            configz,
             kubeconfig: flags.kubeconfig,
             node_name,
             hostname,
@@ -273,6 +279,23 @@ impl Config {
             verbosity: flags.verbosity,
         })
     }
+}
+
+/// The command line with its `--config` file applied: the flags, and the file's fields nodus
+/// does not implement (for one warning at start).
+pub fn flags_with_file(
+    matches: &clap::ArgMatches,
+) -> Result<(Flags, Vec<String>), file::FileError> {
+    use clap::FromArgMatches;
+    use clap::parser::ValueSource;
+    let mut flags = Flags::from_arg_matches(matches)?;
+    let unsupported = match flags.config.clone() {
+        Some(path) => file::apply_path(&path, &mut flags, &|id| {
+            matches.value_source(id) == Some(ValueSource::CommandLine)
+        })?,
+        None => Vec::new(),
+    };
+    Ok((flags, unsupported))
 }
 
 /// `--node-ip` takes one address, or two of different families for a dual-stack node.

@@ -62,6 +62,8 @@ pub struct Settings {
     pub node_name: String,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
+    /// The body of `/configz`.
+    pub configz: serde_json::Value,
 }
 
 /// Response bodies: whole, or streamed (followed logs).
@@ -219,6 +221,7 @@ async fn handle(
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["configz"] => json(serde_json::to_string(&shared.settings.configz)),
         ["pods"] | ["pods", ""] => pods(shared).await,
         ["metrics"] => prometheus(metrics(shared).await),
         ["metrics", "resource"] => {

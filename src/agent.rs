@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::node::machine::Machine;
 use crate::node::runtime::{self, RuntimeState};
 use crate::node::status::NodeFacts;
-use crate::node::{address, lease, pod_cidr, register, status};
+use crate::node::{address, bootstrap, lease, pod_cidr, register, status};
 use crate::pods::sandbox::NodeDns;
 use crate::{pods, quantity};
 
@@ -27,6 +27,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// How long registration waits for the runtime's first answer, so that a healthy node
 /// is created Ready with its runtime version instead of being corrected a moment later.
 const FIRST_RUNTIME_CHECK_WAIT: Duration = Duration::from_secs(3);
+/// How long TLS bootstrap waits for its certificate request to be approved and issued.
+const BOOTSTRAP_WAIT: Duration = Duration::from_secs(600);
 
 /// An error that stops the agent before it runs.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +49,27 @@ pub enum Error {
     NodeIp(#[from] address::Error),
     #[error(transparent)]
     Cni(#[from] nodus_net::cni::Error),
+    #[error("TLS bootstrap")]
+    Bootstrap(#[from] crate::node::bootstrap::Error),
 }
 
 /// Runs the agent until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    if let Some(bootstrap_kubeconfig) = &config.bootstrap_kubeconfig
+        && !bootstrap::usable(&config.kubeconfig)
+    {
+        let bootstrap = bootstrap::Bootstrap {
+            node_name: config.node_name.clone(),
+            kubeconfig: config.kubeconfig.clone(),
+            bootstrap_kubeconfig: bootstrap_kubeconfig.clone(),
+            cert_dir: config.cert_dir.clone(),
+            wait: BOOTSTRAP_WAIT,
+        };
+        tokio::select! {
+            done = bootstrap::run(&bootstrap) => { done?; }
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
     let client = client(&config.kubeconfig).await?;
     let node_ips = if config.node_ips.is_empty() {
         vec![address::discover()?]
@@ -99,6 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     );
     let registered = register::register(&nodes, &desired, &shutdown).await;
     if let Some(node) = registered {
+        crate::node::notify::ready();
         tasks.spawn(lease::renew(
             client.clone(),
             node.clone(),

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     if !unsupported.is_empty() {
         warn!(
             fields = %unsupported.join(", "),
-            "--config: these fields are not implemented by nodus and are ignored"
+            "these settings are not implemented by nodus and are ignored"
         );
     }
     if config.cleanup {

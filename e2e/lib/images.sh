@@ -84,6 +84,8 @@ build_agnhost() {
 # resolves for it (and the loader), at the same paths under ROOTFS.
 copy_with_libraries() {
 	local binary=$1 rootfs=$2 lib
+	# Replace, never write through, a busybox applet link of the same name.
+	rm -f "$rootfs$binary"
 	install -D "$binary" "$rootfs$binary" || return 1
 	for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
 		install -D "$(readlink -f "$lib")" "$rootfs$lib" || return 1
@@ -93,12 +95,13 @@ copy_with_libraries() {
 # build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
 # /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
 # group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
-# Debian's curl (lifecycle hook tests run `curl` in it; busybox has none).
+# Debian's curl and bash, which upstream's image adds too (hook tests run `curl`, probe tests
+# `/bin/bash -c`; busybox has neither).
 build_agnhost_image() {
 	local src key out rootfs applet
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -112,6 +115,7 @@ build_agnhost_image() {
 			[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
 		done
 		copy_with_libraries /usr/bin/curl "$rootfs" || return 1
+		copy_with_libraries /bin/bash "$rootfs" || return 1
 		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
 			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
 		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \

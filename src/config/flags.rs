@@ -9,7 +9,9 @@ use clap::Parser;
 /// It registers this machine as a Node with the API server, keeps the node's Lease and
 /// status fresh, and runs the pods bound to it through a CRI runtime such as containerd.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "nodus", version, about, long_about)]
+// A flag given twice takes its last value, as the kubelet's (pflag) command line does: a
+// drop-in's extra arguments can then override the unit's.
+#[command(name = "nodus", version, about, long_about, args_override_self = true)]
 pub struct Flags {
     /// The kubelet's configuration file: a KubeletConfiguration (kubelet.config.k8s.io/v1beta1)
     /// and optionally a KubeProxyConfiguration document. Flags on the command line override
@@ -20,6 +22,16 @@ pub struct Flags {
     /// Path to a kubeconfig file with the node's credentials for the API server.
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: PathBuf,
+
+    /// A kubeconfig with bootstrap credentials (a bootstrap token): when --kubeconfig is
+    /// missing or its client certificate has expired, nodus asks for a node client certificate
+    /// with it (TLS bootstrap) and writes --kubeconfig.
+    #[arg(long, value_name = "PATH")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+
+    /// Where TLS bootstrap keeps the node's client certificate (kubelet-client-current.pem).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet/pki")]
+    pub cert_dir: PathBuf,
 
     /// Use this name for the node instead of the machine's hostname (lower-cased, as the kubelet does).
     #[arg(long, value_name = "NAME")]
@@ -165,6 +177,11 @@ pub struct Flags {
     /// The most time between two proxy syncs (kube-proxy's --sync-period).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub sync_period: f64,
+
+    /// Accepted for the kubelet command lines kubeadm writes (kubeadm-flags.env); as for the
+    /// kubelet, the sandbox image is the CRI runtime's setting, so the value is not used.
+    #[arg(long, value_name = "IMAGE", hide = true)]
+    pub pod_infra_container_image: Option<String>,
 
     /// Log verbosity, as the kubelet's -v: 0-2 info, 3-4 debug, 5 and more trace.
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]

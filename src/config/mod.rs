@@ -28,6 +28,8 @@ pub use reserved::Reserved;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kubeconfig: PathBuf,
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    pub cert_dir: PathBuf,
     pub node_name: String,
     pub hostname: String,
     pub node_ips: Vec<IpAddr>,
@@ -252,6 +254,8 @@ impl Config {
         Ok(Self {
             configz,
             kubeconfig: flags.kubeconfig,
+            bootstrap_kubeconfig: flags.bootstrap_kubeconfig,
+            cert_dir: flags.cert_dir,
             node_name,
             hostname,
             node_ips,
@@ -281,20 +285,24 @@ impl Config {
     }
 }
 
-/// The command line with its `--config` file applied: the flags, and the file's fields nodus
-/// does not implement (for one warning at start).
+/// The command line with its `--config` file applied: the flags, and the settings (file fields
+/// and accepted-but-unused flags) nodus does not implement, for one warning at start.
 pub fn flags_with_file(
     matches: &clap::ArgMatches,
 ) -> Result<(Flags, Vec<String>), file::FileError> {
     use clap::FromArgMatches;
     use clap::parser::ValueSource;
     let mut flags = Flags::from_arg_matches(matches)?;
-    let unsupported = match flags.config.clone() {
+    let mut unsupported = match flags.config.clone() {
         Some(path) => file::apply_path(&path, &mut flags, &|id| {
             matches.value_source(id) == Some(ValueSource::CommandLine)
         })?,
         None => Vec::new(),
     };
+    if flags.pod_infra_container_image.is_some() {
+        unsupported
+            .push("--pod-infra-container-image (the runtime's sandbox image is used)".into());
+    }
     Ok((flags, unsupported))
 }
 

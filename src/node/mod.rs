@@ -8,9 +8,11 @@
 //! ```
 
 pub mod address;
+pub mod bootstrap;
 pub mod conditions;
 pub mod lease;
 pub mod machine;
+pub mod notify;
 pub mod pod_cidr;
 pub mod register;
 pub mod runtime;

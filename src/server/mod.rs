@@ -571,7 +571,7 @@ async fn container_logs(
     let text_now = tokio::fs::read_to_string(&file).await.unwrap_or_default();
     let rendered = logs::render(&text_now, &options);
     if !options.follow || options.previous {
-        return text(StatusCode::OK, rendered);
+        return chunked_log(rendered);
     }
     follow(
         shared,
@@ -583,6 +583,22 @@ async fn container_logs(
         container.to_owned(),
     )
     .await
+}
+
+/// A whole log, sent chunked (no Content-Length) as the kubelet sends it. The API server's
+/// WebSocket log stream (`kubectl logs` over WebSocket, the e2e suite's "retrieving logs over
+/// websockets") drops the data of a read that also returns end-of-file, which a body of known
+/// length does on its last read: a short log would arrive empty.
+fn chunked_log(rendered: String) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let chunk = Ok::<_, Infallible>(Frame::data(Bytes::from(rendered)));
+    let body = http_body_util::StreamBody::new(futures::stream::iter([chunk])).boxed();
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// Streams the log as it grows until the container is no longer running (or the client

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod join;
 pub mod listen;
 pub mod metrics;
 pub mod node;

@@ -1,7 +1,9 @@
 //! The `nodus` binary: parses flags, sets up logging and signals, and runs the agent.
 //! Errors are printed here once, as one line with their causes.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
@@ -12,8 +14,15 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "join") {
+        args = match join(&args[2..]) {
+            Ok(agent_args) => agent_args,
+            Err(err) => return fail(&err),
+        };
+    }
     // Usage errors and --help end here, as clap prints them.
-    let matches = Flags::command().get_matches();
+    let matches = Flags::command().get_matches_from(args);
     let (flags, unsupported) = match config::flags_with_file(&matches) {
         Ok(parsed) => parsed,
         Err(err) => return fail(&anyhow::Error::new(err)),
@@ -47,6 +56,95 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
+}
+
+const JOIN_USAGE: &str = "usage: nodus join SERVER --token ID.SECRET \
+--discovery-token-ca-cert-hash sha256:HASH [--discovery-token-unsafe-skip-ca-verification] [nodus flags]
+
+Joins the cluster whose API server is SERVER (host:port or URL) as kubeadm join does: reads
+cluster-info from kube-public, checks its signature with the bootstrap token and its CA against
+the hash, writes the bootstrap kubeconfig (--bootstrap-kubeconfig, default
+/etc/kubernetes/bootstrap-kubelet.conf), then runs nodus with the other flags, which asks for its
+client certificate (TLS bootstrap) and writes --kubeconfig (default /etc/kubernetes/kubelet.conf).";
+
+/// `nodus join SERVER ...`: token discovery, then the agent's command line (with
+/// `--bootstrap-kubeconfig` pointing at what discovery wrote) for the normal start.
+fn join(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
+    use anyhow::{Context, bail};
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.to_str()
+                .map(str::to_owned)
+                .context("arguments must be UTF-8")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if args.is_empty() || args[0].starts_with('-') {
+        if args.first().is_some_and(|a| a == "-h" || a == "--help") {
+            println!("{JOIN_USAGE}");
+            std::process::exit(0);
+        }
+        bail!("{JOIN_USAGE}");
+    }
+    let mut request = nodus::join::Join {
+        server: args[0].clone(),
+        token: String::new(),
+        ca_cert_hashes: Vec::new(),
+        unsafe_skip_ca_verification: false,
+    };
+    // The agent's defaults come first, so that the user's flags (later) win.
+    let mut agent: Vec<OsString> = ["nodus", "--kubeconfig", "/etc/kubernetes/kubelet.conf"]
+        .map(OsString::from)
+        .to_vec();
+    let mut bootstrap = PathBuf::from("/etc/kubernetes/bootstrap-kubelet.conf");
+    let mut kubeconfig = PathBuf::from("/etc/kubernetes/kubelet.conf");
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = |inline: Option<String>| -> anyhow::Result<String> {
+            inline
+                .or_else(|| rest.next().cloned())
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match name {
+            "--token" => request.token = value(inline)?,
+            "--discovery-token-ca-cert-hash" => request.ca_cert_hashes.push(value(inline)?),
+            "--discovery-token-unsafe-skip-ca-verification" => {
+                request.unsafe_skip_ca_verification = true
+            }
+            "--bootstrap-kubeconfig" => bootstrap = value(inline)?.into(),
+            "--kubeconfig" => {
+                kubeconfig = value(inline)?.into();
+                agent.extend(["--kubeconfig".into(), kubeconfig.clone().into()]);
+            }
+            _ => agent.push(arg.into()),
+        }
+    }
+    if request.token.is_empty() {
+        bail!("--token is required\n{JOIN_USAGE}");
+    }
+    if kubeconfig.exists() {
+        bail!(
+            "{} exists: this node has joined already (run nodus without `join`, or remove it to \
+             join again)",
+            kubeconfig.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let discovered = runtime.block_on(nodus::join::discover(&request))?;
+    nodus::join::write_bootstrap_kubeconfig(&bootstrap, &discovered, &request.token)?;
+    eprintln!(
+        "nodus join: cluster at {} verified; TLS bootstrap next",
+        discovered.server
+    );
+    agent.extend(["--bootstrap-kubeconfig".into(), bootstrap.into()]);
+    Ok(agent)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

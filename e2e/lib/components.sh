@@ -79,6 +79,20 @@ subjects:
   kind: User
   name: kube-apiserver-kubelet-client
 ---
+# TLS bootstrap: bootstrap tokens may ask for node client certificates (kubeadm's binding).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:kubelet-bootstrap
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:node-bootstrapper
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:bootstrappers:kubeadm:default-node-token
+---
 # Kubelet client certificates: a bootstrapping node may ask for one, a node may renew its
 # own (kubeadm's bindings; nodus-control approves after checking these).
 apiVersion: rbac.authorization.k8s.io/v1

@@ -47,6 +47,14 @@ impl Cluster {
         self.e2e_dir.join(".cluster/pki").join(file)
     }
 
+    /// The log file of a cluster component (`nodus`, `kube-apiserver`, ...), appended to by
+    /// every start.
+    pub fn log(&self, component: &str) -> PathBuf {
+        self.e2e_dir
+            .join(".cluster/logs")
+            .join(format!("{component}.log"))
+    }
+
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.e2e_dir.join(".cluster/node.kubeconfig")
     }

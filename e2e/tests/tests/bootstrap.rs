@@ -1,0 +1,461 @@
+//! TLS bootstrap on the running node, as a joining worker does it: nodus restarted with only a
+//! bootstrap token (`--bootstrap-kubeconfig`) asks for its client certificate, nodus-control
+//! approves and signs it, and the node carries on with the new identity (its Lease renewed as
+//! `system:node:NAME`). A token the API server does not know ends nodus at once with a clear
+//! message and nothing written.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use kube::config::Kubeconfig;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A kubeconfig for the cluster's API server that authenticates with `token`.
+fn bootstrap_kubeconfig(cluster: &nodus_e2e::Cluster, token: &str, path: &Path) -> Result<()> {
+    let admin = Kubeconfig::read_from(cluster.admin_kubeconfig())?;
+    let server_cluster = admin
+        .clusters
+        .first()
+        .context("the admin kubeconfig's cluster")?;
+    let mut config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "c", "cluster": server_cluster.cluster }],
+        "users": [{ "name": "bootstrap", "user": { "token": token } }],
+        "contexts": [{ "name": "bootstrap", "context": { "cluster": "c", "user": "bootstrap" } }],
+        "current-context": "bootstrap",
+    });
+    // The admin kubeconfig may name its CA by a path relative to its own directory.
+    if let Some(ca) = server_cluster
+        .cluster
+        .as_ref()
+        .and_then(|c| c.certificate_authority.as_ref())
+    {
+        config["clusters"][0]["cluster"]["certificate-authority"] = cluster
+            .admin_kubeconfig()
+            .parent()
+            .context("a directory")?
+            .join(ca)
+            .to_string_lossy()
+            .into();
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(())
+}
+
+/// A bootstrap token Secret as `kubeadm token create` makes it; returns `id.secret`.
+fn create_token(cluster: &nodus_e2e::Cluster, id: &str, secret: &str) -> Result<String> {
+    let expiration = Timestamp::now() + Duration::from_secs(3600);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bootstrap-token-{id}, namespace: kube-system}}\n\
+         type: bootstrap.kubernetes.io/token\nstringData:\n  token-id: {id}\n  token-secret: {secret}\n\
+         \x20 expiration: \"{expiration}\"\n  usage-bootstrap-authentication: \"true\"\n\
+         \x20 auth-extra-groups: system:bootstrappers:kubeadm:default-node-token\n"
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest)?;
+    cluster.kubectl(&["apply", "-f", &file.path().to_string_lossy()])?;
+    Ok(format!("{id}.{secret}"))
+}
+
+/// The subject of the first certificate in a PEM file, as openssl prints it.
+fn subject(pem: &Path) -> Result<String> {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(pem)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+async fn bootstrapped(cluster: &nodus_e2e::Cluster, dir: &Path, id: &str) -> Result<()> {
+    let node = cluster.node_name();
+    let admin = cluster.admin().await?;
+    let restarted = Timestamp::now();
+    let args = format!(
+        "--kubeconfig {0}/kubelet.conf --bootstrap-kubeconfig {0}/bootstrap.conf --cert-dir {0}/pki",
+        dir.display()
+    );
+    cluster.script_with_nodus_args(&["restart", "nodus"], &args)?;
+
+    // The request: made with the bootstrap token, approved, issued.
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let requester = format!("system:bootstrap:{id}");
+    let issued = nodus_e2e::poll(
+        WAIT,
+        "an issued certificate for the bootstrap token",
+        || async {
+            let list = csrs.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|c| {
+                c.spec.username.as_deref() == Some(requester.as_str())
+                    && c.status.as_ref().is_some_and(|s| s.certificate.is_some())
+            }))
+        },
+    )
+    .await?;
+    ensure!(
+        issued.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet",
+        "{:?}",
+        issued.spec.signer_name
+    );
+    let approved = issued
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Approved" && c.status == "True")
+        });
+    ensure!(approved, "the request was approved");
+
+    // The files: the certificate for this node, and a kubeconfig that uses it (written last).
+    nodus_e2e::poll(WAIT, "the kubeconfig written", || async {
+        Ok(dir.join("kubelet.conf").exists().then_some(()))
+    })
+    .await?;
+    let current = dir.join("pki/kubelet-client-current.pem");
+    let subject = subject(&current)?;
+    ensure!(
+        subject.contains(&format!("CN=system:node:{node}")) && subject.contains("O=system:nodes"),
+        "{subject}"
+    );
+    let kubeconfig = std::fs::read_to_string(dir.join("kubelet.conf"))?;
+    ensure!(
+        kubeconfig.contains(&current.to_string_lossy().into_owned()),
+        "{kubeconfig}"
+    );
+
+    // The node goes on with it: its Lease is renewed after the restart.
+    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
+    nodus_e2e::poll(WAIT, "the Lease renewed with the new identity", || async {
+        let lease = leases.get(&node).await?;
+        let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+        Ok(renewed.filter(|t| *t > restarted).map(|_| ()))
+    })
+    .await?;
+    csrs.delete(
+        issued.metadata.name.as_deref().unwrap_or_default(),
+        &DeleteParams::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_node_joins_with_a_bootstrap_token() -> Result<()> {
+    let cluster = nodus_e2e::Cluster::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let (id, secret) = ("nodus1", "0123456789abcdef");
+    let token = create_token(&cluster, id, secret)?;
+    bootstrap_kubeconfig(&cluster, &token, &dir.path().join("bootstrap.conf"))?;
+    let result = bootstrapped(&cluster, dir.path(), id).await;
+    // Back to the harness's identity whatever happened.
+    let restored = cluster.script(&["restart", "nodus"]);
+    cluster.kubectl(&[
+        "delete",
+        "secret",
+        "-n",
+        "kube-system",
+        &format!("bootstrap-token-{id}"),
+    ])?;
+    result?;
+    restored
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_unknown_token_ends_nodus_with_a_clear_error_and_nothing_written() -> Result<()> {
+    let cluster = nodus_e2e::Cluster::from_env()?;
+    let nodus = std::env::var("NODUS_E2E_NODUS_BIN")
+        .context("NODUS_E2E_NODUS_BIN is not set: run these tests through e2e/test")?;
+    let dir = tempfile::tempdir()?;
+    bootstrap_kubeconfig(
+        &cluster,
+        "nobody.0123456789abcdef",
+        &dir.path().join("bootstrap.conf"),
+    )?;
+    // Only the bootstrap runs before anything touches the node, so the running agent is safe.
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(nodus)
+            .arg("--kubeconfig")
+            .arg(dir.path().join("kubelet.conf"))
+            .arg("--bootstrap-kubeconfig")
+            .arg(dir.path().join("bootstrap.conf"))
+            .arg("--cert-dir")
+            .arg(dir.path().join("pki"))
+            .output(),
+    )
+    .await
+    .context("nodus must give up at once")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "a non-zero exit: {stderr}");
+    ensure!(
+        stderr.contains("refused the certificate request") && stderr.contains("Unauthorized"),
+        "the reason: {stderr}"
+    );
+    ensure!(
+        !dir.path().join("kubelet.conf").exists() && !dir.path().join("pki").exists(),
+        "nothing written"
+    );
+    Ok(())
+}
+
+/// Unpadded base64url, as JWS spells it.
+fn base64url(bytes: &[u8]) -> String {
+    let standard = serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    standard
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+/// `openssl ARGS` with `input` on stdin: its stdout.
+fn openssl(args: &[&str], input: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(input)?;
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "openssl {args:?} failed");
+    Ok(output.stdout)
+}
+
+/// What `kubeadm init` publishes for discovery, signed for one token as kube-controller-manager's
+/// bootstrap signer signs it (HS256, detached), and readable by anyone.
+fn publish_cluster_info(cluster: &nodus_e2e::Cluster, id: &str, secret: &str) -> Result<()> {
+    let admin = Kubeconfig::read_from(cluster.admin_kubeconfig())?;
+    let server = admin.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .context("the API server's URL")?;
+    let ca = std::fs::read(cluster.ca_cert())?;
+    let ca_data = serde_json::to_value(k8s_openapi::ByteString(ca))?;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts: []\nusers: []\ncurrent-context: \"\"\n",
+        ca_data.as_str().unwrap_or_default()
+    );
+    let header = base64url(format!("{{\"alg\":\"HS256\",\"kid\":\"{id}\"}}").as_bytes());
+    let input = format!("{header}.{}", base64url(kubeconfig.as_bytes()));
+    let mac = openssl(
+        &["dgst", "-sha256", "-binary", "-hmac", secret],
+        input.as_bytes(),
+    )?;
+    let jws = format!("{header}..{}", base64url(&mac));
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            { "apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": { "name": "cluster-info", "namespace": "kube-public" },
+              "data": { "kubeconfig": kubeconfig, format!("jws-kubeconfig-{id}"): jws } },
+            { "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+              "metadata": { "name": "kubeadm:bootstrap-signer-clusterinfo", "namespace": "kube-public" },
+              "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"] }] },
+            { "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+              "metadata": { "name": "kubeadm:bootstrap-signer-clusterinfo", "namespace": "kube-public" },
+              "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubeadm:bootstrap-signer-clusterinfo" },
+              "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous" }] }
+        ]
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), serde_json::to_vec(&manifest)?)?;
+    cluster.kubectl(&["apply", "-f", &file.path().to_string_lossy()])?;
+    Ok(())
+}
+
+/// kubeadm's --discovery-token-ca-cert-hash for the cluster CA.
+fn ca_cert_hash(cluster: &nodus_e2e::Cluster) -> Result<String> {
+    let ca = std::fs::read(cluster.ca_cert())?;
+    let public = openssl(&["x509", "-pubkey", "-noout"], &ca)?;
+    let der = openssl(&["pkey", "-pubin", "-outform", "der"], &public)?;
+    let digest = openssl(&["dgst", "-sha256", "-r"], &der)?;
+    let hex = String::from_utf8_lossy(&digest);
+    Ok(format!(
+        "sha256:{}",
+        hex.split_whitespace().next().unwrap_or_default()
+    ))
+}
+
+/// `nodus join ARGS` (with a kubeconfig, bootstrap kubeconfig and cert dir under `dir`),
+/// given `deadline` to exit.
+async fn nodus_join(
+    dir: &Path,
+    args: &[&str],
+    deadline: Duration,
+) -> Result<Option<std::process::Output>> {
+    let nodus = std::env::var("NODUS_E2E_NODUS_BIN")
+        .context("NODUS_E2E_NODUS_BIN is not set: run these tests through e2e/test")?;
+    let child = tokio::process::Command::new(nodus)
+        .arg("join")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(dir.join("kubelet.conf"))
+        .arg("--bootstrap-kubeconfig")
+        .arg(dir.join("bootstrap.conf"))
+        .arg("--cert-dir")
+        .arg(dir.join("pki"))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(tokio::time::timeout(deadline, child.wait_with_output())
+        .await
+        .ok()
+        .transpose()?)
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn nodus_join_discovers_the_cluster_and_refuses_what_does_not_check_out() -> Result<()> {
+    let cluster = nodus_e2e::Cluster::from_env()?;
+    let (id, secret) = ("nodus2", "fedcba9876543210");
+    let token = create_token(&cluster, id, secret)?;
+    publish_cluster_info(&cluster, id, secret)?;
+    let hash = ca_cert_hash(&cluster)?;
+    let server = "127.0.0.1:6443";
+    let wrong_hash = format!("sha256:{}", "0".repeat(64));
+    let wrong_secret = format!("{id}.0000000000000000");
+    // Each refusal: a non-zero exit that says why, and nothing written.
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &[
+                server,
+                "--token",
+                &token,
+                "--discovery-token-ca-cert-hash",
+                &wrong_hash,
+            ],
+            "matches no --discovery-token-ca-cert-hash",
+        ),
+        (
+            &[
+                server,
+                "--token",
+                &wrong_secret,
+                "--discovery-token-ca-cert-hash",
+                &hash,
+            ],
+            "signature does not match the token",
+        ),
+        (
+            &[
+                server,
+                "--token",
+                "zzzzzz.0000000000000000",
+                "--discovery-token-ca-cert-hash",
+                &hash,
+            ],
+            "is not signed for token \"zzzzzz\"",
+        ),
+        (
+            &[
+                "127.0.0.1:1",
+                "--token",
+                &token,
+                "--discovery-token-ca-cert-hash",
+                &hash,
+            ],
+            "reading cluster-info from kube-public at https://127.0.0.1:1",
+        ),
+    ];
+    for (args, reason) in refusals {
+        let dir = tempfile::tempdir()?;
+        let output = nodus_join(dir.path(), args, WAIT)
+            .await?
+            .context("a refused join must end")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            !output.status.success() && stderr.contains(reason),
+            "{args:?}: {stderr}"
+        );
+        ensure!(
+            std::fs::read_dir(dir.path())?.next().is_none(),
+            "{args:?}: nothing written"
+        );
+    }
+
+    // The real one: discovery writes the bootstrap kubeconfig, TLS bootstrap the kubeconfig.
+    // It is stopped then (the cluster's own nodus is this node's agent), and until then its
+    // agent keeps to its own directories, without the proxy role or a runtime.
+    let dir = tempfile::tempdir()?;
+    let joined = {
+        let dir = dir.path().to_owned();
+        let hash = hash.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let own = |name: &str| dir.join(name).to_string_lossy().into_owned();
+            let (root, logs, cni) = (own("root"), own("logs"), own("cni"));
+            let runtime = format!("unix://{}", own("no-runtime.sock"));
+            let args = [
+                server,
+                "--token",
+                &token,
+                "--discovery-token-ca-cert-hash",
+                &hash,
+                "--proxy-mode=none",
+                "--port=10350",
+                "--root-dir",
+                &root,
+                "--pod-logs-dir",
+                &logs,
+                "--cni-conf-dir",
+                &cni,
+                "--container-runtime-endpoint",
+                &runtime,
+            ];
+            nodus_join(&dir, &args, Duration::from_secs(60)).await
+        })
+    };
+    let written = nodus_e2e::poll(WAIT, "the joined node's kubeconfig", || async {
+        Ok(dir.path().join("kubelet.conf").exists().then_some(()))
+    })
+    .await;
+    joined.abort();
+    written?;
+    let bootstrap = std::fs::read_to_string(dir.path().join("bootstrap.conf"))?;
+    ensure!(
+        bootstrap.contains(&token) && bootstrap.contains(server),
+        "{bootstrap}"
+    );
+    let current = dir.path().join("pki/kubelet-client-current.pem");
+    let subject = subject(&current)?;
+    ensure!(
+        subject.contains(&format!("CN=system:node:{}", cluster.node_name())),
+        "{subject}"
+    );
+
+    cluster.kubectl(&[
+        "delete",
+        "secret",
+        "-n",
+        "kube-system",
+        &format!("bootstrap-token-{id}"),
+    ])?;
+    cluster.kubectl(&["delete", "configmap", "-n", "kube-public", "cluster-info"])?;
+    cluster.kubectl(&[
+        "delete",
+        "role,rolebinding",
+        "-n",
+        "kube-public",
+        "kubeadm:bootstrap-signer-clusterinfo",
+    ])?;
+    Ok(())
+}

@@ -210,6 +210,8 @@ pub fn config(
                 run_as_user: security.run_as_user.map(|value| Int64Value { value }),
                 run_as_group: security.run_as_group.map(|value| Int64Value { value }),
                 supplemental_groups: security.supplemental_groups.clone().unwrap_or_default(),
+                // The runtime refuses a privileged container in an unprivileged sandbox.
+                privileged: any_privileged(spec),
                 ..LinuxSandboxSecurityContext::default()
             }),
             sysctls,
@@ -217,6 +219,22 @@ pub fn config(
         }),
         ..PodSandboxConfig::default()
     }
+}
+
+/// Whether any container of the pod (init, app or ephemeral) asks to be privileged.
+fn any_privileged(spec: &PodSpec) -> bool {
+    let privileged = |sc: Option<&k8s_openapi::api::core::v1::SecurityContext>| {
+        sc.and_then(|sc| sc.privileged) == Some(true)
+    };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| privileged(c.security_context.as_ref()))
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| privileged(c.security_context.as_ref()))
 }
 
 #[cfg(test)]
@@ -360,6 +378,35 @@ mod tests {
                 .map(String::as_str),
             Some("u1")
         );
+    }
+
+    #[test]
+    fn a_privileged_container_makes_a_privileged_sandbox() {
+        let container = |privileged: Option<bool>| k8s_openapi::api::core::v1::Container {
+            name: "c".into(),
+            security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+                privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let privileged_of = |spec: PodSpec| {
+            config(&pod(spec.clone()), &spec, 0, "n", &node_dns(), "/l")
+                .linux
+                .and_then(|l| l.security_context)
+                .expect("a security context")
+                .privileged
+        };
+        let plain = PodSpec {
+            containers: vec![container(None), container(Some(false))],
+            ..PodSpec::default()
+        };
+        assert!(!privileged_of(plain.clone()));
+        let init = PodSpec {
+            init_containers: Some(vec![container(Some(true))]),
+            ..plain
+        };
+        assert!(privileged_of(init));
     }
 
     #[test]

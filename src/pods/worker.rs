@@ -1066,7 +1066,12 @@ impl Worker {
             .map_err(config_error)?;
 
         let termination_log = self.termination_log(&container.name, attempt);
+        // Writable for whatever user the container runs as, as the kubelet makes it (0666).
         host_files::write(&termination_log, "")
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&termination_log, std::fs::Permissions::from_mode(0o666))
+            })
             .map_err(|e| config_error(format!("preparing the termination message file: {e}")))?;
         let etc_hosts = self.pod_dir().join("etc-hosts");
         let host = HostFiles {

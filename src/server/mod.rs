@@ -585,14 +585,27 @@ async fn container_logs(
     .await
 }
 
-/// A whole log, sent chunked (no Content-Length) as the kubelet sends it. The API server's
-/// WebSocket log stream (`kubectl logs` over WebSocket, the e2e suite's "retrieving logs over
-/// websockets") drops the data of a read that also returns end-of-file, which a body of known
-/// length does on its last read: a short log would arrive empty.
+/// A whole log, sent as the kubelet sends it: chunked, the data flushed before the end of the
+/// body. The API server's WebSocket log stream (`kubectl logs` over WebSocket, the e2e
+/// suite's "retrieving logs over websockets") drops the data of a read that also returns
+/// end-of-file, which a body of known length does on its last read, and so does a chunked
+/// one whose end arrives with its data: a short log would arrive empty.
+/// How long a whole log's data goes ahead of the end of its body (see [`chunked_log`]).
+const LOG_END_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn chunked_log(rendered: String) -> Response<Body> {
     use http_body_util::BodyExt;
-    let chunk = Ok::<_, Infallible>(Frame::data(Bytes::from(rendered)));
-    let body = http_body_util::StreamBody::new(futures::stream::iter([chunk])).boxed();
+    let body = futures::stream::unfold(Some(rendered), |state| async move {
+        match state {
+            Some(text) => Some((Ok::<_, Infallible>(Frame::data(Bytes::from(text))), None)),
+            None => {
+                // The data goes out on its own; the end follows it.
+                tokio::time::sleep(LOG_END_DELAY).await;
+                None
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(body).boxed();
     let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,

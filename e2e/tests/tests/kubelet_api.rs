@@ -50,6 +50,38 @@ async fn kubectl_logs_shows_the_output_with_its_options() -> Result<()> {
         err.contains("previous terminated container \"app\" in pod \"talker\" not found"),
         "{err}"
     );
+    // The same log over a WebSocket, as the API server serves it to WebSocket clients (the
+    // upstream suite's "retrieving logs over websockets"): a short log must arrive whole.
+    let url = format!(
+        "https://127.0.0.1:6443/api/v1/namespaces/{}/pods/talker/log?container=app",
+        ns.name
+    );
+    let output = Command::new("curl")
+        .args(["--http1.1", "-s", "-N", "--max-time", "10", "--cacert"])
+        .arg(cluster.ca_cert())
+        .arg("--cert")
+        .arg(cluster.pki("admin.crt"))
+        .arg("--key")
+        .arg(cluster.pki("admin.key"))
+        .args([
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==",
+            "-H",
+            "Sec-WebSocket-Protocol: binary.k8s.io",
+            &url,
+        ])
+        .output()?;
+    let frames = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        frames.contains("line 1\nline 2\nline 3\noops\n"),
+        "the log in WebSocket frames: {frames:?}"
+    );
     ns.delete_pods().await
 }
 

@@ -89,9 +89,14 @@ async fn a_busybox_pod_runs_with_an_ip_from_the_pod_cidr() -> Result<()> {
 async fn init_containers_run_one_after_another_before_the_app() -> Result<()> {
     let (_cluster, ns, node) = setup("init").await?;
     let mut spec = pod("init", "Always", json!([sh("app", "sleep 3600")]));
+    // The second writes its message as a non-root user at a path of its own: the file nodus
+    // mounts there must be writable for any user, as the kubelet makes it.
+    let mut second = sh("second", "sleep 1; echo two > /dev/termination-custom-log");
+    second["securityContext"] = json!({ "runAsUser": 10000 });
+    second["terminationMessagePath"] = "/dev/termination-custom-log".into();
     spec["spec"]["initContainers"] = json!([
         sh("first", "sleep 1; echo one > /dev/termination-log"),
-        sh("second", "sleep 1")
+        second
     ]);
     ns.create_pod(&node, spec).await?;
     let pod = wait_pod(
@@ -113,8 +118,10 @@ async fn init_containers_run_one_after_another_before_the_app() -> Result<()> {
     };
     let (_, first_end, reason, message) =
         finished("first").context("first init container terminated")?;
-    let (second_start, second_end, _, _) =
+    let (second_start, second_end, second_reason, second_message) =
         finished("second").context("second init container terminated")?;
+    assert_eq!(second_reason.as_deref(), Some("Completed"));
+    assert_eq!(second_message.as_deref(), Some("two\n"));
     assert_eq!(reason.as_deref(), Some("Completed"));
     assert_eq!(
         message.as_deref(),
@@ -781,5 +788,43 @@ async fn a_pods_cgroup_holds_the_sum_of_its_containers_limits() -> Result<()> {
     );
     assert_eq!(read("cpu", "cpu.cfs_quota_us")?, "50000");
     assert_eq!(read("cpu", "cpu.shares")?, "512");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_privileged_container_beside_a_plain_one_gets_its_privileges() -> Result<()> {
+    let (_cluster, ns, node) = setup("privileged").await?;
+    // Mounting needs CAP_SYS_ADMIN, which only the privileged container has. The runtime
+    // refuses a privileged container in a sandbox not made privileged, so this pod only
+    // starts if the sandbox is.
+    let attempt = "if mount -t tmpfs none /tmp; then echo mounted; else echo refused; fi > /dev/termination-log";
+    let mut privileged = sh("privileged", attempt);
+    privileged["securityContext"] = json!({ "privileged": true });
+    ns.create_pod(
+        &node,
+        pod("mixed", "Never", json!([privileged, sh("plain", attempt)])),
+    )
+    .await?;
+    let messages = wait_pod(
+        &ns,
+        "mixed",
+        Duration::from_secs(45),
+        "both containers to finish",
+        |p| {
+            let message = |name: &str| {
+                container(p, name)?
+                    .state
+                    .as_ref()?
+                    .terminated
+                    .as_ref()?
+                    .message
+                    .clone()
+            };
+            Some((message("privileged")?, message("plain")?))
+        },
+    )
+    .await?;
+    assert_eq!(messages, ("mounted\n".to_owned(), "refused\n".to_owned()));
     ns.delete_pods().await
 }

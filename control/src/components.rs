@@ -9,8 +9,9 @@
 
 use std::collections::BTreeSet;
 
-/// Every controller nodus-control has, by upstream's name. All are on by default.
+/// Every controller nodus-control has, by upstream's name.
 pub const CONTROLLERS: &[&str] = &[
+    "bootstrap-signer-controller",
     "certificatesigningrequest-signing-controller",
     "daemonset-controller",
     "deployment-controller",
@@ -24,6 +25,16 @@ pub const CONTROLLERS: &[&str] = &[
     "replicaset-controller",
     "root-ca-certificate-publisher-controller",
     "serviceaccount-controller",
+    "token-cleaner-controller",
+];
+
+/// The ones `*` leaves out, as upstream does (kubeadm names them).
+pub const OFF_BY_DEFAULT: &[&str] = &["bootstrap-signer-controller", "token-cleaner-controller"];
+
+/// Upstream's older names that are not the new name without `-controller`.
+const ALIASES: &[(&str, &str)] = &[
+    ("bootstrapsigner", "bootstrap-signer-controller"),
+    ("tokencleaner", "token-cleaner-controller"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +50,12 @@ fn canonical(name: &str) -> Option<&'static str> {
         .iter()
         .copied()
         .find(|c| *c == name || c.strip_suffix("-controller") == Some(name))
+        .or_else(|| {
+            ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == name)
+                .map(|(_, c)| *c)
+        })
 }
 
 impl Selection {
@@ -47,7 +64,12 @@ impl Selection {
         let mut on = BTreeSet::new();
         for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
             if entry == "*" {
-                on.extend(CONTROLLERS.iter().copied());
+                on.extend(
+                    CONTROLLERS
+                        .iter()
+                        .copied()
+                        .filter(|c| !OFF_BY_DEFAULT.contains(c)),
+                );
                 continue;
             }
             let (enable, name) = match entry.strip_prefix('-') {
@@ -81,7 +103,17 @@ mod tests {
     #[test]
     fn star_enables_all_and_minus_takes_away_in_order() {
         let all = parse("*").expect("valid");
-        assert!(CONTROLLERS.iter().all(|c| all.runs(c)));
+        assert!(
+            CONTROLLERS
+                .iter()
+                .filter(|c| !OFF_BY_DEFAULT.contains(c))
+                .all(|c| all.runs(c))
+        );
+        // As upstream, `*` leaves the bootstrap controllers off; kubeadm's spelling adds them.
+        assert!(!all.runs("bootstrap-signer-controller") && !all.runs("tokencleaner"));
+        let kubeadm = parse("*,bootstrapsigner,tokencleaner").expect("valid");
+        assert!(kubeadm.runs("bootstrap-signer-controller"));
+        assert!(kubeadm.runs("token-cleaner-controller"));
         let some = parse("*,-garbage-collector,-job-controller").expect("valid");
         assert!(!some.runs("garbage-collector-controller"));
         assert!(!some.runs("job"));

@@ -206,6 +206,20 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ))),
     );
     start(
+        "bootstrap-signer-controller",
+        quiet(Box::pin(controllers::bootstrap_signer::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
+        "token-cleaner-controller",
+        quiet(Box::pin(controllers::token_cleaner::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
         "endpointslice-controller",
         quiet(Box::pin(controllers::endpointslice::run(
             c(),

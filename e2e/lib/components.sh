@@ -123,6 +123,59 @@ subjects:
 YAML
 	# nodus-control runs as itself, with the rights it ships.
 	kc apply -f "$REPO_DIR/control/deploy/rbac.yaml" >/dev/null
+	publish_cluster_info
+}
+
+# publish_cluster_info: what `kubeadm init` publishes for token discovery (`kubeadm join`,
+# `nodus join`): the cluster's server and CA in kube-public/cluster-info, readable without
+# credentials. nodus-control's bootstrap signer adds a signature for every signing token.
+publish_cluster_info() {
+	local ca
+	ca=$(base64 -w0 <"$PKI_DIR/ca.crt")
+	kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cluster-info
+  namespace: kube-public
+data:
+  kubeconfig: |
+    apiVersion: v1
+    kind: Config
+    clusters:
+    - name: ""
+      cluster:
+        server: https://127.0.0.1:$APISERVER_PORT
+        certificate-authority-data: $ca
+    contexts: []
+    users: []
+    current-context: ""
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: kubeadm:bootstrap-signer-clusterinfo
+  namespace: kube-public
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [cluster-info]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: kubeadm:bootstrap-signer-clusterinfo
+  namespace: kube-public
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: kubeadm:bootstrap-signer-clusterinfo
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:anonymous
+YAML
 }
 
 write_containerd_config() {
@@ -191,7 +244,9 @@ start_nodus() {
 # cluster CA, as kube-controller-manager does in kubeadm clusters.
 start_control() {
 	running nodus-control && return 0
+	# --controllers as kubeadm sets it: the bootstrap signer and token cleaner are off by default.
 	start_process nodus-control "$CONTROL_BIN" --kubeconfig "$CONTROL_KUBECONFIG" \
+		--controllers '*,bootstrapsigner,tokencleaner' \
 		--root-ca-file "$PKI_DIR/ca.crt" \
 		--allocate-node-cidrs --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 \
 		--cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \

@@ -4,8 +4,10 @@
 //! taints and taint-based eviction), CSR approval and signing, the node taints that follow
 //! node conditions, the EndpointSlices and legacy Endpoints of Services
 //! with selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
-//! namespace, and the emptying of namespaces being deleted.
+//! namespace, the emptying of namespaces being deleted, and (off by default, as upstream)
+//! the bootstrap signer and token cleaner.
 
+pub mod bootstrap_signer;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
@@ -23,6 +25,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod root_ca;
 pub mod service_account;
+pub mod token_cleaner;
 
 /// How long a controller's writes in flight get to finish at shutdown.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -36,6 +39,30 @@ pub(crate) async fn drain<T: 'static>(tasks: &mut tokio::task::JoinSet<T>, what:
     let all = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_GRACE, all).await.is_err() {
         tracing::warn!("{what} still in flight at shutdown were abandoned");
+    }
+}
+
+/// Runs `pass` every `period` until `cancel`, for controllers that look at a few objects by
+/// polling; a failed pass is logged (`what` failed) and the next one retries.
+pub(crate) async fn periodically<F, Fut>(
+    period: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+    what: &str,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(err) = pass().await {
+                    tracing::warn!(error = %chain(&err), "{what} failed; retrying");
+                }
+            }
+        }
     }
 }
 

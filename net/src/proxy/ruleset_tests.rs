@@ -199,7 +199,7 @@ fn client_ip_affinity_sticks_per_client() {
         t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.10", 80)),
         dnat(&[ALL3[1]], false)
     );
-    // ...also through the NodePort, which shares the endpoint chains.
+    // ...also through the NodePort, which shares the affinity sets.
     for pick in 0..3 {
         assert_eq!(
             t.connect(&pkt(Origin::Pod, "10.99.0.7", NODE_IP, 30080), pick),

@@ -197,7 +197,13 @@ pub fn config(
             namespace: key.namespace.clone(),
             attempt,
         }),
-        hostname: hostname(pod, spec, node_hostname),
+        // As the kubelet: a host-network pod shares the node's UTS namespace, and runc refuses
+        // to set a hostname there ("unable to set hostname without a private UTS namespace").
+        hostname: if spec.host_network == Some(true) {
+            String::new()
+        } else {
+            hostname(pod, spec, node_hostname)
+        },
         log_directory: log_dir.to_owned(),
         dns_config: Some(dns_config(pod, spec, dns)),
         port_mappings,
@@ -378,6 +384,19 @@ mod tests {
                 .map(String::as_str),
             Some("u1")
         );
+    }
+
+    #[test]
+    fn a_host_network_sandbox_sets_no_hostname() {
+        let spec = PodSpec {
+            host_network: Some(true),
+            ..PodSpec::default()
+        };
+        let host = config(&pod(spec.clone()), &spec, 0, "node-1", &node_dns(), "/l");
+        assert_eq!(host.hostname, "");
+        let spec = PodSpec::default();
+        let own = config(&pod(spec.clone()), &spec, 0, "node-1", &node_dns(), "/l");
+        assert_eq!(own.hostname, "web-0");
     }
 
     #[test]

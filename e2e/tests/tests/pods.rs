@@ -828,3 +828,35 @@ async fn a_privileged_container_beside_a_plain_one_gets_its_privileges() -> Resu
     assert_eq!(messages, ("mounted\n".to_owned(), "refused\n".to_owned()));
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_host_network_pod_runs_with_the_nodes_hostname() -> Result<()> {
+    let (_cluster, ns, node) = setup("hostnet").await?;
+    let mut spec = pod(
+        "hostnet",
+        "Never",
+        json!([sh("app", "hostname > /dev/termination-log")]),
+    );
+    spec["spec"]["hostNetwork"] = true.into();
+    ns.create_pod(&node, spec).await?;
+    let message = wait_pod(
+        &ns,
+        "hostnet",
+        Duration::from_secs(45),
+        "the host-network pod to finish",
+        |p| {
+            container(p, "app")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .clone()
+        },
+    )
+    .await?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    assert_eq!(message.trim(), hostname.trim());
+    ns.delete_pods().await
+}

@@ -259,26 +259,11 @@ pub fn write_bootstrap_kubeconfig(
         }}],
         "current-context": "tls-bootstrap-token-user@kubernetes",
     });
-    let write = |source| Error::Write {
+    let text = serde_json::to_vec_pretty(&config).expect("JSON");
+    crate::node::bootstrap::write_private(path, &text).map_err(|source| Error::Write {
         path: path.to_owned(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(write)?;
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(write)?;
-    f.write_all(&serde_json::to_vec_pretty(&config).expect("JSON"))
-        .map_err(write)?;
-    std::fs::rename(&tmp, path).map_err(write)
+    })
 }
 
 #[cfg(test)]

@@ -3,5 +3,6 @@
 //! quantities, and node selection (selectors, required affinity, tolerations), which the
 //! kubelet's admission and the scheduler both evaluate. Pod requests belong here next.
 
+pub mod duration;
 pub mod quantity;
 pub mod selection;

@@ -181,33 +181,12 @@ fn taints(field: &str, value: &Value) -> Result<String, String> {
 
 /// A Go duration (`90s`, `1m30s`, `1.5h`, `250ms`) in seconds.
 pub fn go_duration(text: &str) -> Option<f64> {
-    if text == "0" {
+    if text.is_empty() {
         return Some(0.0);
     }
-    let mut rest = text;
-    let mut total = 0.0;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let amount: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += amount * scale;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
+    nodus_api::duration::parse(text)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 fn seconds(field: &str, value: &Value) -> Result<f64, String> {

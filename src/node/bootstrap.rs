@@ -172,7 +172,7 @@ pub async fn run(b: &Bootstrap) -> Result<PathBuf, Error> {
         pem.push(b'\n');
     }
     pem.extend_from_slice(key.serialize_pem().as_bytes());
-    write_private(&file, &pem)?;
+    write_private(&file, &pem).map_err(write_error(&file))?;
     let current = b.cert_dir.join(CURRENT);
     replace_symlink(&file, &current)?;
     write_kubeconfig(&b.kubeconfig, &cluster, &current)?;
@@ -240,12 +240,12 @@ fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes `data` readable by root only, atomically.
-fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
+/// Writes `data` readable by root only, atomically (credentials: keys, tokens).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(write_error(dir))?;
+        std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -253,11 +253,10 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(write_error(&tmp))?;
-    f.write_all(data).map_err(write_error(&tmp))?;
-    f.sync_all().map_err(write_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(write_error(path))
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn replace_symlink(target: &Path, link: &Path) -> Result<(), Error> {
@@ -301,7 +300,7 @@ fn write_kubeconfig(path: &Path, cluster: &Cluster, pem: &Path) -> Result<(), Er
     };
     // JSON is YAML: every kubeconfig reader takes it.
     let text = serde_json::to_vec_pretty(&config).expect("a kubeconfig serializes");
-    write_private(path, &text)
+    write_private(path, &text).map_err(write_error(path))
 }
 
 #[cfg(test)]

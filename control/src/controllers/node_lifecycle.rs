@@ -93,41 +93,8 @@ impl Default for Config {
     }
 }
 
-/// Go's duration syntax as kube-controller-manager's flags take it (`50s`, `1m30s`,
-/// `8760h0m0s`, `500ms`), for clap's `value_parser`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as 50s, 5m or 8760h0m0s");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        total += Duration::try_from_secs_f64(number * seconds).map_err(|_| bad())?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+/// Go's duration syntax, for clap's `value_parser` (shared with the agent's `--config`).
+pub use nodus_api::duration::parse as parse_duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -574,12 +574,7 @@ fn skeleton(node: &Node) -> Ruleset {
         // ClusterIP traffic from outside the cluster is masqueraded, so that the reply comes
         // back through this node (one rule and a set of service ports, not a rule per service:
         // every rule is validated again on each commit).
-        let cidrs: Vec<IpNet> = node
-            .cluster_cidrs
-            .iter()
-            .filter(|n| Family::of_net(n) == family)
-            .copied()
-            .collect();
+        let cidrs = cluster_cidrs(node, family);
         if !cidrs.is_empty() {
             services.push(rule(
                 vec![
@@ -699,6 +694,15 @@ fn skeleton(node: &Node) -> Ruleset {
         }
     }
     rs
+}
+
+/// The node's cluster CIDRs of one family.
+fn cluster_cidrs(node: &Node, family: Family) -> Vec<IpNet> {
+    node.cluster_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+        .copied()
+        .collect()
 }
 
 /// Everything one service contributes, checked for conflicts before it is merged.
@@ -1037,12 +1041,7 @@ fn port_fragment(
                 TrafficPolicy::Local => {
                     // Pods reaching an external address of the service are treated as internal
                     // traffic ("up and out to the load balancer and back"), as upstream does.
-                    let cidrs: Vec<IpNet> = node
-                        .cluster_cidrs
-                        .iter()
-                        .filter(|n| Family::of_net(n) == family)
-                        .copied()
-                        .collect();
+                    let cidrs = cluster_cidrs(node, family);
                     if !cluster_eps.is_empty() {
                         note_use(TrafficPolicy::Cluster);
                         for cidr in cidrs {

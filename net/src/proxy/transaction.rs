@@ -202,14 +202,7 @@ impl<'a> Transaction<'a> {
                         );
                         let key = |(k, _): (&'a MapKey, &())| Element::Key(k);
                         let (map_deleted, map_new) = merge_diff(old.map.iter(), set.map.iter());
-                        let pairs = matches!(set.kind, SetKind::AddrPairs(_));
-                        let addr = |(a, _): (&'a IpAddr, &())| {
-                            if pairs {
-                                Element::Pair(a)
-                            } else {
-                                Element::Addr(a)
-                            }
-                        };
+                        let addr = |(a, _): (&'a IpAddr, &())| addr_element(set, a);
                         let entry = |(k, v)| Element::Map(k, v);
                         let deleted: Vec<Element<'a>> = addrs_deleted
                             .into_iter()
@@ -378,17 +371,19 @@ fn merge_diff<'a, K: Ord + 'a, V: PartialEq + 'a>(
     (removed, added)
 }
 
+/// An address of `set` as its element: paired with itself in a pair set.
+fn addr_element<'a>(set: &Set, a: &'a IpAddr) -> Element<'a> {
+    if matches!(set.kind, SetKind::AddrPairs(_)) {
+        Element::Pair(a)
+    } else {
+        Element::Addr(a)
+    }
+}
+
 fn elements(set: &Set) -> impl Iterator<Item = Element<'_>> {
-    let pairs = matches!(set.kind, SetKind::AddrPairs(_));
     set.addrs
         .iter()
-        .map(move |a| {
-            if pairs {
-                Element::Pair(a)
-            } else {
-                Element::Addr(a)
-            }
-        })
+        .map(move |a| addr_element(set, a))
         .chain(set.keys.iter().map(Element::Key))
         .chain(set.map.iter().map(|(k, v)| Element::Map(k, v)))
 }

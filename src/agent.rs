@@ -116,95 +116,98 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         &config.register_with_taints,
         report.to_status(&[], k8s_openapi::jiff::Timestamp::now()),
     );
+    // The pod role and the kubelet API start before the node is registered: static pods
+    // must run while there is no API server yet (a control plane's own pods).
+    let allocatable = report.allocatable.clone();
+    let milli = |name: &str| {
+        allocatable
+            .get(name)
+            .and_then(|q| quantity::parse(&q.0))
+            .map_or(0, |m| m.0)
+    };
+    let metrics = Arc::new(crate::metrics::Kubelet::default());
+    let observer: Arc<dyn nodus_cri::Observer> = metrics.clone();
+    let runtime = Runtime::connect_observed(config.runtime_endpoint.clone(), Some(observer));
+    let (services, writer) = kube::runtime::reflector::store();
+    tasks.spawn(reflect_services(
+        client.clone(),
+        writer,
+        shutdown.child_token(),
+    ));
+    let pods = Arc::new(pods::worker::Shared {
+        client: client.clone(),
+        images: pods::images::Images::new(runtime.clone()),
+        runtime,
+        events: pods::events::Events::start(
+            client.clone(),
+            "kubelet",
+            &config.node_name,
+            shutdown.child_token(),
+        ),
+        runtime_state: runtime_rx.clone(),
+        node_name: config.node_name.clone(),
+        node_hostname: config.hostname.clone(),
+        host_ips: node_ips.iter().map(ToString::to_string).collect(),
+        dns: NodeDns {
+            cluster_dns: config.cluster_dns.iter().map(ToString::to_string).collect(),
+            cluster_domain: config.cluster_domain.clone(),
+            host: std::fs::read_to_string(&config.resolv_conf)
+                .map(|text| pods::sandbox::parse_resolv_conf(&text))
+                .unwrap_or_default(),
+        },
+        root_dir: config.root_dir.clone(),
+        pod_logs_dir: config.pod_logs_dir.clone(),
+        allocatable_milli_cpu: milli("cpu"),
+        allocatable_memory: milli("memory") / 1000,
+        services,
+        thresholds: config.eviction_hard.clone(),
+        log_limits: config.log_limits,
+        metrics: metrics.clone(),
+        static_pods: config.static_pods.clone(),
+    });
+    let runtime = pods.runtime.clone();
+    tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
+    if config.pod_cidr.is_none() {
+        tasks.spawn(pod_cidr::follow(
+            client.clone(),
+            config.node_name.clone(),
+            network,
+            runtime.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    let serving = match &config.tls_files {
+        Some((cert, key)) => crate::server::tls::Serving::Files {
+            cert: cert.to_string_lossy().into_owned(),
+            key: key.to_string_lossy().into_owned(),
+        },
+        None => crate::server::tls::Serving::SelfSigned {
+            hostname: config.hostname.clone(),
+            ips: node_ips.clone(),
+        },
+    };
+    tasks.spawn(crate::server::run(
+        client.clone(),
+        runtime,
+        metrics,
+        crate::server::Settings {
+            address: std::net::SocketAddr::new(config.address, config.port),
+            tls: serving,
+            client_ca: config.client_ca_file.clone(),
+            anonymous_auth: config.anonymous_auth,
+            node_name: config.node_name.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            configz: config.configz.clone(),
+        },
+        shutdown.child_token(),
+    ));
     let registered = register::register(&nodes, &desired, &shutdown).await;
     if let Some(node) = registered {
         crate::node::notify::ready();
         tasks.spawn(lease::renew(
             client.clone(),
             node.clone(),
-            shutdown.child_token(),
-        ));
-        let allocatable = report.allocatable.clone();
-        let milli = |name: &str| {
-            allocatable
-                .get(name)
-                .and_then(|q| quantity::parse(&q.0))
-                .map_or(0, |m| m.0)
-        };
-        let metrics = Arc::new(crate::metrics::Kubelet::default());
-        let observer: Arc<dyn nodus_cri::Observer> = metrics.clone();
-        let runtime = Runtime::connect_observed(config.runtime_endpoint.clone(), Some(observer));
-        let (services, writer) = kube::runtime::reflector::store();
-        tasks.spawn(reflect_services(
-            client.clone(),
-            writer,
-            shutdown.child_token(),
-        ));
-        let pods = Arc::new(pods::worker::Shared {
-            client: client.clone(),
-            images: pods::images::Images::new(runtime.clone()),
-            runtime,
-            events: pods::events::Events::start(
-                client.clone(),
-                "kubelet",
-                &config.node_name,
-                shutdown.child_token(),
-            ),
-            runtime_state: runtime_rx.clone(),
-            node_name: config.node_name.clone(),
-            node_hostname: config.hostname.clone(),
-            host_ips: node_ips.iter().map(ToString::to_string).collect(),
-            dns: NodeDns {
-                cluster_dns: config.cluster_dns.iter().map(ToString::to_string).collect(),
-                cluster_domain: config.cluster_domain.clone(),
-                host: std::fs::read_to_string(&config.resolv_conf)
-                    .map(|text| pods::sandbox::parse_resolv_conf(&text))
-                    .unwrap_or_default(),
-            },
-            root_dir: config.root_dir.clone(),
-            pod_logs_dir: config.pod_logs_dir.clone(),
-            allocatable_milli_cpu: milli("cpu"),
-            allocatable_memory: milli("memory") / 1000,
-            services,
-            thresholds: config.eviction_hard.clone(),
-            log_limits: config.log_limits,
-            metrics: metrics.clone(),
-        });
-        let runtime = pods.runtime.clone();
-        tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
-        if config.pod_cidr.is_none() {
-            tasks.spawn(pod_cidr::follow(
-                client.clone(),
-                config.node_name.clone(),
-                network,
-                runtime.clone(),
-                shutdown.child_token(),
-            ));
-        }
-        let serving = match &config.tls_files {
-            Some((cert, key)) => crate::server::tls::Serving::Files {
-                cert: cert.to_string_lossy().into_owned(),
-                key: key.to_string_lossy().into_owned(),
-            },
-            None => crate::server::tls::Serving::SelfSigned {
-                hostname: config.hostname.clone(),
-                ips: node_ips.clone(),
-            },
-        };
-        tasks.spawn(crate::server::run(
-            client.clone(),
-            runtime,
-            metrics,
-            crate::server::Settings {
-                address: std::net::SocketAddr::new(config.address, config.port),
-                tls: serving,
-                client_ca: config.client_ca_file.clone(),
-                anonymous_auth: config.anonymous_auth,
-                node_name: config.node_name.clone(),
-                root_dir: config.root_dir.clone(),
-                pod_logs_dir: config.pod_logs_dir.clone(),
-                configz: config.configz.clone(),
-            },
             shutdown.child_token(),
         ));
         if let Some(proxy) = &config.proxy {

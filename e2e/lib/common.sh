@@ -18,6 +18,8 @@ LOG_DIR=$CLUSTER_DIR/logs
 ADMIN_KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig
 NODE_KUBECONFIG=$CLUSTER_DIR/node.kubeconfig
 CONTROL_KUBECONFIG=$CLUSTER_DIR/control.kubeconfig
+# The node's static pod manifests (kubeadm's /etc/kubernetes/manifests).
+MANIFEST_DIR=$CLUSTER_DIR/manifests
 
 STATE_DIR=/var/lib/nodus-e2e
 RUN_DIR=/run/nodus-e2e

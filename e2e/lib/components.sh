@@ -226,6 +226,7 @@ start_containerd() {
 # spaces) adds flags, for tests that need a differently configured agent for a while.
 start_nodus() {
 	running nodus && return 0
+	mkdir -p "$MANIFEST_DIR"
 	# shellcheck disable=SC2086 # NODUS_EXTRA_ARGS is a list of flags
 	start_process nodus "$NODUS_BIN" \
 		--kubeconfig "$NODE_KUBECONFIG" \
@@ -235,6 +236,7 @@ start_nodus() {
 		--pod-logs-dir "$STATE_DIR/pod-logs" \
 		--cluster-cidr "$CLUSTER_CIDR" \
 		--client-ca-file "$PKI_DIR/ca.crt" \
+		--pod-manifest-path "$MANIFEST_DIR" \
 		-v 2 ${NODUS_EXTRA_ARGS:-}
 }
 

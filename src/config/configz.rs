@@ -34,6 +34,7 @@ pub fn render(flags: &Flags, eviction_hard: &Thresholds) -> Value {
         "clusterDomain": flags.cluster_domain,
         "resolvConf": flags.resolv_conf,
         "podLogsDir": flags.pod_logs_dir,
+        "fileCheckFrequency": flags.file_check_frequency,
         "containerLogMaxSize": flags.container_log_max_size,
         "containerLogMaxFiles": flags.container_log_max_files,
         "containerRuntimeEndpoint": flags.container_runtime_endpoint,
@@ -55,6 +56,13 @@ pub fn render(flags: &Flags, eviction_hard: &Thresholds) -> Value {
         }
     };
     optional("podCIDR", flags.pod_cidr.clone());
+    optional(
+        "staticPodPath",
+        flags
+            .pod_manifest_path
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
     optional(
         "tlsCertFile",
         flags

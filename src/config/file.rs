@@ -264,6 +264,23 @@ impl Setter<'_> {
                     let path = string(f, value)?;
                     self.set("resolv_conf", |flags| flags.resolv_conf = path.into());
                 }
+                "staticPodPath" => {
+                    let path = string(f, value)?;
+                    if !path.is_empty() {
+                        self.set("pod_manifest_path", |flags| {
+                            flags.pod_manifest_path = Some(path.into())
+                        });
+                    }
+                }
+                "fileCheckFrequency" => {
+                    let every = string(f, value)?;
+                    // 0s is what defaulting leaves alone (kubeadm writes it).
+                    if seconds(f, value)? > 0.0 {
+                        self.set("file_check_frequency", |flags| {
+                            flags.file_check_frequency = every
+                        });
+                    }
+                }
                 "podLogsDir" => {
                     let path = string(f, value)?;
                     self.set("pod_logs_dir", |flags| flags.pod_logs_dir = path.into());

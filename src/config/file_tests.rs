@@ -2,6 +2,8 @@
 //! does not implement is listed instead of dropped.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::CommandFactory;
 
@@ -109,8 +111,15 @@ fn the_file_kubeadm_writes_is_accepted_and_its_unsupported_fields_listed() {
             "KubeletConfiguration.healthzBindAddress",
             "KubeletConfiguration.healthzPort",
             "KubeletConfiguration.rotateCertificates",
-            "KubeletConfiguration.staticPodPath",
         ]
+    );
+    assert_eq!(
+        config.static_pods,
+        Some((
+            PathBuf::from("/etc/kubernetes/manifests"),
+            Duration::from_secs(20)
+        )),
+        "staticPodPath taken, fileCheckFrequency 0s left at the default"
     );
 }
 

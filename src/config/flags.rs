@@ -141,6 +141,16 @@ pub struct Flags {
     #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
 
+    /// Directory of static pod manifests (the kubelet's staticPodPath): each file's Pod runs
+    /// on this node without the API server and shows in the API as a mirror pod.
+    #[arg(long, value_name = "DIR")]
+    pub pod_manifest_path: Option<PathBuf>,
+
+    /// How often the static pod directory is read again besides on inotify events (a Go
+    /// duration, the kubelet's fileCheckFrequency).
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    pub file_check_frequency: String,
+
     /// Which proxy role to run, as kube-proxy's --proxy-mode: `nftables` (the default) or
     /// `none` to leave Service load balancing to something else.
     #[arg(long, value_name = "MODE", default_value = "nftables")]

@@ -8,7 +8,7 @@ mod configz;
 mod eviction;
 pub mod file;
 mod flags;
-mod labels;
+pub(crate) mod labels;
 mod reserved;
 mod taints;
 
@@ -55,6 +55,8 @@ pub struct Config {
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
     pub pod_logs_dir: PathBuf,
+    /// The static pod directory and how often it is read besides inotify.
+    pub static_pods: Option<(PathBuf, std::time::Duration)>,
     /// The proxy role's settings; `None` with `--proxy-mode=none`.
     pub proxy: Option<ProxyConfig>,
     pub cleanup: bool,
@@ -250,6 +252,21 @@ impl Config {
             }),
             other => return Err(invalid("proxy-mode", other, "must be nftables or none")),
         };
+        let file_check_frequency = nodus_api::duration::parse(&flags.file_check_frequency)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "file-check-frequency",
+                    &flags.file_check_frequency,
+                    "must be a positive duration such as 20s",
+                )
+            })?;
+        let static_pods = flags
+            .pod_manifest_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|dir| (dir, file_check_frequency));
         let configz = configz::render(&flags, &eviction_hard);
         Ok(Self {
             configz,
@@ -278,6 +295,7 @@ impl Config {
             cluster_domain: flags.cluster_domain,
             resolv_conf: flags.resolv_conf,
             pod_logs_dir: flags.pod_logs_dir,
+            static_pods,
             proxy,
             cleanup: flags.cleanup,
             verbosity: flags.verbosity,

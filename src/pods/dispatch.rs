@@ -1,11 +1,12 @@
 //! Dispatch: watches the pods bound to this node and keeps one worker per pod, feeding
 //! each the newest version of its pod; relists the runtime on every runtime event (and
 //! every second, as a safety net) to wake the workers whose containers changed, and starts workers for runtime objects of pods the
-//! API no longer has (orphans), so that they are removed.
+//! API no longer has (orphans), so that they are removed. Static pods from the manifest
+//! directory get workers as API pods do, and mirror pods in the API for them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -19,19 +20,24 @@ use tracing::{debug, warn};
 
 use super::admission::{self, Rejection, Usage};
 use super::metadata::{CONTAINER_NAME, PodKey};
+use super::static_pods::{is_mirror, is_static};
 use super::worker::{self, Inbox, Shared};
-use super::{housekeeping, log_rotation};
+use super::{housekeeping, log_rotation, mirror, static_pods};
 use crate::node::runtime::error_chain;
 
 /// How often the runtime is relisted to notice container state changes.
 const RELIST: Duration = Duration::from_secs(1);
 /// How often the eviction manager measures the node and the pods (the kubelet's 10 s).
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// Pause before trying a failed mirror pod change again.
+const MIRROR_RETRY: Duration = Duration::from_secs(5);
 
 struct Handle {
     desired: watch::Sender<Option<Arc<Pod>>>,
     wake: Arc<Notify>,
     evict: watch::Sender<Option<Rejection>>,
+    /// For a static pod: its live mirror pod, where its status goes.
+    mirror: watch::Sender<Option<Arc<Pod>>>,
 }
 
 struct Dispatcher {
@@ -51,18 +57,28 @@ struct Dispatcher {
     running: HashMap<String, Vec<(String, String)>>,
     /// Pods told to go by the eviction manager.
     evicted: HashSet<String>,
+    /// Static pods from the manifest directory, by UID.
+    static_pods: HashMap<String, Pod>,
+    /// Mirror pods in the API, by `namespace/name`.
+    mirrors: HashMap<String, Pod>,
+    /// Mirror pod creations and deletions under way: (key, what was done if it worked).
+    mirror_ops: JoinSet<(String, Option<MirrorDone>)>,
+    /// Keys with a change under way (`None`) or failed and waiting until then.
+    mirror_busy: HashMap<String, Option<Instant>>,
 }
 
 impl Dispatcher {
     fn spawn(&mut self, key: PodKey, pod: Option<Arc<Pod>>, rejection: Option<Rejection>) {
         let (desired, receiver) = watch::channel(pod);
         let (evict, evicted) = watch::channel(None);
+        let (mirror, mirror_rx) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         let inbox = Inbox {
             desired: receiver,
             wake: wake.clone(),
             rejection,
             evicted,
+            mirror: mirror_rx,
         };
         let uid = key.uid.clone();
         let (shared, cancel) = (self.shared.clone(), self.cancel.child_token());
@@ -77,11 +93,19 @@ impl Dispatcher {
                 desired,
                 wake,
                 evict,
+                mirror,
             },
         );
+        self.sync_mirrors();
     }
 
     fn apply(&mut self, pod: Pod) {
+        if is_mirror(&pod) {
+            // Not a pod to run: the API's copy of a static pod (here or on another node).
+            self.mirrors.insert(mirror::key(&pod), pod);
+            self.sync_mirrors();
+            return;
+        }
         let key = PodKey::of(&pod);
         let finished = matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -106,10 +130,10 @@ impl Dispatcher {
     }
 
     /// Admits waiting pods in creation order, as the kubelet does, once the node is known.
+    /// Static pods do not wait: they must run before there is an API server to ask (the
+    /// kubelet admits them against a node it makes up, and may preempt others for them).
     fn admit_pending(&mut self) {
-        let Some(node) = self.node.clone() else {
-            return;
-        };
+        let node = self.node.clone();
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_by(|a, b| {
             (
@@ -128,7 +152,14 @@ impl Dispatcher {
                 used.add(&other.spec.clone().unwrap_or_default());
             }
             let spec = pod.spec.clone().unwrap_or_default();
-            let rejection = admission::admit(&spec, &node, &used).err();
+            let rejection = match &node {
+                Some(node) => admission::admit(&spec, node, &used).err(),
+                None if is_static(&pod) => None,
+                None => {
+                    self.pending.push(pod);
+                    continue;
+                }
+            };
             match &rejection {
                 None => {
                     self.admitted.insert(key.uid.clone(), pod.clone());
@@ -141,6 +172,107 @@ impl Dispatcher {
         }
     }
 
+    /// The manifest directory's pods changed: new ones start, removed ones stop.
+    fn set_static(&mut self, pods: Vec<Pod>) {
+        let fresh: HashMap<String, Pod> = pods
+            .into_iter()
+            .map(|p| (p.metadata.uid.clone().unwrap_or_default(), p))
+            .collect();
+        let removed: Vec<String> = self
+            .static_pods
+            .keys()
+            .filter(|uid| !fresh.contains_key(*uid))
+            .cloned()
+            .collect();
+        let added: Vec<Pod> = fresh
+            .iter()
+            .filter(|(uid, _)| !self.static_pods.contains_key(*uid))
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.static_pods = fresh;
+        for uid in removed {
+            debug!(uid, "static pod removed");
+            self.gone(&uid);
+        }
+        for pod in added {
+            debug!(pod = %PodKey::of(&pod), "static pod added");
+            self.apply(pod);
+        }
+        self.sync_mirrors();
+    }
+
+    /// Hands each static pod's worker its live mirror, and starts the mirror pod changes
+    /// that are due.
+    fn sync_mirrors(&mut self) {
+        for (uid, pod) in &self.static_pods {
+            let Some(handle) = self.workers.get(uid) else {
+                continue;
+            };
+            let live = self
+                .mirrors
+                .get(&mirror::key(pod))
+                .filter(|m| mirror::mirrors(m, pod));
+            handle.mirror.send_if_modified(|current| {
+                let version = |p: Option<&Pod>| {
+                    p.map(|p| (p.metadata.uid.clone(), p.metadata.resource_version.clone()))
+                };
+                if version(current.as_deref()) == version(live) {
+                    return false;
+                }
+                *current = live.map(|m| Arc::new(m.clone()));
+                true
+            });
+        }
+        let node = self
+            .node
+            .as_ref()
+            .and_then(|n| Some((n.metadata.name.as_deref()?, n.metadata.uid.as_deref()?)));
+        let statics: Vec<&Pod> = self.static_pods.values().collect();
+        let ops = mirror::reconcile(&statics, &self.mirrors, node);
+        let now = Instant::now();
+        for op in ops {
+            let key = op.key();
+            match self.mirror_busy.get(&key) {
+                Some(None) => continue,
+                Some(Some(retry_at)) if *retry_at > now => continue,
+                _ => {}
+            }
+            self.mirror_busy.insert(key.clone(), None);
+            let client = self.shared.client.clone();
+            self.mirror_ops.spawn(async move {
+                let done = mirror_op(client, op).await;
+                (key, done)
+            });
+        }
+    }
+
+    /// Records a finished mirror pod change at once, so that the next sync does not repeat
+    /// it before the watch shows it; a failed one waits before it is tried again.
+    fn mirror_done(&mut self, key: String, done: Option<MirrorDone>) {
+        match done {
+            None => {
+                self.mirror_busy
+                    .insert(key, Some(Instant::now() + MIRROR_RETRY));
+                return;
+            }
+            Some(MirrorDone::Created(pod)) => {
+                self.mirrors.entry(key.clone()).or_insert(*pod);
+            }
+            Some(MirrorDone::Deleted(uid)) => {
+                if self
+                    .mirrors
+                    .get(&key)
+                    .and_then(|m| m.metadata.uid.as_deref())
+                    == Some(&uid)
+                {
+                    self.mirrors.remove(&key);
+                }
+            }
+        }
+        self.mirror_busy.remove(&key);
+        self.sync_mirrors();
+    }
+
     fn gone(&mut self, uid: &str) {
         self.admitted.remove(uid);
         self.pending
@@ -150,9 +282,9 @@ impl Dispatcher {
         }
     }
 
-    /// Wakes the workers of pods whose runtime objects changed, and starts workers for
-    /// runtime objects of pods nobody works on.
-    async fn relist(&mut self) {
+    /// Wakes the workers of pods whose runtime objects changed, and (with `orphans`) starts
+    /// workers for runtime objects of pods nobody works on.
+    async fn relist(&mut self, orphans: bool) {
         let runtime = &self.shared.runtime;
         let (sandboxes, containers) = match tokio::try_join!(
             runtime.list_pod_sandboxes(None),
@@ -214,7 +346,7 @@ impl Dispatcher {
                 .pending
                 .iter()
                 .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
-            if !self.workers.contains_key(&uid) && !pending {
+            if orphans && !self.workers.contains_key(&uid) && !pending {
                 debug!(pod = %key, "runtime objects of a pod without a worker");
                 self.spawn(key, None, None);
             }
@@ -338,6 +470,67 @@ async fn follow_events(
     }
 }
 
+/// A mirror pod change that went through.
+enum MirrorDone {
+    Created(Box<Pod>),
+    /// The mirror pod with this UID is gone (or was already).
+    Deleted(String),
+}
+
+/// Creates or deletes one mirror pod; `None` when that failed.
+async fn mirror_op(client: kube::Client, op: mirror::Op) -> Option<MirrorDone> {
+    use kube::api::{DeleteParams, PostParams, Preconditions};
+    let key = op.key();
+    let creating = matches!(op, mirror::Op::Create(_));
+    let result = match op {
+        mirror::Op::Create(pod) => {
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client, &namespace);
+            api.create(&PostParams::default(), &pod)
+                .await
+                .map(|created| MirrorDone::Created(Box::new(created)))
+        }
+        mirror::Op::Delete {
+            namespace,
+            name,
+            uid,
+        } => {
+            let api: Api<Pod> = Api::namespaced(client, &namespace);
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            let gone = MirrorDone::Deleted(uid);
+            match api.delete(&name, &params).await {
+                Ok(_) => Ok(gone),
+                // Already gone, or replaced: the watch shows what is.
+                Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(gone),
+                Err(err) => Err(err),
+            }
+        }
+    };
+    match result {
+        Ok(done) => {
+            debug!(pod = key, "mirror pod changed");
+            Some(done)
+        }
+        // A mirror made a moment ago (the watch has not shown it yet), or a pod of the
+        // same name that is no mirror: look again later.
+        Err(kube::Error::Api(s)) if creating && s.is_already_exists() => {
+            debug!(pod = key, "a pod of the mirror's name exists");
+            None
+        }
+        Err(err) => {
+            warn!(pod = key, error = %error_chain(&err), "changing the mirror pod failed");
+            None
+        }
+    }
+}
+
 /// Runs the pod role until cancelled.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let runtime_changed = Arc::new(Notify::new());
@@ -367,7 +560,24 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         states: HashMap::new(),
         running: HashMap::new(),
         evicted: HashSet::new(),
+        static_pods: HashMap::new(),
+        mirrors: HashMap::new(),
+        mirror_ops: JoinSet::new(),
+        mirror_busy: HashMap::new(),
     };
+    let (static_tx, mut static_rx) = watch::channel(None);
+    // Without a manifest directory there are no static pods to wait for.
+    let mut static_read = dispatcher.shared.static_pods.is_none();
+    let mut static_open = !static_read;
+    if let Some((dir, every)) = dispatcher.shared.static_pods.clone() {
+        tokio::spawn(static_pods::follow(
+            dir,
+            dispatcher.shared.node_name.clone(),
+            every,
+            static_tx,
+            cancel.child_token(),
+        ));
+    }
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut listed: HashSet<String> = HashSet::new();
@@ -383,19 +593,36 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     listed.extend(pod.metadata.uid.clone());
                     dispatcher.apply(pod);
                 }
+                Some(Ok(Event::Delete(pod))) if is_mirror(&pod) => {
+                    // Only that mirror: its successor may be known already.
+                    let key = mirror::key(&pod);
+                    if dispatcher.mirrors.get(&key).map(|m| &m.metadata.uid) == Some(&pod.metadata.uid) {
+                        dispatcher.mirrors.remove(&key);
+                    }
+                    dispatcher.sync_mirrors();
+                }
                 Some(Ok(Event::Delete(pod))) => dispatcher.gone(pod.metadata.uid.as_deref().unwrap_or_default()),
                 Some(Ok(Event::Init)) => listed.clear(),
                 Some(Ok(Event::InitDone)) => {
-                    // After a (re)list, pods that were not listed are gone.
+                    // After a (re)list, pods that were not listed are gone; static pods
+                    // never came from the API.
                     let stale: Vec<String> = dispatcher
                         .workers
                         .iter()
-                        .filter(|(uid, h)| !listed.contains(*uid) && h.desired.borrow().is_some())
+                        .filter(|(uid, h)| {
+                            !listed.contains(*uid)
+                                && !dispatcher.static_pods.contains_key(*uid)
+                                && h.desired.borrow().is_some()
+                        })
                         .map(|(uid, _)| uid.clone())
                         .collect();
                     for uid in stale {
                         dispatcher.gone(&uid);
                     }
+                    dispatcher.mirrors.retain(|_, m| {
+                        m.metadata.uid.as_ref().is_some_and(|uid| listed.contains(uid))
+                    });
+                    dispatcher.sync_mirrors();
                     synced = true;
                 }
                 Some(Err(err)) => warn!(error = %error_chain(&err), "watching pods failed; retrying"),
@@ -405,6 +632,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 Some(Ok(node)) => {
                     dispatcher.node = Some(node);
                     dispatcher.admit_pending();
+                    dispatcher.sync_mirrors();
                 }
                 Some(Err(err)) => warn!(error = %error_chain(&err), "watching the node failed; retrying"),
                 None => break,
@@ -416,10 +644,33 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                     dispatcher.evicted.remove(&uid);
                 }
             }
-            // Only once the API's view is complete (pods listed, node known) can a runtime
-            // object without a pod be told from one whose pod is still on its way.
-            _ = relist.tick(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
-            _ = runtime_changed.notified(), if synced && dispatcher.node.is_some() => dispatcher.relist().await,
+            Some(done) = dispatcher.mirror_ops.join_next() => {
+                if let Ok((key, done)) = done {
+                    dispatcher.mirror_done(key, done);
+                }
+            }
+            changed = static_rx.changed(), if static_open => match changed {
+                Ok(()) => {
+                    let pods = static_rx.borrow_and_update().clone();
+                    if let Some(pods) = pods {
+                        dispatcher.set_static(pods);
+                        static_read = true;
+                    }
+                }
+                Err(_) => static_open = false,
+            },
+            // Only once the API's view is complete (pods listed, node known) and the manifests
+            // read can a runtime object without a pod be told from one whose pod is on its way;
+            // until then the relist only wakes workers.
+            _ = relist.tick() => {
+                let complete = synced && dispatcher.node.is_some() && static_read;
+                dispatcher.relist(complete).await;
+                dispatcher.sync_mirrors();
+            }
+            _ = runtime_changed.notified() => {
+                let complete = synced && dispatcher.node.is_some() && static_read;
+                dispatcher.relist(complete).await;
+            }
             _ = housekeeping.tick(), if synced => dispatcher.housekeeping().await,
         }
     }

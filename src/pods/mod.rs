@@ -6,6 +6,7 @@
 //!                  │                                   │  └──> status::pod_status (pure)
 //!   runtime relist ┘ (wakes workers on change)         └──> CRI calls, events, status patch
 //! ```
+//! static_pods (manifest dir) ──> dispatch ──> mirror pods in the API (status target)
 //! Upstream reference: the kubelet's pod workers (sync → terminating → terminated).
 
 pub mod admission;
@@ -24,6 +25,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod log_rotation;
 pub mod metadata;
+pub mod mirror;
 pub mod observed;
 pub mod probe_grpc;
 pub mod probe_tls;
@@ -32,5 +34,6 @@ pub mod pull_secrets;
 pub mod qos;
 pub mod sandbox;
 pub mod service_env;
+pub mod static_pods;
 pub mod status;
 pub mod worker;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus, Secret, Service,
@@ -36,7 +37,7 @@ use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
-use super::{cgroups, hooks, host_files, probes, pull_secrets, service_env};
+use super::{cgroups, hooks, host_files, probes, pull_secrets, service_env, static_pods};
 use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
 use crate::volumes::{self, PodVolumes};
@@ -85,6 +86,8 @@ pub struct Shared {
     pub log_limits: super::log_rotation::Limits,
     /// The kubelet role's figures.
     pub metrics: Arc<crate::metrics::Kubelet>,
+    /// The static pod manifest directory and how often it is read besides inotify.
+    pub static_pods: Option<(PathBuf, Duration)>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +110,8 @@ pub struct Inbox {
     pub rejection: Option<Rejection>,
     /// Set by the eviction manager: the pod is stopped and fails with this reason.
     pub evicted: watch::Receiver<Option<Rejection>>,
+    /// For a static pod: its live mirror pod in the API, which gets the status.
+    pub mirror: watch::Receiver<Option<Arc<Pod>>>,
 }
 
 struct Worker {
@@ -116,8 +121,11 @@ struct Worker {
     attempts: Attempts,
     /// The last pod seen, kept for its spec once the API no longer has it.
     last_pod: Option<Arc<Pod>>,
-    /// The last status this worker posted.
+    /// The last status this worker posted, and the UID of the API pod it went to.
     posted: Option<PodStatus>,
+    posted_to: Option<String>,
+    /// For a static pod: its mirror pod, if the API has one.
+    mirror: Option<Arc<Pod>>,
     /// The actions of the previous pass.
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
@@ -144,6 +152,8 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         attempts: Attempts::default(),
         last_pod: None,
         posted: None,
+        posted_to: None,
+        mirror: None,
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
         evicted: None,
@@ -175,6 +185,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         if desired.is_some() {
             worker.last_pod = desired.clone();
         }
+        worker.mirror = inbox.mirror.borrow_and_update().clone();
         let eviction = inbox.evicted.borrow_and_update().clone();
         if let Some(eviction) = eviction {
             worker.evict(eviction, desired.as_deref());
@@ -201,6 +212,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
             _ = inbox.desired.changed() => {}
             _ = inbox.wake.notified() => {}
             _ = inbox.evicted.changed() => {}
+            Ok(()) = inbox.mirror.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -601,7 +613,18 @@ impl Worker {
             .as_ref()
             .map(|p| p.verdicts.borrow().clone())
             .unwrap_or_default();
-        let api_status = pod.status.clone();
+        // A static pod's status goes to its mirror pod; without one it waits.
+        let (target, api_status) = if static_pods::is_static(pod) {
+            let Some(mirror) = &self.mirror else {
+                return;
+            };
+            (
+                mirror.metadata.uid.clone().unwrap_or_default(),
+                mirror.status.clone(),
+            )
+        } else {
+            (self.key.uid.clone(), pod.status.clone())
+        };
         let previous = self.posted.clone().or(api_status.clone());
         let runtime_name = self.runtime_name();
         let ctx = Context {
@@ -655,7 +678,8 @@ impl Worker {
                     .cloned(),
             );
         }
-        if Some(&status) == self.posted.as_ref()
+        let same_target = self.posted_to.as_deref() == Some(target.as_str());
+        if (same_target && Some(&status) == self.posted.as_ref())
             || (self.posted.is_none() && Some(&status) == api_status.as_ref())
         {
             return;
@@ -663,7 +687,7 @@ impl Worker {
         self.announce_back_off(pod, previous.as_ref(), &status);
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.key.namespace);
         // The UID makes the patch a precondition: a new pod of the same name is never touched.
-        let patch = json!({ "metadata": { "uid": self.key.uid }, "status": status });
+        let patch = json!({ "metadata": { "uid": target }, "status": status });
         match api
             .patch_status(
                 &self.key.name,
@@ -684,6 +708,7 @@ impl Worker {
                     self.shared.metrics.pod_started(self.seen_at.elapsed());
                 }
                 self.posted = Some(status);
+                self.posted_to = Some(target);
             }
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {
                 debug!(pod = %self.key, "pod gone or replaced; status not posted");
@@ -941,7 +966,8 @@ impl Worker {
                 None,
             ),
             Action::DeletePod => {
-                if pod.metadata.name.is_some() {
+                // A static pod has no API object of its own; its mirror goes with the manifest.
+                if pod.metadata.name.is_some() && !static_pods::is_static(pod) {
                     self.delete_pod().await;
                 }
                 ("DeletePod", Ok(()), None)
@@ -1210,6 +1236,11 @@ impl Worker {
         spec: &PodSpec,
     ) -> Result<Vec<(String, String)>, String> {
         let store = &self.shared.services;
+        // A static pod may have to run before there is an API server to list Services from
+        // (as upstream, it starts with what is known, possibly nothing).
+        if static_pods::is_static(pod) && store.wait_until_ready().now_or_never().is_none() {
+            return Ok(Vec::new());
+        }
         tokio::time::timeout(SERVICES_WAIT, store.wait_until_ready())
             .await
             .map_err(|_| {

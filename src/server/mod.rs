@@ -358,10 +358,16 @@ fn refused(refusal: Refusal) -> Response<Body> {
 async fn own_pod(shared: &Shared, namespace: &str, name: &str) -> Result<Pod, Response<Body>> {
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
     match api.get_opt(name).await {
-        Ok(Some(pod))
+        Ok(Some(mut pod))
             if pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
                 == Some(shared.settings.node_name.as_str()) =>
         {
+            // A mirror pod stands for a static pod, which the runtime knows by its own UID.
+            if let Some(hash) =
+                crate::pods::static_pods::annotation(&pod, crate::pods::static_pods::CONFIG_MIRROR)
+            {
+                pod.metadata.uid = Some(hash.to_owned());
+            }
             Ok(pod)
         }
         // The Node authorizer forbids reading another node's pods: that, too, is "not here".

@@ -55,6 +55,11 @@ impl Cluster {
             .join(format!("{component}.log"))
     }
 
+    /// The node's static pod manifest directory (nodus's --pod-manifest-path).
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.e2e_dir.join(".cluster/manifests")
+    }
+
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.e2e_dir.join(".cluster/node.kubeconfig")
     }

@@ -206,7 +206,9 @@ async fn a_static_pod_starts_without_an_api_server() -> Result<()> {
     let mirror_name = format!("alone-{node_name}");
 
     // As on a kubeadm control-plane node before its API server runs: the agent starts with
-    // no API server to talk to and finds the manifest.
+    // no API server to talk to and finds the manifest. (nodus-control goes first: like
+    // kube-scheduler, it exits when it cannot renew its leader lease.)
+    cluster.script(&["stop", "nodus-control"])?;
     cluster.script(&["stop", "kube-apiserver"])?;
     let outcome = async {
         cluster.script(&["restart", "nodus"])?;
@@ -220,6 +222,7 @@ async fn a_static_pod_starts_without_an_api_server() -> Result<()> {
     }
     .await;
     cluster.script(&["start", "kube-apiserver"])?;
+    cluster.script(&["start", "nodus-control"])?;
     outcome?;
 
     let pods = ns.pods();

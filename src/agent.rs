@@ -1,13 +1,11 @@
 //! Agent: builds the clients, registers the node, and runs each role as a task under one
 //! cancellation token; on shutdown it cancels them and waits, with a deadline.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
+use kube::Api;
 use nodus_cri::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,18 +31,8 @@ const BOOTSTRAP_WAIT: Duration = Duration::from_secs(600);
 /// An error that stops the agent before it runs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading kubeconfig {path}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("building the API client from {path}")]
-    Client {
-        path: PathBuf,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Client(#[from] crate::node::client::ClientError),
     #[error("finding the node's IP")]
     NodeIp(#[from] address::Error),
     #[error(transparent)]
@@ -70,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
-    let client = client(&config.kubeconfig).await?;
+    let (client, file_backed) = crate::node::client::build(&config.kubeconfig).await?;
     let node_ips = if config.node_ips.is_empty() {
         vec![address::discover()?]
     } else {
@@ -98,6 +86,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
 
     let mut tasks = JoinSet::new();
+    if config.rotate_certificates {
+        let current = config.cert_dir.join(bootstrap::CURRENT);
+        match file_backed {
+            // Rotation renews what TLS bootstrap wrote: the kubeconfig must use it.
+            Some(backed) if backed.cert == current => {
+                tasks.spawn(crate::node::rotation::run(
+                    crate::node::rotation::Rotation {
+                        client: client.clone(),
+                        connections: backed.connections,
+                        node_name: config.node_name.clone(),
+                        cert_dir: config.cert_dir.clone(),
+                    },
+                    shutdown.child_token(),
+                ));
+            }
+            _ => warn!(
+                expected = %current.display(),
+                "rotateCertificates needs a kubeconfig whose client certificate and key are \
+                 --cert-dir's kubelet-client-current.pem (as TLS bootstrap writes it); not rotating"
+            ),
+        }
+    }
     let (runtime_tx, mut runtime_rx) = watch::channel(RuntimeState::default());
     tasks.spawn(runtime::monitor(
         Runtime::connect(config.runtime_endpoint.clone()),
@@ -246,23 +256,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         warn!(grace = ?SHUTDOWN_GRACE, "tasks still running after the grace period; stopping anyway");
     }
     Ok(())
-}
-
-async fn client(path: &PathBuf) -> Result<Client, Error> {
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-        path: path.clone(),
-        source,
-    })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|source| Error::Kubeconfig {
-            path: path.clone(),
-            source,
-        })?;
-    Client::try_from(config).map_err(|source| Error::Client {
-        path: path.clone(),
-        source,
-    })
 }
 
 /// Keeps `writer`'s store of every Service current, for the containers' service variables

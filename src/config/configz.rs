@@ -35,6 +35,7 @@ pub fn render(flags: &Flags, eviction_hard: &Thresholds) -> Value {
         "resolvConf": flags.resolv_conf,
         "podLogsDir": flags.pod_logs_dir,
         "fileCheckFrequency": flags.file_check_frequency,
+        "rotateCertificates": flags.rotate_certificates,
         "containerLogMaxSize": flags.container_log_max_size,
         "containerLogMaxFiles": flags.container_log_max_files,
         "containerRuntimeEndpoint": flags.container_runtime_endpoint,

@@ -264,6 +264,12 @@ impl Setter<'_> {
                     let path = string(f, value)?;
                     self.set("resolv_conf", |flags| flags.resolv_conf = path.into());
                 }
+                "rotateCertificates" => {
+                    let on = boolean(f, value)?;
+                    self.set("rotate_certificates", |flags| {
+                        flags.rotate_certificates = on
+                    });
+                }
                 "staticPodPath" => {
                     let path = string(f, value)?;
                     if !path.is_empty() {

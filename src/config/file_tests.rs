@@ -110,7 +110,6 @@ fn the_file_kubeadm_writes_is_accepted_and_its_unsupported_fields_listed() {
             "KubeletConfiguration.cgroupDriver",
             "KubeletConfiguration.healthzBindAddress",
             "KubeletConfiguration.healthzPort",
-            "KubeletConfiguration.rotateCertificates",
         ]
     );
     assert_eq!(
@@ -121,6 +120,7 @@ fn the_file_kubeadm_writes_is_accepted_and_its_unsupported_fields_listed() {
         )),
         "staticPodPath taken, fileCheckFrequency 0s left at the default"
     );
+    assert!(config.rotate_certificates);
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub struct Flags {
     #[arg(long, value_name = "PATH")]
     pub bootstrap_kubeconfig: Option<PathBuf>,
 
+    /// Renew the client certificate (kubelet-client-current.pem in --cert-dir) before it
+    /// expires, by a certificate signing request with the node's own identity.
+    #[arg(long)]
+    pub rotate_certificates: bool,
+
     /// Where TLS bootstrap keeps the node's client certificate (kubelet-client-current.pem).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet/pki")]
     pub cert_dir: PathBuf,

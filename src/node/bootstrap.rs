@@ -123,13 +123,27 @@ pub async fn run(b: &Bootstrap) -> Result<PathBuf, Error> {
             source,
         })?;
     let client = Client::try_from(config).map_err(Error::Client)?;
+    let pem = request_client_certificate(&client, &b.node_name, b.wait).await?;
+    let (file, current) = install(&b.cert_dir, &pem)?;
+    write_kubeconfig(&b.kubeconfig, &cluster, &current)?;
+    info!(kubeconfig = %b.kubeconfig.display(), certificate = %file.display(), "TLS bootstrap done");
+    Ok(b.kubeconfig.clone())
+}
 
+/// Asks for a node client certificate through `client` (the bootstrap token's, or the
+/// node's own when renewing) and waits until it is issued; returns the certificate and the
+/// new key, in one PEM.
+pub async fn request_client_certificate(
+    client: &Client,
+    node_name: &str,
+    wait: Duration,
+) -> Result<Vec<u8>, Error> {
     let key = rcgen::KeyPair::generate().map_err(Error::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("system:node:{}", b.node_name),
+        format!("system:node:{node_name}"),
     );
     params
         .distinguished_name
@@ -137,7 +151,7 @@ pub async fn run(b: &Bootstrap) -> Result<PathBuf, Error> {
     let request = params.serialize_request(&key).map_err(Error::Key)?;
     let request = request.pem().map_err(Error::Key)?;
 
-    let csrs: Api<CertificateSigningRequest> = Api::all(client);
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let created = csrs
         .create(
             &PostParams::default(),
@@ -159,25 +173,27 @@ pub async fn run(b: &Bootstrap) -> Result<PathBuf, Error> {
         .await
         .map_err(Error::Create)?;
     let name = created.metadata.name.unwrap_or_default();
-    info!(csr = %name, node = %b.node_name, "TLS bootstrap: waiting for the client certificate");
-    let certificate = wait_issued(&csrs, &name, b.wait).await?;
-
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let file = b.cert_dir.join(format!(
-        "kubelet-client-{}.pem",
-        now.strftime("%Y-%m-%d-%H-%M-%S")
-    ));
-    let mut pem = certificate;
+    info!(csr = %name, node = %node_name, "waiting for the client certificate");
+    let mut pem = wait_issued(&csrs, &name, wait).await?;
     if !pem.ends_with(b"\n") {
         pem.push(b'\n');
     }
     pem.extend_from_slice(key.serialize_pem().as_bytes());
-    write_private(&file, &pem).map_err(write_error(&file))?;
-    let current = b.cert_dir.join(CURRENT);
+    Ok(pem)
+}
+
+/// Writes a new certificate and key as `kubelet-client-<time>.pem` in `cert_dir` and points
+/// `kubelet-client-current.pem` at it; returns both paths.
+pub fn install(cert_dir: &Path, pem: &[u8]) -> Result<(PathBuf, PathBuf), Error> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let file = cert_dir.join(format!(
+        "kubelet-client-{}.pem",
+        now.strftime("%Y-%m-%d-%H-%M-%S")
+    ));
+    write_private(&file, pem).map_err(write_error(&file))?;
+    let current = cert_dir.join(CURRENT);
     replace_symlink(&file, &current)?;
-    write_kubeconfig(&b.kubeconfig, &cluster, &current)?;
-    info!(kubeconfig = %b.kubeconfig.display(), certificate = %file.display(), "TLS bootstrap done");
-    Ok(b.kubeconfig.clone())
+    Ok((file, current))
 }
 
 /// The current context's cluster (or the only one).

@@ -9,11 +9,13 @@
 
 pub mod address;
 pub mod bootstrap;
+pub mod client;
 pub mod conditions;
 pub mod lease;
 pub mod machine;
 pub mod notify;
 pub mod pod_cidr;
 pub mod register;
+pub mod rotation;
 pub mod runtime;
 pub mod status;

@@ -22,6 +22,15 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// A kubeconfig for the cluster's API server that authenticates with `token`.
 fn bootstrap_kubeconfig(cluster: &nodus_e2e::Cluster, token: &str, path: &Path) -> Result<()> {
+    kubeconfig_for(cluster, serde_json::json!({ "token": token }), path)
+}
+
+/// A kubeconfig for the cluster's API server whose user is `user` (a kubeconfig user entry).
+fn kubeconfig_for(
+    cluster: &nodus_e2e::Cluster,
+    user: serde_json::Value,
+    path: &Path,
+) -> Result<()> {
     let admin = Kubeconfig::read_from(cluster.admin_kubeconfig())?;
     let server_cluster = admin
         .clusters
@@ -31,7 +40,7 @@ fn bootstrap_kubeconfig(cluster: &nodus_e2e::Cluster, token: &str, path: &Path) 
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{ "name": "c", "cluster": server_cluster.cluster }],
-        "users": [{ "name": "bootstrap", "user": { "token": token } }],
+        "users": [{ "name": "bootstrap", "user": user }],
         "contexts": [{ "name": "bootstrap", "context": { "cluster": "c", "user": "bootstrap" } }],
         "current-context": "bootstrap",
     });
@@ -460,4 +469,168 @@ async fn expired_tokens_lose_their_signature_and_are_deleted() -> Result<()> {
         Ok((!info.data.unwrap_or_default().contains_key(&key)).then_some(()))
     })
     .await
+}
+
+/// A client certificate for this node signed by the cluster CA with exactly the given
+/// validity (Unix seconds), as `openssl ca` makes it; the PEM holds certificate and key.
+fn short_lived_node_certificate(
+    cluster: &nodus_e2e::Cluster,
+    work: &Path,
+    not_before: Timestamp,
+    not_after: Timestamp,
+) -> Result<Vec<u8>> {
+    let run = |args: &[&str]| -> Result<()> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(work)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    std::fs::write(work.join("index.txt"), "")?;
+    std::fs::write(work.join("serial"), "1000\n")?;
+    std::fs::write(
+        work.join("ca.cnf"),
+        "[ca]\ndefault_ca = local\n[local]\ndatabase = index.txt\nnew_certs_dir = .\n\
+         serial = serial\ndefault_md = sha256\npolicy = any\nx509_extensions = client\n\
+         [any]\ncommonName = supplied\norganizationName = optional\n\
+         [client]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = clientAuth\n",
+    )?;
+    let node = cluster.node_name();
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+        "-subj",
+        &format!("/O=system:nodes/CN=system:node:{node}"),
+    ])?;
+    let stamp = |t: Timestamp| t.strftime("%Y%m%d%H%M%SZ").to_string();
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        "ca.cnf",
+        "-in",
+        "req.csr",
+        "-out",
+        "cert.pem",
+        "-cert",
+        &cluster.ca_cert().to_string_lossy(),
+        "-keyfile",
+        &cluster.pki("ca.key").to_string_lossy(),
+        "-startdate",
+        &stamp(not_before),
+        "-enddate",
+        &stamp(not_after),
+    ])?;
+    let mut pem = std::fs::read(work.join("cert.pem"))?;
+    pem.extend(std::fs::read(work.join("key.pem"))?);
+    Ok(pem)
+}
+
+/// The notAfter of the first certificate in a PEM file, as Unix seconds.
+fn not_after(pem: &Path) -> Result<i64> {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(pem)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let date = text.trim().trim_start_matches("notAfter=");
+    let at: Timestamp = date
+        .replace(' ', "T")
+        .parse()
+        .with_context(|| format!("openssl's notAfter {date:?}"))?;
+    Ok(at.as_second())
+}
+
+async fn rotated(cluster: &nodus_e2e::Cluster, dir: &Path) -> Result<()> {
+    let node = cluster.node_name();
+    let admin = cluster.admin().await?;
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    // A certificate that lives one minute: due for renewal within about 45 s.
+    let now = Timestamp::now();
+    let expires = now + Duration::from_secs(50);
+    let pem = short_lived_node_certificate(cluster, dir, now - Duration::from_secs(10), expires)?;
+    let first = pki.join("kubelet-client-first.pem");
+    std::fs::write(&first, pem)?;
+    let current = pki.join("kubelet-client-current.pem");
+    std::os::unix::fs::symlink(&first, &current)?;
+    let current_path = current.to_string_lossy().into_owned();
+    kubeconfig_for(
+        cluster,
+        serde_json::json!({ "client-certificate": current_path, "client-key": current_path }),
+        &dir.join("kubelet.conf"),
+    )?;
+    let args = format!(
+        "--kubeconfig {0}/kubelet.conf --cert-dir {0}/pki --rotate-certificates",
+        dir.display()
+    );
+    cluster.script_with_nodus_args(&["restart", "nodus"], &args)?;
+
+    // The renewal: requested as the node itself, approved, issued, installed.
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let requester = format!("system:node:{node}");
+    let issued = nodus_e2e::poll(WAIT, "an issued renewal requested by the node", || async {
+        let list = csrs.list(&ListParams::default()).await?;
+        Ok(list.items.into_iter().find(|c| {
+            c.spec.username.as_deref() == Some(requester.as_str())
+                && c.status.as_ref().is_some_and(|s| s.certificate.is_some())
+        }))
+    })
+    .await?;
+    nodus_e2e::poll(WAIT, "the renewed certificate installed", || async {
+        Ok((not_after(&current)? > Timestamp::now().as_second() + 3600).then_some(()))
+    })
+    .await?;
+    ensure!(
+        subject(&current)?.contains(&format!("CN=system:node:{node}")),
+        "the renewed certificate is the node's"
+    );
+
+    // The node carries on past the first certificate's end: every connection that used it
+    // was closed, so the Lease is renewed with the new one.
+    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
+    let after = expires + Duration::from_secs(2);
+    nodus_e2e::poll(
+        WAIT,
+        "the Lease renewed after the first certificate expired",
+        || async {
+            let lease = leases.get(&node).await?;
+            let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+            Ok(renewed.filter(|t| *t > after).map(|_| ()))
+        },
+    )
+    .await?;
+    csrs.delete(
+        issued.metadata.name.as_deref().unwrap_or_default(),
+        &DeleteParams::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_short_lived_client_certificate_is_rotated_and_the_node_carries_on() -> Result<()> {
+    let cluster = nodus_e2e::Cluster::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let result = rotated(&cluster, dir.path()).await;
+    let restored = cluster.script(&["restart", "nodus"]);
+    result?;
+    restored
 }

@@ -1,0 +1,130 @@
+//! Client certificate rotation (`rotateCertificates`), as the kubelet does it: at a random
+//! point between 70% and 90% of the current certificate's lifetime, ask for a new one with
+//! the node's own identity (a `selfnodeclient` request the approver recognises), install it
+//! as `kubelet-client-current.pem`, and end every open connection so that all requests go
+//! on with the new certificate. A failed attempt is retried with backoff until it works;
+//! the old certificate serves meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use ring::rand::SecureRandom;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::bootstrap;
+use super::client::Connections;
+use super::runtime::error_chain;
+
+/// How long one renewal waits for its request to be approved and issued.
+const ISSUE_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// What rotation needs: the client whose identity it renews and that client's connections.
+pub struct Rotation {
+    pub client: Client,
+    pub connections: Arc<Connections>,
+    pub node_name: String,
+    pub cert_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotation")
+            .field("node_name", &self.node_name)
+            .field("cert_dir", &self.cert_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validity (Unix seconds: not before, not after) of the first certificate in `pem`.
+fn validity(pem: &[u8]) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// When to renew a certificate valid over `[not_before, not_after]`: at `fraction` (0.7 to
+/// 0.9, random per certificate so that a fleet does not renew at once) of its lifetime.
+pub fn deadline(not_before: i64, not_after: i64, fraction: f64) -> i64 {
+    let lifetime = (not_after - not_before).max(0) as f64;
+    not_before + (lifetime * fraction.clamp(0.7, 0.9)) as i64
+}
+
+fn jitter() -> f64 {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    0.7 + 0.2 * f64::from(byte[0]) / 255.0
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Renews the client certificate whenever it is due, until cancelled.
+pub async fn run(rotation: Rotation, cancel: CancellationToken) {
+    let current = rotation.cert_dir.join(bootstrap::CURRENT);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+    loop {
+        let Some((not_before, not_after)) =
+            std::fs::read(&current).ok().and_then(|pem| validity(&pem))
+        else {
+            warn!(path = %current.display(), "no readable client certificate to rotate; rotation stops");
+            return;
+        };
+        let due = deadline(not_before, not_after, jitter());
+        let wait = Duration::from_secs(u64::try_from(due - now()).unwrap_or(0));
+        info!(expires = not_after, renew_in = ?wait, "client certificate rotation scheduled");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        loop {
+            let renewed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                renewed = bootstrap::request_client_certificate(&rotation.client, &rotation.node_name, ISSUE_WAIT) => renewed,
+            };
+            match renewed.and_then(|pem| bootstrap::install(&rotation.cert_dir, &pem)) {
+                Ok((file, _)) => {
+                    info!(certificate = %file.display(), "client certificate rotated; reconnecting");
+                    rotation.connections.close_all();
+                    backoff.reset();
+                    break;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %error_chain(&err), retry_in = ?delay, "renewing the client certificate failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_between_70_and_90_percent_of_the_lifetime() {
+        assert_eq!(deadline(1000, 2000, 0.7), 1700);
+        assert_eq!(deadline(1000, 2000, 0.9), 1900);
+        assert_eq!(deadline(1000, 2000, 0.0), 1700, "clamped");
+        assert_eq!(deadline(1000, 2000, 1.0), 1900, "clamped");
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.7..=0.9).contains(&j), "{j}");
+        }
+    }
+}

@@ -94,7 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 tasks.spawn(crate::node::rotation::run(
                     crate::node::rotation::Rotation {
                         client: client.clone(),
-                        connections: backed.connections,
+                        purpose: bootstrap::Purpose::Client,
+                        connections: Some(backed.connections),
                         node_name: config.node_name.clone(),
                         cert_dir: config.cert_dir.clone(),
                     },
@@ -191,6 +192,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             cert: cert.to_string_lossy().into_owned(),
             key: key.to_string_lossy().into_owned(),
         },
+        None if config.rotate_server_certificates => {
+            let mut names = vec![config.hostname.clone()];
+            names.extend(node_ips.iter().map(ToString::to_string));
+            let purpose = bootstrap::Purpose::Serving { names };
+            let path = config.cert_dir.join(purpose.current());
+            tasks.spawn(crate::node::rotation::run(
+                crate::node::rotation::Rotation {
+                    client: client.clone(),
+                    purpose,
+                    connections: None,
+                    node_name: config.node_name.clone(),
+                    cert_dir: config.cert_dir.clone(),
+                },
+                shutdown.child_token(),
+            ));
+            crate::server::tls::Serving::Issued(path)
+        }
         None => crate::server::tls::Serving::SelfSigned {
             hostname: config.hostname.clone(),
             ips: node_ips.clone(),

@@ -36,6 +36,7 @@ pub fn render(flags: &Flags, eviction_hard: &Thresholds) -> Value {
         "podLogsDir": flags.pod_logs_dir,
         "fileCheckFrequency": flags.file_check_frequency,
         "rotateCertificates": flags.rotate_certificates,
+        "serverTLSBootstrap": flags.rotate_server_certificates,
         "containerLogMaxSize": flags.container_log_max_size,
         "containerLogMaxFiles": flags.container_log_max_files,
         "containerRuntimeEndpoint": flags.container_runtime_endpoint,

@@ -264,6 +264,12 @@ impl Setter<'_> {
                     let path = string(f, value)?;
                     self.set("resolv_conf", |flags| flags.resolv_conf = path.into());
                 }
+                "serverTLSBootstrap" => {
+                    let on = boolean(f, value)?;
+                    self.set("rotate_server_certificates", |flags| {
+                        flags.rotate_server_certificates = on
+                    });
+                }
                 "rotateCertificates" => {
                     let on = boolean(f, value)?;
                     self.set("rotate_certificates", |flags| {

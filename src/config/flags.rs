@@ -34,6 +34,12 @@ pub struct Flags {
     #[arg(long)]
     pub rotate_certificates: bool,
 
+    /// Serve the kubelet API with a certificate issued through a certificate signing request
+    /// (signer kubernetes.io/kubelet-serving, approved by an admin) for the node's hostname
+    /// and addresses, renewed before it expires; ignored with --tls-cert-file.
+    #[arg(long)]
+    pub rotate_server_certificates: bool,
+
     /// Where TLS bootstrap keeps the node's client certificate (kubelet-client-current.pem).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet/pki")]
     pub cert_dir: PathBuf,

@@ -31,6 +31,8 @@ pub struct Config {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     pub cert_dir: PathBuf,
     pub rotate_certificates: bool,
+    /// serverTLSBootstrap: the serving certificate comes from a CSR (without --tls-cert-file).
+    pub rotate_server_certificates: bool,
     pub node_name: String,
     pub hostname: String,
     pub node_ips: Vec<IpAddr>,
@@ -275,6 +277,7 @@ impl Config {
             bootstrap_kubeconfig: flags.bootstrap_kubeconfig,
             cert_dir: flags.cert_dir,
             rotate_certificates: flags.rotate_certificates,
+            rotate_server_certificates: flags.rotate_server_certificates,
             node_name,
             hostname,
             node_ips,

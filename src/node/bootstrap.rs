@@ -31,8 +31,45 @@ use tracing::info;
 
 /// The signer of node client certificates.
 pub const CLIENT_KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet serving certificates (approved by an admin, not automatically).
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The certificate the kubeconfig points at (the kubelet's name).
 pub const CURRENT: &str = "kubelet-client-current.pem";
+/// The kubelet API's serving certificate with `serverTLSBootstrap` (the kubelet's name).
+pub const SERVING_CURRENT: &str = "kubelet-server-current.pem";
+
+/// What a node certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// The node's client certificate for the API server.
+    Client,
+    /// The kubelet API's serving certificate, for these DNS names and addresses.
+    Serving { names: Vec<String> },
+}
+
+impl Purpose {
+    fn signer(&self) -> &'static str {
+        match self {
+            Purpose::Client => CLIENT_KUBELET_SIGNER,
+            Purpose::Serving { .. } => SERVING_SIGNER,
+        }
+    }
+
+    fn file_prefix(&self) -> &'static str {
+        match self {
+            Purpose::Client => "kubelet-client",
+            Purpose::Serving { .. } => "kubelet-server",
+        }
+    }
+
+    /// The file name of the certificate in use.
+    pub fn current(&self) -> &'static str {
+        match self {
+            Purpose::Client => CURRENT,
+            Purpose::Serving { .. } => SERVING_CURRENT,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,23 +160,30 @@ pub async fn run(b: &Bootstrap) -> Result<PathBuf, Error> {
             source,
         })?;
     let client = Client::try_from(config).map_err(Error::Client)?;
-    let pem = request_client_certificate(&client, &b.node_name, b.wait).await?;
-    let (file, current) = install(&b.cert_dir, &pem)?;
+    let pem = request_certificate(&client, &b.node_name, &Purpose::Client, b.wait).await?;
+    let (file, current) = install(&b.cert_dir, &Purpose::Client, &pem)?;
     write_kubeconfig(&b.kubeconfig, &cluster, &current)?;
     info!(kubeconfig = %b.kubeconfig.display(), certificate = %file.display(), "TLS bootstrap done");
     Ok(b.kubeconfig.clone())
 }
 
-/// Asks for a node client certificate through `client` (the bootstrap token's, or the
-/// node's own when renewing) and waits until it is issued; returns the certificate and the
-/// new key, in one PEM.
-pub async fn request_client_certificate(
+/// Asks for a node certificate through `client` (the bootstrap token's, or the node's own
+/// when renewing) and waits until it is issued; returns the certificate and the new key, in
+/// one PEM.
+pub async fn request_certificate(
     client: &Client,
     node_name: &str,
+    purpose: &Purpose,
     wait: Duration,
 ) -> Result<Vec<u8>, Error> {
     let key = rcgen::KeyPair::generate().map_err(Error::Key)?;
-    let mut params = rcgen::CertificateParams::default();
+    let mut params = match purpose {
+        Purpose::Client => rcgen::CertificateParams::default(),
+        // Names that parse as IP addresses become IP SANs, the rest DNS SANs.
+        Purpose::Serving { names } => {
+            rcgen::CertificateParams::new(names.clone()).map_err(Error::Key)?
+        }
+    };
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
@@ -162,9 +206,15 @@ pub async fn request_client_certificate(
                 },
                 spec: CertificateSigningRequestSpec {
                     request: ByteString(request.into_bytes()),
-                    signer_name: CLIENT_KUBELET_SIGNER.to_owned(),
+                    signer_name: purpose.signer().to_owned(),
                     // An ECDSA key: no key encipherment, as the kubelet asks for one.
-                    usages: Some(vec!["digital signature".into(), "client auth".into()]),
+                    usages: Some(vec![
+                        "digital signature".into(),
+                        match purpose {
+                            Purpose::Client => "client auth".into(),
+                            Purpose::Serving { .. } => "server auth".into(),
+                        },
+                    ]),
                     ..CertificateSigningRequestSpec::default()
                 },
                 status: None,
@@ -173,7 +223,7 @@ pub async fn request_client_certificate(
         .await
         .map_err(Error::Create)?;
     let name = created.metadata.name.unwrap_or_default();
-    info!(csr = %name, node = %node_name, "waiting for the client certificate");
+    info!(csr = %name, node = %node_name, signer = purpose.signer(), "waiting for the certificate");
     let mut pem = wait_issued(&csrs, &name, wait).await?;
     if !pem.ends_with(b"\n") {
         pem.push(b'\n');
@@ -182,16 +232,21 @@ pub async fn request_client_certificate(
     Ok(pem)
 }
 
-/// Writes a new certificate and key as `kubelet-client-<time>.pem` in `cert_dir` and points
-/// `kubelet-client-current.pem` at it; returns both paths.
-pub fn install(cert_dir: &Path, pem: &[u8]) -> Result<(PathBuf, PathBuf), Error> {
+/// Writes a new certificate and key as `kubelet-{client,server}-<time>.pem` in `cert_dir` and
+/// points `kubelet-{client,server}-current.pem` at it; returns both paths.
+pub fn install(
+    cert_dir: &Path,
+    purpose: &Purpose,
+    pem: &[u8],
+) -> Result<(PathBuf, PathBuf), Error> {
     let now = k8s_openapi::jiff::Timestamp::now();
     let file = cert_dir.join(format!(
-        "kubelet-client-{}.pem",
+        "{}-{}.pem",
+        purpose.file_prefix(),
         now.strftime("%Y-%m-%d-%H-%M-%S")
     ));
     write_private(&file, pem).map_err(write_error(&file))?;
-    let current = cert_dir.join(CURRENT);
+    let current = cert_dir.join(purpose.current());
     replace_symlink(&file, &current)?;
     Ok((file, current))
 }

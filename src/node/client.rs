@@ -11,22 +11,20 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use futures::FutureExt;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use kube::Client;
+
+use super::cert_file::CertFile;
 use kube::client::{ClientBuilder, ConfigExt};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rustls::client::ResolvesClientCert;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tracing::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,11 +92,7 @@ pub async fn build(path: &Path) -> Result<(Client, Option<FileBacked>), ClientEr
     };
     let connections = Arc::new(Connections::default());
     let mut tls = config.rustls_client_config().map_err(build_error)?;
-    tls.client_auth_cert_resolver = Arc::new(FileIdentity {
-        cert: cert.clone(),
-        key,
-        cached: Mutex::new(None),
-    });
+    tls.client_auth_cert_resolver = Arc::new(FileIdentity(CertFile::new(cert.clone(), key)));
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let tracked = TrackedConnector {
@@ -154,26 +148,9 @@ fn identity_files(kubeconfig: &Kubeconfig, path: &Path) -> Option<(PathBuf, Path
     Some((cert, key))
 }
 
-/// The client identity as the files hold it now, re-read when they change.
+/// The client identity as the files hold it now.
 #[derive(Debug)]
-struct FileIdentity {
-    cert: PathBuf,
-    key: PathBuf,
-    cached: Mutex<Option<(SystemTime, Arc<CertifiedKey>)>>,
-}
-
-impl FileIdentity {
-    fn load(&self) -> Result<Arc<CertifiedKey>, String> {
-        let certs = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|err| format!("{}: {err}", self.cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|err| format!("{}: {err}", self.key.display()))?;
-        let key = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|err| format!("{}: {err}", self.key.display()))?;
-        Ok(Arc::new(CertifiedKey::new(certs, key)))
-    }
-}
+struct FileIdentity(CertFile);
 
 impl ResolvesClientCert for FileIdentity {
     fn resolve(
@@ -181,27 +158,7 @@ impl ResolvesClientCert for FileIdentity {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        // The symlink's target changes on rotation: its mtime tells a new certificate.
-        let modified = std::fs::metadata(&self.cert)
-            .and_then(|m| m.modified())
-            .ok()?;
-        let mut cached = self.cached.lock().ok()?;
-        if let Some((at, identity)) = cached.as_ref()
-            && *at == modified
-        {
-            return Some(identity.clone());
-        }
-        match self.load() {
-            Ok(identity) => {
-                debug!(cert = %self.cert.display(), "client certificate loaded");
-                *cached = Some((modified, identity.clone()));
-                Some(identity)
-            }
-            Err(err) => {
-                warn!(error = %err, "loading the client certificate failed");
-                cached.as_ref().map(|(_, identity)| identity.clone())
-            }
-        }
+        self.0.current()
     }
 
     fn has_certs(&self) -> bool {

@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod bootstrap;
+pub mod cert_file;
 pub mod client;
 pub mod conditions;
 pub mod lease;

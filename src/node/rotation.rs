@@ -1,9 +1,13 @@
-//! Client certificate rotation (`rotateCertificates`), as the kubelet does it: at a random
-//! point between 70% and 90% of the current certificate's lifetime, ask for a new one with
-//! the node's own identity (a `selfnodeclient` request the approver recognises), install it
-//! as `kubelet-client-current.pem`, and end every open connection so that all requests go
-//! on with the new certificate. A failed attempt is retried with backoff until it works;
-//! the old certificate serves meanwhile.
+//! Certificate rotation, as the kubelet does it: at a random point between 70% and 90% of
+//! the current certificate's lifetime, ask for a new one with the node's own identity,
+//! install it as the `-current.pem` file and go on with it. A failed attempt is retried with
+//! backoff until it works; the old certificate serves meanwhile.
+//!
+//! - Client (`rotateCertificates`): a `selfnodeclient` request the approver recognises;
+//!   every open API connection is ended after it, so all requests use the new certificate.
+//! - Serving (`serverTLSBootstrap`): a `kubernetes.io/kubelet-serving` request for the
+//!   node's names and addresses, also made at once when there is no certificate yet; an
+//!   admin approves it. The kubelet API reads the file at each handshake.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +25,12 @@ use super::runtime::error_chain;
 /// How long one renewal waits for its request to be approved and issued.
 const ISSUE_WAIT: Duration = Duration::from_secs(15 * 60);
 
-/// What rotation needs: the client whose identity it renews and that client's connections.
+/// What rotation needs: the client that asks, which certificate, and (for the client
+/// certificate) the connections to end after a renewal.
 pub struct Rotation {
     pub client: Client,
-    pub connections: Arc<Connections>,
+    pub purpose: bootstrap::Purpose,
+    pub connections: Option<Arc<Connections>>,
     pub node_name: String,
     pub cert_dir: PathBuf,
 }
@@ -34,6 +40,7 @@ impl std::fmt::Debug for Rotation {
         f.debug_struct("Rotation")
             .field("node_name", &self.node_name)
             .field("cert_dir", &self.cert_dir)
+            .field("purpose", &self.purpose)
             .finish_non_exhaustive()
     }
 }
@@ -68,21 +75,28 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Renews the client certificate whenever it is due, until cancelled.
+/// Renews the certificate whenever it is due, until cancelled.
 pub async fn run(rotation: Rotation, cancel: CancellationToken) {
-    let current = rotation.cert_dir.join(bootstrap::CURRENT);
+    let purpose = &rotation.purpose;
+    let current = rotation.cert_dir.join(purpose.current());
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
     loop {
-        let Some((not_before, not_after)) =
-            std::fs::read(&current).ok().and_then(|pem| validity(&pem))
-        else {
-            warn!(path = %current.display(), "no readable client certificate to rotate; rotation stops");
-            return;
+        let valid = std::fs::read(&current).ok().and_then(|pem| validity(&pem));
+        let wait = match (valid, purpose) {
+            (Some((not_before, not_after)), _) => {
+                let due = deadline(not_before, not_after, jitter());
+                let wait = Duration::from_secs(u64::try_from(due - now()).unwrap_or(0));
+                info!(certificate = purpose.current(), expires = not_after, renew_in = ?wait, "certificate rotation scheduled");
+                wait
+            }
+            // No serving certificate yet: ask for the first one now.
+            (None, bootstrap::Purpose::Serving { .. }) => Duration::ZERO,
+            (None, bootstrap::Purpose::Client) => {
+                warn!(path = %current.display(), "no readable client certificate to rotate; rotation stops");
+                return;
+            }
         };
-        let due = deadline(not_before, not_after, jitter());
-        let wait = Duration::from_secs(u64::try_from(due - now()).unwrap_or(0));
-        info!(expires = not_after, renew_in = ?wait, "client certificate rotation scheduled");
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -90,18 +104,20 @@ pub async fn run(rotation: Rotation, cancel: CancellationToken) {
         loop {
             let renewed = tokio::select! {
                 _ = cancel.cancelled() => return,
-                renewed = bootstrap::request_client_certificate(&rotation.client, &rotation.node_name, ISSUE_WAIT) => renewed,
+                renewed = bootstrap::request_certificate(&rotation.client, &rotation.node_name, purpose, ISSUE_WAIT) => renewed,
             };
-            match renewed.and_then(|pem| bootstrap::install(&rotation.cert_dir, &pem)) {
+            match renewed.and_then(|pem| bootstrap::install(&rotation.cert_dir, purpose, &pem)) {
                 Ok((file, _)) => {
-                    info!(certificate = %file.display(), "client certificate rotated; reconnecting");
-                    rotation.connections.close_all();
+                    info!(certificate = %file.display(), "certificate issued and installed");
+                    if let Some(connections) = &rotation.connections {
+                        connections.close_all();
+                    }
                     backoff.reset();
                     break;
                 }
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(error = %error_chain(&err), retry_in = ?delay, "renewing the client certificate failed");
+                    warn!(certificate = purpose.current(), error = %error_chain(&err), retry_in = ?delay, "getting a new certificate failed");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

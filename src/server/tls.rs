@@ -1,6 +1,7 @@
 //! TLS for the kubelet API: the serving certificate (the files given by `--tls-cert-file` and
-//! `--tls-private-key-file`, or one made for this node at start, as the kubelet does without
-//! them), and client certificates verified against `--client-ca-file`.
+//! `--tls-private-key-file`; with `serverTLSBootstrap` the one issued through a CSR, read at
+//! each handshake; or one made for this node at start, as the kubelet does without them),
+//! and client certificates verified against `--client-ca-file`.
 //!
 //! Invariant: a client certificate is only ever trusted after rustls verified it against the
 //! client CA; requests without one still reach the handler (bearer tokens, or anonymous when
@@ -8,13 +9,16 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+
+use crate::node::cert_file::CertFile;
 
 /// Why the TLS set-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,19 @@ pub enum Serving {
         hostname: String,
         ips: Vec<IpAddr>,
     },
+    /// Issued through a certificate signing request into this file (certificate and key),
+    /// which rotation replaces; until it exists, handshakes fail.
+    Issued(PathBuf),
+}
+
+/// The issued serving certificate, as its file holds it now.
+#[derive(Debug)]
+struct IssuedCert(CertFile);
+
+impl ResolvesServerCert for IssuedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current()
+    }
 }
 
 fn read(path: &str) -> Result<Vec<u8>, Error> {
@@ -78,6 +95,7 @@ fn serving(
     serving: &Serving,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
     match serving {
+        Serving::Issued(_) => unreachable!("an issued certificate is resolved per handshake"),
         Serving::Files { cert, key } => {
             let pem = read(key)?;
             let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| Error::Empty {
@@ -129,8 +147,16 @@ pub fn config(
         }
         None => builder.with_no_client_auth(),
     };
-    let (chain, key) = serving(serving_cert)?;
-    let mut config = builder.with_single_cert(chain, key).map_err(Error::Tls)?;
+    let mut config = match serving_cert {
+        Serving::Issued(path) => builder.with_cert_resolver(Arc::new(IssuedCert(CertFile::new(
+            path.clone(),
+            path.clone(),
+        )))),
+        other => {
+            let (chain, key) = serving(other)?;
+            builder.with_single_cert(chain, key).map_err(Error::Tls)?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -634,3 +634,74 @@ async fn a_short_lived_client_certificate_is_rotated_and_the_node_carries_on() -
     result?;
     restored
 }
+
+/// `curl --cacert CA` against the kubelet API: the HTTP status once TLS verified the serving
+/// certificate against the cluster CA for the node's IP, or the failure.
+fn kubelet_api_verified(cluster: &nodus_e2e::Cluster, ip: &str) -> Result<String> {
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "--cacert",
+        ])
+        .arg(cluster.ca_cert())
+        .arg(format!("https://{ip}:10250/healthz"))
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+async fn serving_bootstrapped(cluster: &nodus_e2e::Cluster, dir: &Path) -> Result<()> {
+    let node = cluster.node_name();
+    let ip = std::env::var("NODUS_E2E_NODE_IP")?;
+    let args = format!("--cert-dir {} --rotate-server-certificates", dir.display());
+    cluster.script_with_nodus_args(&["restart", "nodus"], &args)?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin().await?);
+    let requester = format!("system:node:{node}");
+    let pending = nodus_e2e::poll(WAIT, "the node's serving certificate request", || async {
+        let list = csrs.list(&ListParams::default()).await?;
+        Ok(list.items.into_iter().find(|c| {
+            c.spec.signer_name == "kubernetes.io/kubelet-serving"
+                && c.spec.username.as_deref() == Some(requester.as_str())
+        }))
+    })
+    .await?;
+    let name = pending.metadata.name.clone().unwrap_or_default();
+    // Nothing to serve with until an admin approves it (nobody does so automatically).
+    let before = kubelet_api_verified(cluster, &ip);
+    ensure!(before.is_err(), "served before approval: {before:?}");
+    cluster.kubectl(&["certificate", "approve", &name])?;
+    nodus_e2e::poll(
+        WAIT,
+        "the kubelet API serving the issued certificate",
+        || async { Ok(kubelet_api_verified(cluster, &ip).ok()) },
+    )
+    .await?;
+    let subject = subject(&dir.join("kubelet-server-current.pem"))?;
+    ensure!(
+        subject.contains(&format!("CN=system:node:{node}")),
+        "{subject}"
+    );
+    csrs.delete(&name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn server_tls_bootstrap_serves_the_kubelet_api_with_an_approved_certificate() -> Result<()> {
+    let cluster = nodus_e2e::Cluster::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let result = serving_bootstrapped(&cluster, dir.path()).await;
+    let restored = cluster.script(&["restart", "nodus"]);
+    result?;
+    restored
+}

@@ -178,6 +178,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     });
     let runtime = pods.runtime.clone();
     tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));
+    if config.host_gateway_routes {
+        tasks.spawn(crate::node::pod_routes::follow(
+            client.clone(),
+            config.node_name.clone(),
+            shutdown.child_token(),
+        ));
+    }
     if config.pod_cidr.is_none() {
         tasks.spawn(pod_cidr::follow(
             client.clone(),

@@ -2,7 +2,8 @@
 //!
 //! It renders the CNI network configuration for the node's pod CIDR (`cni`) and holds the Service
 //! proxy (`proxy`): the model, the pure nftables ruleset builder, applying it to the kernel, and
-//! conntrack cleanup. The routes to other nodes' pod CIDRs will live here too.
+//! conntrack cleanup; and the routes to other nodes' pod CIDRs (`routes`, host-gateway mode).
 
 pub mod cni;
 pub mod proxy;
+pub mod routes;

@@ -107,6 +107,12 @@ pub struct Flags {
     #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
 
+    /// Route other nodes' pod CIDRs through their InternalIPs (host-gateway mode), so that
+    /// pods on nodes sharing a network reach each other; `false` leaves the pod network
+    /// across nodes to another network plugin.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub host_gateway_routes: bool,
+
     /// Let requests without credentials reach the kubelet API as system:anonymous (still
     /// subject to authorization). Off by default, unlike the kubelet's flag.
     #[arg(long, default_value_t = false)]

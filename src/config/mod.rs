@@ -31,6 +31,8 @@ pub struct Config {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     pub cert_dir: PathBuf,
     pub rotate_certificates: bool,
+    /// Routes to other nodes' pod CIDRs (host-gateway mode).
+    pub host_gateway_routes: bool,
     /// serverTLSBootstrap: the serving certificate comes from a CSR (without --tls-cert-file).
     pub rotate_server_certificates: bool,
     pub node_name: String,
@@ -277,6 +279,7 @@ impl Config {
             bootstrap_kubeconfig: flags.bootstrap_kubeconfig,
             cert_dir: flags.cert_dir,
             rotate_certificates: flags.rotate_certificates,
+            host_gateway_routes: flags.host_gateway_routes,
             rotate_server_certificates: flags.rotate_server_certificates,
             node_name,
             hostname,

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod machine;
 pub mod notify;
 pub mod pod_cidr;
+pub mod pod_routes;
 pub mod register;
 pub mod rotation;
 pub mod runtime;

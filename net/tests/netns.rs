@@ -334,6 +334,40 @@ fn a_pod_reaches_itself_through_its_service() {
     );
 }
 
+/// Accepts one connection in `ns` on `port` and answers with the peer's address.
+fn tell_peer(ns: &Netns, port: u16) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = ns.spawn(move || {
+        let listener = TcpListener::bind(("0.0.0.0", port)).expect("binding the server");
+        tx.send(()).expect("the test waits for the server");
+        if let Ok((mut stream, peer)) = listener.accept() {
+            let _ = stream.write_all(peer.ip().to_string().as_bytes());
+        }
+    });
+    rx.recv_timeout(TIMEOUT).expect("the server starts");
+    server
+}
+
+#[test]
+fn pod_traffic_leaving_the_pod_network_goes_out_with_the_node_address() {
+    require_kernel!(&["ip", "nft", "conntrack"]);
+    let lab = Lab::new(1);
+    let server = tell_peer(&lab.client, 9000);
+    let seen = tcp_get(&lab.pods[0], "10.97.0.2:9000").expect("out of the cluster, unmasqueraded");
+    let _ = server.join();
+    assert_eq!(
+        seen,
+        pod_ip(0),
+        "before the ruleset the pod's own address arrives"
+    );
+
+    lab.apply(&state(vec![]));
+    let server = tell_peer(&lab.client, 9001);
+    let seen = tcp_get(&lab.pods[0], "10.97.0.2:9001").expect("out of the cluster");
+    let _ = server.join();
+    assert_eq!(seen, NODE_IP, "masqueraded to the node's address");
+}
+
 #[test]
 fn node_port_works_on_the_node_ip() {
     require_kernel!(&["ip", "nft", "conntrack"]);

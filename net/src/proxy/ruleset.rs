@@ -646,6 +646,16 @@ fn skeleton(node: &Node) -> Ruleset {
             )
         })
         .collect();
+    // Pod traffic leaving the cluster's pod network goes out with the node's address (the
+    // bridge network does not masquerade, and other nodes route only pod CIDRs back).
+    for family in Family::ALL {
+        let cidrs = cluster_cidrs(node, family);
+        for source in &cidrs {
+            let mut matches = vec![Match::SaddrInNet(*source)];
+            matches.extend(cidrs.iter().map(|c| Match::DaddrNotIn(*c)));
+            masquerading.push(rule(matches, vec![Stmt::Masquerade]));
+        }
+    }
     masquerading.extend([
         rule(
             vec![Match::MarkClear(MASQ_MARK)],

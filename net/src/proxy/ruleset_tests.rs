@@ -330,10 +330,11 @@ fn unknown_port_on_a_cluster_ip_is_rejected() {
         t.trace(&pkt(Origin::Host, NODE_IP, "10.98.0.10", 81)),
         one(Outcome::Reject)
     );
-    // An address that is no ClusterIP is not ours to reject.
+    // An address that is no ClusterIP is not ours to reject (leaving the pod network, the
+    // packet goes out with the node's address).
     assert_eq!(
         t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.11", 81)),
-        one(Outcome::Accept { masquerade: false })
+        one(Outcome::Accept { masquerade: true })
     );
 }
 
@@ -459,6 +460,39 @@ fn bad_and_conflicting_services_are_skipped_without_harming_others() {
     );
     assert_eq!(
         t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.98.0.11", 80)),
+        one(Outcome::Accept { masquerade: true })
+    );
+}
+
+#[test]
+fn pod_traffic_leaving_the_pod_network_is_masqueraded_and_only_that() {
+    let rs = build_one(vec![web(three())]);
+    let t = tracer(&rs);
+    // To a pod on another node: routed as it is, the source kept.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "10.99.3.4", 8080)),
+        one(Outcome::Accept { masquerade: false })
+    );
+    // Out of the cluster: the node's address, so that the answer finds its way back.
+    assert_eq!(
+        t.trace(&pkt(Origin::Pod, "10.99.0.7", "198.51.100.7", 443)),
+        one(Outcome::Accept { masquerade: true })
+    );
+    // The node's own traffic is not the pods'.
+    assert_eq!(
+        t.trace(&pkt(Origin::Host, NODE_IP, "198.51.100.7", 443)),
+        one(Outcome::Accept { masquerade: false })
+    );
+    // Without a cluster CIDR nothing tells pods' traffic apart: left alone.
+    let mut unknown = node();
+    unknown.cluster_cidrs.clear();
+    let rs = build(&ProxyState {
+        node: unknown,
+        services: vec![web(three())],
+    })
+    .ruleset;
+    assert_eq!(
+        tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "198.51.100.7", 443)),
         one(Outcome::Accept { masquerade: false })
     );
 }

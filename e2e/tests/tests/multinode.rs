@@ -1,0 +1,356 @@
+//! Several nodes on one machine (`e2e/cluster up --nodes 3`, which e2e/test brings up for
+//! these tests and sets NODUS_E2E_NODES for; with fewer nodes they skip): the extra nodes
+//! joined through approved CSRs, a Deployment spreads over all three, pods reach each other
+//! across nodes by pod IP with their own source address, a Service's ClusterIP and NodePort
+//! reach an endpoint on another node, and a lost node goes NotReady while its pods move to
+//! the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use nodus_e2e::pods::phase;
+use nodus_e2e::{Cluster, TestNamespace, poll};
+use serde_json::json;
+
+const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.66.1";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The cluster when it has at least three nodes, else `None` (the test skips).
+fn three_nodes() -> Result<Option<Cluster>> {
+    let nodes: usize = std::env::var("NODUS_E2E_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    if nodes < 3 {
+        eprintln!("skipping: needs `e2e/cluster up --nodes 3` (NODUS_E2E_NODES={nodes})");
+        return Ok(None);
+    }
+    Ok(Some(Cluster::from_env()?))
+}
+
+fn node_names(cluster: &Cluster) -> [String; 3] {
+    let first = cluster.node_name();
+    [first.clone(), format!("{first}-2"), format!("{first}-3")]
+}
+
+fn ready(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+fn internal_ip(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+}
+
+fn subject(pem: &[u8]) -> Result<String> {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child.stdin.take().context("stdin")?.write_all(pem)?;
+    let output = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// An agnhost netexec Deployment with a request, so that the scheduler spreads it, and
+/// short NoExecute tolerations, so that its pods leave a lost node at once.
+fn netexec(name: &str, replicas: i32) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 1,
+                    "tolerations": [
+                        { "key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                          "effect": "NoExecute", "tolerationSeconds": 2 },
+                        { "key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                          "effect": "NoExecute", "tolerationSeconds": 2 },
+                    ],
+                    "containers": [{
+                        "name": "netexec", "image": AGNHOST,
+                        "args": ["netexec", "--http-port=8080"],
+                        "resources": { "requests": { "cpu": "100m" } },
+                        "readinessProbe": { "httpGet": { "path": "/healthz", "port": 8080 },
+                                            "periodSeconds": 1 },
+                    }],
+                },
+            },
+        },
+    }))?)
+}
+
+/// The Deployment's ready pods, by node.
+async fn ready_pods_by_node(ns: &TestNamespace, app: &str) -> Result<BTreeMap<String, Vec<Pod>>> {
+    let pods = ns
+        .pods()
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    for pod in pods.items {
+        let is_ready = pod.metadata.deletion_timestamp.is_none()
+            && phase(&pod) == "Running"
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if is_ready {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            by_node.entry(node).or_default().push(pod);
+        }
+    }
+    Ok(by_node)
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+/// `curl` from this machine (the first node's network).
+fn curl(url: &str) -> Result<String> {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "3", url])
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn three_nodes_join_and_share_one_pod_network() -> Result<()> {
+    let Some(cluster) = three_nodes()? else {
+        return Ok(());
+    };
+    let client = cluster.admin().await?;
+    let names = node_names(&cluster);
+
+    // Three Ready nodes; the two that joined got their client certificates through
+    // approved requests made with the bootstrap token.
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in &names {
+        let node = nodes.get(name).await?;
+        ensure!(ready(&node) == Some("True"), "node {name} is not Ready");
+    }
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let issued: Vec<String> = csrs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.spec
+                .username
+                .as_deref()
+                .is_some_and(|u| u.starts_with("system:bootstrap:"))
+                && c.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Approved" && c.status == "True")
+                })
+        })
+        .filter_map(|c| c.status?.certificate.map(|p| p.0))
+        .map(|pem| subject(&pem))
+        .collect::<Result<_>>()?;
+    for name in &names[1..] {
+        ensure!(
+            issued
+                .iter()
+                .any(|s| s.contains(&format!("CN=system:node:{name}"))),
+            "no approved bootstrap CSR issued {name}'s certificate: {issued:?}"
+        );
+    }
+
+    // A Deployment spreads over the three.
+    let ns = TestNamespace::create(client.clone(), "multinode").await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &netexec("web", 6)?)
+        .await?;
+    let by_node = poll(WAIT, "six ready replicas over three nodes", || async {
+        let by_node = ready_pods_by_node(&ns, "web").await?;
+        let count: usize = by_node.values().map(Vec::len).sum();
+        Ok((count == 6 && by_node.len() == 3).then_some(by_node))
+    })
+    .await?;
+
+    // Pods talk to pods on the other nodes by pod IP, and are seen with their own address.
+    let one: Vec<&Pod> = names.iter().map(|n| &by_node[n][0]).collect();
+    for from in &one {
+        for to in &one {
+            if std::ptr::eq(*from, *to) {
+                continue;
+            }
+            let seen = cluster.kubectl(&[
+                "exec",
+                "-n",
+                &ns.name,
+                from.metadata.name.as_deref().unwrap_or_default(),
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{}:8080/clientip", pod_ip(to)),
+            ])?;
+            ensure!(
+                seen.starts_with(&format!("{}:", pod_ip(from))),
+                "{} -> {}: seen as {seen:?}",
+                pod_ip(from),
+                pod_ip(to)
+            );
+        }
+    }
+
+    // A Service whose only endpoint is on the third node: its ClusterIP from the first
+    // node, and its NodePort on the first two nodes' addresses.
+    let remote = &by_node[&names[2]][0];
+    let remote_name = remote.metadata.name.clone().unwrap_or_default();
+    cluster.kubectl(&["label", "pod", "-n", &ns.name, &remote_name, "role=remote"])?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "remote" },
+        "spec": { "type": "NodePort", "selector": { "app": "web", "role": "remote" },
+                  "ports": [{ "port": 80, "targetPort": 8080 }] },
+    }))?;
+    let service = services.create(&PostParams::default(), &service).await?;
+    let spec = service.spec.context("spec")?;
+    let cluster_ip = spec.cluster_ip.context("clusterIP")?;
+    let node_port = spec.ports.context("ports")?[0]
+        .node_port
+        .context("nodePort")?;
+    let mut urls = vec![format!("http://{cluster_ip}/hostname")];
+    for name in &names[..2] {
+        let ip = internal_ip(&nodes.get(name).await?).context("InternalIP")?;
+        urls.push(format!("http://{ip}:{node_port}/hostname"));
+    }
+    for url in urls {
+        let answer = poll(WAIT, &format!("{url} to answer"), || async {
+            Ok(curl(&url).ok())
+        })
+        .await?;
+        ensure!(answer == remote_name, "{url} answered {answer:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<()> {
+    let Some(cluster) = three_nodes()? else {
+        return Ok(());
+    };
+    let client = cluster.admin().await?;
+    let names = node_names(&cluster);
+    let lost = names[2].clone();
+    let ns = TestNamespace::create(client.clone(), "node-loss").await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &netexec("mover", 6)?)
+        .await?;
+    let before = poll(
+        WAIT,
+        "six ready replicas, some on the node to lose",
+        || async {
+            let by_node = ready_pods_by_node(&ns, "mover").await?;
+            let count: usize = by_node.values().map(Vec::len).sum();
+            Ok((count == 6 && by_node.contains_key(&lost)).then_some(by_node))
+        },
+    )
+    .await?;
+    let gone: BTreeSet<String> = before[&lost]
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+
+    // The node's agent and runtime stop, as when its machine goes away.
+    cluster.script(&["stop", "nodus-3"])?;
+    cluster.script(&["stop", "containerd-3"])?;
+    let outcome = async {
+        let nodes: Api<Node> = Api::all(client.clone());
+        poll(WAIT, "the lost node to be NotReady", || async {
+            Ok((ready(&nodes.get(&lost).await?) != Some("True")).then_some(()))
+        })
+        .await?;
+        poll(WAIT, "six ready replicas on the other nodes", || async {
+            let by_node = ready_pods_by_node(&ns, "mover").await?;
+            let count: usize = by_node.values().map(Vec::len).sum();
+            Ok((count == 6 && !by_node.contains_key(&lost)).then_some(()))
+        })
+        .await?;
+        // The lost node's pods were evicted: marked for deletion (upstream too leaves them
+        // Terminating while their node cannot confirm it), not merely replaced beside them.
+        poll(WAIT, "the lost node's pods to be evicted", || async {
+            let evicted = ns
+                .pods()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.name.as_ref().is_some_and(|n| gone.contains(n)))
+                .all(|p| p.metadata.deletion_timestamp.is_some());
+            Ok(evicted.then_some(()))
+        })
+        .await
+    }
+    .await;
+    // The node comes back either way, for the tests after this one.
+    cluster.script(&["start", "containerd-3"])?;
+    cluster.script(&["start", "nodus-3"])?;
+    outcome?;
+    let nodes: Api<Node> = Api::all(client);
+    poll(WAIT, "the node Ready again", || async {
+        Ok((ready(&nodes.get(&lost).await?) == Some("True")).then_some(()))
+    })
+    .await?;
+    // Back, the node finishes what it was told while away: its evicted pods go.
+    poll(WAIT, "the evicted pods to be gone", || async {
+        let names: BTreeSet<String> = ns
+            .pods()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        Ok(gone.is_disjoint(&names).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -6,7 +6,10 @@
 //!      keyed by the token secret): proof the server knows the token
 //!   ─> the CA in that kubeconfig must have a public key pinned by --discovery-token-ca-cert-hash
 //!   ─> GET cluster-info again, now trusting only that CA
-//!   ─> write the bootstrap kubeconfig (server, CA, token) ─> TLS bootstrap ─> run
+//!   ─> write the bootstrap kubeconfig (server, CA, token)
+//!   ─> GET kube-system/configmaps/kubelet-config with the token (kubeadm publishes the
+//!      cluster's KubeletConfiguration there): written as the agent's --config, its client
+//!      CA pointed at the discovered CA ─> TLS bootstrap ─> run
 //! ```
 //!
 //! Invariants: nothing is written before every check passed; every refusal says which check
@@ -22,6 +25,8 @@ use kube::{Api, Client};
 
 const CLUSTER_INFO: &str = "cluster-info";
 const PUBLIC: &str = "kube-public";
+/// Where kubeadm publishes the cluster's KubeletConfiguration (under the key `kubelet`).
+const KUBELET_CONFIG: &str = "kubelet-config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +63,14 @@ pub enum Error {
          different cluster, or a wrong hash"
     )]
     CaMismatch { found: String },
+    #[error("reading kube-system/{KUBELET_CONFIG} at {server}")]
+    KubeletConfig {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("kube-system/{KUBELET_CONFIG}: {0}")]
+    BadKubeletConfig(String),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -238,6 +251,54 @@ async fn fetch(config: kube::Config, server: &str) -> Result<ConfigMap, Error> {
     let client = Client::try_from(config).map_err(fetch_error)?;
     let maps: Api<ConfigMap> = Api::namespaced(client, PUBLIC);
     maps.get(CLUSTER_INFO).await.map_err(fetch_error)
+}
+
+/// The cluster's KubeletConfiguration as kubeadm publishes it, read with the bootstrap token
+/// from the discovered (now trusted) server; `None` when the cluster has none or does not let
+/// the token read it (a cluster not made by kubeadm).
+pub async fn kubelet_config(discovered: &Discovered, token: &str) -> Result<Option<String>, Error> {
+    let fail = |source| Error::KubeletConfig {
+        server: discovered.server.clone(),
+        source,
+    };
+    let url: http::Uri = discovered
+        .server
+        .parse()
+        .map_err(|_| Error::Server(discovered.server.clone()))?;
+    let mut config = kube::Config::new(url);
+    config.root_cert = Some(vec![pem_to_der(&discovered.ca_pem)?]);
+    config.auth_info.token = Some(token.to_owned().into());
+    let client = Client::try_from(config).map_err(fail)?;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    match maps.get_opt(KUBELET_CONFIG).await {
+        Ok(map) => Ok(map.and_then(|m| m.data?.get("kubelet").cloned())),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+        Err(source) => Err(fail(source)),
+    }
+}
+
+/// The cluster's KubeletConfiguration for this node: its client CA file (kubeadm names
+/// `/etc/kubernetes/pki/ca.crt`) replaced by `ca_file`, where the discovered CA is written.
+/// The result is JSON, which YAML readers take as it is.
+pub fn localize_kubelet_config(yaml: &str, ca_file: &Path) -> Result<String, Error> {
+    let mut config: serde_json::Value = serde_saphyr::from_str(yaml)
+        .map_err(|e| Error::BadKubeletConfig(format!("not YAML: {e}")))?;
+    if config.get("kind").and_then(serde_json::Value::as_str) != Some("KubeletConfiguration") {
+        return Err(Error::BadKubeletConfig(
+            "not a KubeletConfiguration".to_owned(),
+        ));
+    }
+    if let Some(x509) = config
+        .pointer_mut("/authentication/x509")
+        .and_then(serde_json::Value::as_object_mut)
+        && x509.contains_key("clientCAFile")
+    {
+        x509.insert(
+            "clientCAFile".to_owned(),
+            ca_file.display().to_string().into(),
+        );
+    }
+    Ok(serde_json::to_string_pretty(&config).expect("JSON"))
 }
 
 /// Writes the bootstrap kubeconfig for `discovered` and `token` at `path` (root-only).

@@ -5,6 +5,26 @@ use std::process::{Command, Stdio};
 use super::*;
 
 #[test]
+fn the_clusters_kubelet_config_names_the_ca_written_here() {
+    let kubeadm = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                   authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n\
+                   clusterDNS:\n- 10.96.0.10\nmaxPods: 150\n";
+    let local =
+        localize_kubelet_config(kubeadm, Path::new("/var/lib/n2/pki/ca.crt")).expect("localized");
+    let value: serde_json::Value = serde_json::from_str(&local).expect("JSON");
+    assert_eq!(
+        value["authentication"]["x509"]["clientCAFile"],
+        "/var/lib/n2/pki/ca.crt"
+    );
+    assert_eq!(value["maxPods"], 150);
+    assert_eq!(value["clusterDNS"][0], "10.96.0.10");
+    assert!(matches!(
+        localize_kubelet_config("kind: Pod\n", Path::new("/x")),
+        Err(Error::BadKubeletConfig(_))
+    ));
+}
+
+#[test]
 fn bootstrap_tokens_parse_as_kubeadm_makes_them() {
     assert_eq!(
         Token::parse("abcdef.0123456789abcdef").expect("a token"),

@@ -64,8 +64,11 @@ const JOIN_USAGE: &str = "usage: nodus join SERVER --token ID.SECRET \
 Joins the cluster whose API server is SERVER (host:port or URL) as kubeadm join does: reads
 cluster-info from kube-public, checks its signature with the bootstrap token and its CA against
 the hash, writes the bootstrap kubeconfig (--bootstrap-kubeconfig, default
-/etc/kubernetes/bootstrap-kubelet.conf), then runs nodus with the other flags, which asks for its
-client certificate (TLS bootstrap) and writes --kubeconfig (default /etc/kubernetes/kubelet.conf).";
+/etc/kubernetes/bootstrap-kubelet.conf) and, when the cluster publishes one (kubeadm's
+kube-system/kubelet-config), its KubeletConfiguration as --config (default
+/var/lib/kubelet/config.yaml; an existing file is kept), with the CA in pki/ca.crt beside the
+bootstrap kubeconfig; then runs nodus with the other flags, which asks for its client
+certificate (TLS bootstrap) and writes --kubeconfig (default /etc/kubernetes/kubelet.conf).";
 
 /// `nodus join SERVER ...`: token discovery, then the agent's command line (with
 /// `--bootstrap-kubeconfig` pointing at what discovery wrote) for the normal start.
@@ -98,6 +101,7 @@ fn join(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
         .to_vec();
     let mut bootstrap = PathBuf::from("/etc/kubernetes/bootstrap-kubelet.conf");
     let mut kubeconfig = PathBuf::from("/etc/kubernetes/kubelet.conf");
+    let mut kubelet_config: Option<PathBuf> = None;
     let mut rest = args[1..].iter();
     while let Some(arg) = rest.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -116,6 +120,11 @@ fn join(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
                 request.unsafe_skip_ca_verification = true
             }
             "--bootstrap-kubeconfig" => bootstrap = value(inline)?.into(),
+            "--config" => {
+                let path: PathBuf = value(inline)?.into();
+                agent.extend(["--config".into(), path.clone().into()]);
+                kubelet_config = Some(path);
+            }
             "--kubeconfig" => {
                 kubeconfig = value(inline)?.into();
                 agent.extend(["--kubeconfig".into(), kubeconfig.clone().into()]);
@@ -139,12 +148,50 @@ fn join(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
         .context("starting the async runtime")?;
     let discovered = runtime.block_on(nodus::join::discover(&request))?;
     nodus::join::write_bootstrap_kubeconfig(&bootstrap, &discovered, &request.token)?;
+    let config_path = kubelet_config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/config.yaml"));
+    if !config_path.exists() {
+        match runtime.block_on(nodus::join::kubelet_config(&discovered, &request.token))? {
+            Some(yaml) => {
+                let ca_file = bootstrap
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("pki/ca.crt");
+                let local = nodus::join::localize_kubelet_config(&yaml, &ca_file)?;
+                if !ca_file.exists() {
+                    write_file(&ca_file, &discovered.ca_pem)?;
+                }
+                write_file(&config_path, local.as_bytes())?;
+                if kubelet_config.is_none() {
+                    // Before the user's flags, which override the file anyway.
+                    agent.splice(1..1, ["--config".into(), config_path.clone().into()]);
+                }
+                eprintln!(
+                    "nodus join: the cluster's kubelet configuration is in {}",
+                    config_path.display()
+                );
+            }
+            None => eprintln!(
+                "nodus join: the cluster publishes no kubelet-config; flags and defaults apply"
+            ),
+        }
+    }
     eprintln!(
         "nodus join: cluster at {} verified; TLS bootstrap next",
         discovered.server
     );
     agent.extend(["--bootstrap-kubeconfig".into(), bootstrap.into()]);
     Ok(agent)
+}
+
+/// Writes a file nodus join fetched, creating its directory.
+fn write_file(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -124,6 +124,60 @@ YAML
 	# nodus-control runs as itself, with the rights it ships.
 	kc apply -f "$REPO_DIR/control/deploy/rbac.yaml" >/dev/null
 	publish_cluster_info
+	publish_kubelet_config
+}
+
+# publish_kubelet_config: the cluster's KubeletConfiguration, where `kubeadm init` puts it
+# (kube-system/kubelet-config) for joining nodes, readable by them and by bootstrap tokens.
+# maxPods is not the default (110), so that a joined node shows it took the file.
+publish_kubelet_config() {
+	kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kubelet-config
+  namespace: kube-system
+data:
+  kubelet: |
+    apiVersion: kubelet.config.k8s.io/v1beta1
+    kind: KubeletConfiguration
+    authentication:
+      x509:
+        clientCAFile: /etc/kubernetes/pki/ca.crt
+    cgroupDriver: cgroupfs
+    clusterDomain: cluster.local
+    maxPods: 150
+    rotateCertificates: true
+    staticPodPath: /etc/kubernetes/manifests
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: kubeadm:kubelet-config
+  namespace: kube-system
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [kubelet-config]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: kubeadm:kubelet-config
+  namespace: kube-system
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: kubeadm:kubelet-config
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:bootstrappers:kubeadm:default-node-token
+YAML
 }
 
 # publish_cluster_info: what `kubeadm init` publishes for token discovery (`kubeadm join`,

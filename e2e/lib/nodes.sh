@@ -109,7 +109,10 @@ start_extra_nodus() {
 	name=$(extra_node_name "$k")
 	running "nodus-$k" && return 0
 	mkdir -p "$state/manifests"
+	# The join writes the cluster's kubelet-config to --config (and the CA to pki/ca.crt
+	# beside the bootstrap kubeconfig); flags given here override the file.
 	local flags=(
+		--config "$state/kubelet-config.yaml"
 		--kubeconfig "$state/kubelet.conf" --bootstrap-kubeconfig "$state/bootstrap-kubelet.conf"
 		--cert-dir "$state/pki" --rotate-certificates
 		--hostname-override "$name" --node-ip "$NODES_NET.$k"

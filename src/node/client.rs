@@ -93,6 +93,9 @@ pub async fn build(path: &Path) -> Result<(Client, Option<FileBacked>), ClientEr
     let connections = Arc::new(Connections::default());
     let mut tls = config.rustls_client_config().map_err(build_error)?;
     tls.client_auth_cert_resolver = Arc::new(FileIdentity(CertFile::new(cert.clone(), key)));
+    // A resumed TLS session keeps the identity of the handshake it resumes: after a
+    // rotation it would present the old certificate again (and fail once that expires).
+    tls.resumption = rustls::client::Resumption::disabled();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let tracked = TrackedConnector {

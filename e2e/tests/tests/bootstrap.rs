@@ -392,6 +392,7 @@ async fn nodus_join_discovers_the_cluster_and_refuses_what_does_not_check_out() 
         tokio::spawn(async move {
             let own = |name: &str| dir.join(name).to_string_lossy().into_owned();
             let (root, logs, cni) = (own("root"), own("logs"), own("cni"));
+            let config = own("config.yaml");
             let runtime = format!("unix://{}", own("no-runtime.sock"));
             let args = [
                 server,
@@ -409,6 +410,8 @@ async fn nodus_join_discovers_the_cluster_and_refuses_what_does_not_check_out() 
                 &cni,
                 "--container-runtime-endpoint",
                 &runtime,
+                "--config",
+                &config,
             ];
             nodus_join(&dir, &args, Duration::from_secs(60)).await
         })
@@ -419,11 +422,24 @@ async fn nodus_join_discovers_the_cluster_and_refuses_what_does_not_check_out() 
     .await;
     joined.abort();
     written?;
+    // The server is the one cluster-info names (the node's address), as with kubeadm.
     let bootstrap = std::fs::read_to_string(dir.path().join("bootstrap.conf"))?;
+    let named = format!("https://{}:6443", std::env::var("NODUS_E2E_NODE_IP")?);
     ensure!(
-        bootstrap.contains(&token) && bootstrap.contains(server),
+        bootstrap.contains(&token) && bootstrap.contains(&named),
         "{bootstrap}"
     );
+    // The cluster's kubelet-config (as the harness publishes it, like kubeadm init) became
+    // the agent's --config, its client CA the discovered one written beside the kubeconfig.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.yaml"))?)?;
+    ensure!(config["maxPods"] == 150, "{config}");
+    let ca_file = dir.path().join("pki/ca.crt");
+    ensure!(
+        config["authentication"]["x509"]["clientCAFile"] == ca_file.to_string_lossy().as_ref(),
+        "{config}"
+    );
+    ensure!(std::fs::read(&ca_file)? == std::fs::read(cluster.ca_cert())?);
     let current = dir.path().join("pki/kubelet-client-current.pem");
     let subject = subject(&current)?;
     ensure!(

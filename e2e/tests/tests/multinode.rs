@@ -1,6 +1,6 @@
 //! Several nodes on one machine (`e2e/cluster up --nodes 3`, which e2e/test brings up for
 //! these tests and sets NODUS_E2E_NODES for; with fewer nodes they skip): the extra nodes
-//! joined through approved CSRs, a Deployment spreads over all three, pods reach each other
+//! joined through approved CSRs with the cluster's kubelet-config, a Deployment spreads over all three, pods reach each other
 //! across nodes by pod IP with their own source address, a Service's ClusterIP and NodePort
 //! reach an endpoint on another node, and a lost node goes NotReady while its pods move to
 //! the others.
@@ -194,6 +194,16 @@ async fn three_nodes_join_and_share_one_pod_network() -> Result<()> {
                 .iter()
                 .any(|s| s.contains(&format!("CN=system:node:{name}"))),
             "no approved bootstrap CSR issued {name}'s certificate: {issued:?}"
+        );
+        // The join took the cluster's kubelet-config (maxPods 150, as the harness publishes it).
+        let capacity = nodes.get(name).await?.status.and_then(|s| s.capacity);
+        let pods = capacity
+            .as_ref()
+            .and_then(|c| c.get("pods"))
+            .map(|q| q.0.clone());
+        ensure!(
+            pods.as_deref() == Some("150"),
+            "{name}'s pod capacity is {pods:?}, not the cluster's 150"
         );
     }
 

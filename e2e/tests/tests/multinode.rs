@@ -72,9 +72,9 @@ fn subject(pem: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// An agnhost netexec Deployment with a request, so that the scheduler spreads it, and
-/// short NoExecute tolerations, so that its pods leave a lost node at once.
-fn netexec(name: &str, replicas: i32) -> Result<Deployment> {
+/// An agnhost netexec Deployment requesting `cpu`, and with short NoExecute tolerations, so
+/// that its pods leave a lost node at once.
+fn netexec(name: &str, replicas: i32, cpu: &str) -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
         "metadata": { "name": name },
         "spec": {
@@ -94,7 +94,7 @@ fn netexec(name: &str, replicas: i32) -> Result<Deployment> {
                     "containers": [{
                         "name": "netexec", "image": AGNHOST,
                         "args": ["netexec", "--http-port=8080"],
-                        "resources": { "requests": { "cpu": "100m" } },
+                        "resources": { "requests": { "cpu": cpu } },
                         "readinessProbe": { "httpGet": { "path": "/healthz", "port": 8080 },
                                             "periodSeconds": 1 },
                     }],
@@ -207,11 +207,12 @@ async fn three_nodes_join_and_share_one_pod_network() -> Result<()> {
         );
     }
 
-    // A Deployment spreads over the three.
+    // A Deployment spreads over the three: at 700m each, no node of this 2-core machine
+    // takes a third replica.
     let ns = TestNamespace::create(client.clone(), "multinode").await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     deployments
-        .create(&PostParams::default(), &netexec("web", 6)?)
+        .create(&PostParams::default(), &netexec("web", 6, "700m")?)
         .await?;
     let by_node = poll(WAIT, "six ready replicas over three nodes", || async {
         let by_node = ready_pods_by_node(&ns, "web").await?;
@@ -277,7 +278,8 @@ async fn three_nodes_join_and_share_one_pod_network() -> Result<()> {
         .await?;
         ensure!(answer == remote_name, "{url} answered {answer:?}");
     }
-    Ok(())
+    deployments.delete("web", &Default::default()).await?;
+    ns.delete_pods().await
 }
 
 #[tokio::test]
@@ -292,7 +294,7 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<
     let ns = TestNamespace::create(client.clone(), "node-loss").await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     deployments
-        .create(&PostParams::default(), &netexec("mover", 6)?)
+        .create(&PostParams::default(), &netexec("mover", 6, "100m")?)
         .await?;
     let before = poll(
         WAIT,
@@ -345,8 +347,15 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<
     cluster.script(&["start", "nodus-3"])?;
     outcome?;
     let nodes: Api<Node> = Api::all(client);
-    poll(WAIT, "the node Ready again", || async {
-        Ok((ready(&nodes.get(&lost).await?) == Some("True")).then_some(()))
+    // Ready, and its NoExecute taints lifted: only then does it take pods again.
+    poll(WAIT, "the node Ready again and untainted", || async {
+        let node = nodes.get(&lost).await?;
+        let tainted = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"));
+        Ok((ready(&node) == Some("True") && !tainted).then_some(()))
     })
     .await?;
     // Back, the node finishes what it was told while away: its evicted pods go.
@@ -362,5 +371,6 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<
         Ok(gone.is_disjoint(&names).then_some(()))
     })
     .await?;
-    Ok(())
+    deployments.delete("mover", &Default::default()).await?;
+    ns.delete_pods().await
 }

@@ -6,7 +6,10 @@
 //! up); a create is seen once the store holds a pod of that name; a delete once the store no
 //! longer holds that pod (by uid) or shows it terminating; a pod the watch reports deleted
 //! settles any create of it too (it came and went between two looks); seen writes are dropped
-//! as they are seen, and a key with nothing left pending is satisfied. Upstream:
+//! as they are seen, and a key with nothing left pending is satisfied. A pod the watch
+//! reports deleted before its sync's writes were recorded (another controller deleted it
+//! while the sync was still creating) is remembered for [`TTL`], so that its create is not
+//! awaited in vain. Upstream:
 //! `pkg/controller/controller_utils.go` (`ControllerExpectations`,
 //! `UIDTrackingControllerExpectations`, `ExpectationsTimeout`), which counts watch events
 //! instead of naming pods; names make the check a pure function of the store.
@@ -39,12 +42,15 @@ struct Pending {
 #[derive(Debug)]
 pub struct Expectations<K> {
     pending: HashMap<K, Pending>,
+    /// Pods the watch reported deleted, by owner: name and when, for [`TTL`].
+    gone: HashMap<K, Vec<(String, Instant)>>,
 }
 
 impl<K> Default for Expectations<K> {
     fn default() -> Self {
         Expectations {
             pending: HashMap::new(),
+            gone: HashMap::new(),
         }
     }
 }
@@ -58,11 +64,18 @@ impl<K: Hash + Eq> Expectations<K> {
         deletes: impl IntoIterator<Item = (String, String)>,
         now: Instant,
     ) {
-        let pending = Pending {
+        let mut pending = Pending {
             since: now,
             creates: creates.into_iter().collect(),
             deletes: deletes.into_iter().collect(),
         };
+        // Writes the watch already reported gone are not awaited.
+        if let Some(gone) = self.gone.get(&key) {
+            for (name, _) in gone {
+                pending.creates.remove(name);
+                pending.deletes.remove(name);
+            }
+        }
         if pending.creates.is_empty() && pending.deletes.is_empty() {
             return;
         }
@@ -91,17 +104,26 @@ impl<K: Hash + Eq> Expectations<K> {
         false
     }
 
-    /// The watch reported the pod deleted: neither its create nor its delete is awaited.
-    pub fn observe_gone(&mut self, key: &K, name: &str) {
+    /// The watch reported the pod deleted: neither its create nor its delete is awaited,
+    /// also by a sync whose writes are recorded later.
+    pub fn observe_gone(&mut self, key: &K, name: &str)
+    where
+        K: Clone,
+    {
         if let Some(pending) = self.pending.get_mut(key) {
             pending.creates.remove(name);
             pending.deletes.remove(name);
         }
+        let now = Instant::now();
+        let gone = self.gone.entry(key.clone()).or_default();
+        gone.retain(|(_, at)| now < *at + TTL);
+        gone.push((name.to_owned(), now));
     }
 
     /// The ReplicaSet is gone.
     pub fn forget(&mut self, key: &K) {
         self.pending.remove(key);
+        self.gone.remove(key);
     }
 
     /// Whether writes of the key are still awaited.
@@ -189,6 +211,13 @@ mod tests {
         assert!(e.satisfied(&"rs", now, store(&[("web-b", present("uid-b", false))])));
 
         e.expect("rs", ["web-c".to_owned()], [], now);
+        e.forget(&"rs");
+        assert!(e.is_empty());
+
+        // Created and already deleted by someone else before the sync recorded its writes.
+        e.observe_gone(&"rs", "web-d");
+        e.expect("rs", ["web-d".to_owned(), "web-e".to_owned()], [], now);
+        assert!(e.satisfied(&"rs", now, store(&[("web-e", present("uid-e", false))])));
         e.forget(&"rs");
         assert!(e.is_empty());
         e.expect("rs", [], [], now);

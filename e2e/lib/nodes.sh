@@ -57,8 +57,9 @@ create_join_token() {
 		return 0
 	fi
 	local id secret expiration
-	id=$(head -c 64 /dev/urandom | tr -dc 'a-z0-9' | head -c 6)
-	secret=$(head -c 128 /dev/urandom | tr -dc 'a-z0-9' | head -c 16)
+	# Hex digits are within the token alphabet ([a-z0-9]) and always the full length.
+	id=$(openssl rand -hex 3)
+	secret=$(openssl rand -hex 8)
 	expiration=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
 	kc apply -f - >/dev/null <<YAML
 apiVersion: v1

@@ -251,14 +251,18 @@ pub fn install(
     Ok((file, current))
 }
 
-/// The current context's cluster (or the only one).
-fn current_cluster(kubeconfig: &Kubeconfig) -> Option<Cluster> {
-    let wanted = kubeconfig
+/// The kubeconfig's current context, if it names one that exists.
+pub fn current_context(kubeconfig: &Kubeconfig) -> Option<&Context> {
+    kubeconfig
         .current_context
         .as_ref()
         .and_then(|c| kubeconfig.contexts.iter().find(|n| &n.name == c))
         .and_then(|n| n.context.as_ref())
-        .map(|c| c.cluster.clone());
+}
+
+/// The current context's cluster (or the only one).
+fn current_cluster(kubeconfig: &Kubeconfig) -> Option<Cluster> {
+    let wanted = current_context(kubeconfig).map(|c| c.cluster.clone());
     let named = match wanted {
         Some(name) => kubeconfig.clusters.iter().find(|c| c.name == name),
         None => kubeconfig.clusters.first(),

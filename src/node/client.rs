@@ -133,12 +133,7 @@ pub async fn build(path: &Path) -> Result<(Client, Option<FileBacked>), ClientEr
 /// The client certificate and key files of the kubeconfig's current user, if it names
 /// both by path (relative paths are relative to the kubeconfig, as kubectl takes them).
 fn identity_files(kubeconfig: &Kubeconfig, path: &Path) -> Option<(PathBuf, PathBuf)> {
-    let user = kubeconfig
-        .current_context
-        .as_ref()
-        .and_then(|c| kubeconfig.contexts.iter().find(|n| &n.name == c))
-        .and_then(|n| n.context.as_ref())
-        .and_then(|c| c.user.clone());
+    let user = super::bootstrap::current_context(kubeconfig).and_then(|c| c.user.clone());
     let auth = match user {
         Some(user) => kubeconfig.auth_infos.iter().find(|a| a.name == user),
         None => kubeconfig.auth_infos.first(),

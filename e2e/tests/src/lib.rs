@@ -128,6 +128,25 @@ impl Cluster {
     }
 }
 
+/// `curl -sS ARGS` from this machine: what it printed, or why it failed.
+pub fn curl<I, S>(args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .output()
+        .context("running curl")?;
+    ensure!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs kubectl with `kubeconfig` and returns its stdout, failing on a non-zero exit.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
     let output: Output = Command::new("kubectl")

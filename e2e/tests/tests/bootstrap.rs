@@ -164,15 +164,38 @@ async fn bootstrapped(cluster: &nodus_e2e::Cluster, dir: &Path, id: &str) -> Res
     );
 
     // The node goes on with it: its Lease is renewed after the restart.
-    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
-    nodus_e2e::poll(WAIT, "the Lease renewed with the new identity", || async {
-        let lease = leases.get(&node).await?;
-        let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
-        Ok(renewed.filter(|t| *t > restarted).map(|_| ()))
-    })
+    lease_renewed_after(
+        admin,
+        &node,
+        restarted,
+        "the Lease renewed with the new identity",
+    )
     .await?;
+    delete_csr(&csrs, &issued).await
+}
+
+/// Waits until the node's Lease is renewed after `after`.
+async fn lease_renewed_after(
+    admin: kube::Client,
+    node: &str,
+    after: Timestamp,
+    what: &str,
+) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
+    nodus_e2e::poll(WAIT, what, || async {
+        let lease = leases.get(node).await?;
+        let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+        Ok(renewed.filter(|t| *t > after).map(|_| ()))
+    })
+    .await
+}
+
+async fn delete_csr(
+    csrs: &Api<CertificateSigningRequest>,
+    csr: &CertificateSigningRequest,
+) -> Result<()> {
     csrs.delete(
-        issued.metadata.name.as_deref().unwrap_or_default(),
+        csr.metadata.name.as_deref().unwrap_or_default(),
         &DeleteParams::default(),
     )
     .await?;
@@ -620,24 +643,15 @@ async fn rotated(cluster: &nodus_e2e::Cluster, dir: &Path) -> Result<()> {
 
     // The node carries on past the first certificate's end: every connection that used it
     // was closed, so the Lease is renewed with the new one.
-    let leases: Api<Lease> = Api::namespaced(admin, "kube-node-lease");
     let after = expires + Duration::from_secs(2);
-    nodus_e2e::poll(
-        WAIT,
+    lease_renewed_after(
+        admin,
+        &node,
+        after,
         "the Lease renewed after the first certificate expired",
-        || async {
-            let lease = leases.get(&node).await?;
-            let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
-            Ok(renewed.filter(|t| *t > after).map(|_| ()))
-        },
     )
     .await?;
-    csrs.delete(
-        issued.metadata.name.as_deref().unwrap_or_default(),
-        &DeleteParams::default(),
-    )
-    .await?;
-    Ok(())
+    delete_csr(&csrs, &issued).await
 }
 
 #[tokio::test]
@@ -654,26 +668,19 @@ async fn a_short_lived_client_certificate_is_rotated_and_the_node_carries_on() -
 /// `curl --cacert CA` against the kubelet API: the HTTP status once TLS verified the serving
 /// certificate against the cluster CA for the node's IP, or the failure.
 fn kubelet_api_verified(cluster: &nodus_e2e::Cluster, ip: &str) -> Result<String> {
-    let output = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "--cacert",
-        ])
-        .arg(cluster.ca_cert())
-        .arg(format!("https://{ip}:10250/healthz"))
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let ca = cluster.ca_cert().to_string_lossy().into_owned();
+    let url = format!("https://{ip}:10250/healthz");
+    nodus_e2e::curl([
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--cacert",
+        &ca,
+        &url,
+    ])
 }
 
 async fn serving_bootstrapped(cluster: &nodus_e2e::Cluster, dir: &Path) -> Result<()> {

@@ -140,15 +140,7 @@ fn pod_ip(pod: &Pod) -> String {
 
 /// `curl` from this machine (the first node's network).
 fn curl(url: &str) -> Result<String> {
-    let output = Command::new("curl")
-        .args(["-sS", "--max-time", "3", url])
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    nodus_e2e::curl(["--max-time", "3", url]).with_context(|| format!("GET {url}"))
 }
 
 #[tokio::test]
@@ -369,6 +361,18 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<
             .filter_map(|p| p.metadata.name)
             .collect();
         Ok(gone.is_disjoint(&names).then_some(()))
+    })
+    .await?;
+    // Settled (six ready pods and no other) before it goes: a pod deleted while its
+    // container is being started can stay Terminating (see the session notes).
+    poll(WAIT, "the Deployment settled", || async {
+        let all = ns.pods().list(&ListParams::default()).await?.items.len();
+        let ready: usize = ready_pods_by_node(&ns, "mover")
+            .await?
+            .values()
+            .map(Vec::len)
+            .sum();
+        Ok((all == 6 && ready == 6).then_some(()))
     })
     .await?;
     deployments.delete("mover", &Default::default()).await?;

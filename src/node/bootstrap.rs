@@ -139,10 +139,18 @@ pub fn usable(kubeconfig: &Path) -> bool {
 
 /// The expiry (Unix seconds) of the first certificate in a PEM file.
 pub fn not_after(file: &Path) -> Option<i64> {
-    let pem = std::fs::read(file).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    validity(&std::fs::read(file).ok()?).map(|(_, end)| end)
+}
+
+/// The validity (Unix seconds: not before, not after) of the first certificate in `pem`.
+pub fn validity(pem: &[u8]) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// Runs the bootstrap (see the module docs) and returns the kubeconfig's path.

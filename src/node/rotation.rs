@@ -45,17 +45,6 @@ impl std::fmt::Debug for Rotation {
     }
 }
 
-/// The validity (Unix seconds: not before, not after) of the first certificate in `pem`.
-fn validity(pem: &[u8]) -> Option<(i64, i64)> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let validity = cert.validity();
-    Some((
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    ))
-}
-
 /// When to renew a certificate valid over `[not_before, not_after]`: at `fraction` (0.7 to
 /// 0.9, random per certificate so that a fleet does not renew at once) of its lifetime.
 pub fn deadline(not_before: i64, not_after: i64, fraction: f64) -> i64 {
@@ -82,7 +71,9 @@ pub async fn run(rotation: Rotation, cancel: CancellationToken) {
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
     loop {
-        let valid = std::fs::read(&current).ok().and_then(|pem| validity(&pem));
+        let valid = std::fs::read(&current)
+            .ok()
+            .and_then(|pem| bootstrap::validity(&pem));
         let wait = match (valid, purpose) {
             (Some((not_before, not_after)), _) => {
                 let due = deadline(not_before, not_after, jitter());

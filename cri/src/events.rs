@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use crate::{Error, Runtime};
 
 /// The containerd namespace the CRI plugin keeps its containers in.
-const CRI_NAMESPACE: &str = "k8s.io";
+pub(crate) const CRI_NAMESPACE: &str = "k8s.io";
 
 /// A change to a container's task, e.g. `/tasks/exit`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod metered;
 mod runtime;
+mod stale_tasks;
 
 pub use endpoint::Endpoint;
 pub use error::Error;

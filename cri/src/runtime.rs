@@ -15,15 +15,15 @@ use tower::service_fn;
 use crate::api::image_service_client::ImageServiceClient;
 use crate::api::runtime_service_client::RuntimeServiceClient;
 use crate::api::{
-    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerStats,
-    ContainerStatsFilter, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
-    ExecRequest, ExecSyncRequest, FilesystemUsage, Image, ImageFsInfoRequest, ImageSpec,
-    ImageStatusRequest, ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest,
-    NetworkConfig, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStatus,
-    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, RuntimeConfig,
-    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
-    UpdateRuntimeConfigRequest, VersionRequest,
+    AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerState,
+    ContainerStats, ContainerStatsFilter, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecRequest, ExecSyncRequest, FilesystemUsage, Image,
+    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListContainerStatsRequest,
+    ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PortForwardRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StatusRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crate::metered::{Metered, Observer};
 use crate::{Endpoint, Error};
@@ -249,6 +249,16 @@ impl Runtime {
 
     /// Removes a sandbox and all its containers. Idempotent.
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), Error> {
+        match self.remove_pod_sandbox_once(id).await {
+            Err(err) if err.is_stale_task() => {
+                self.delete_stale_tasks_of_sandbox(id).await?;
+                self.remove_pod_sandbox_once(id).await
+            }
+            other => other,
+        }
+    }
+
+    async fn remove_pod_sandbox_once(&self, id: &str) -> Result<(), Error> {
         let request = Self::request(
             RemovePodSandboxRequest {
                 pod_sandbox_id: id.to_owned(),
@@ -345,7 +355,21 @@ impl Runtime {
         Ok(())
     }
 
+    /// Removes a container. Idempotent.
     pub async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        match self.remove_container_once(id).await {
+            Err(err) if err.is_stale_task() => {
+                let status = self.container_status(id).await?;
+                if status.state == ContainerState::ContainerExited as i32 {
+                    self.delete_stale_task(id).await?;
+                }
+                self.remove_container_once(id).await
+            }
+            other => other,
+        }
+    }
+
+    async fn remove_container_once(&self, id: &str) -> Result<(), Error> {
         let request = Self::request(
             RemoveContainerRequest {
                 container_id: id.to_owned(),

@@ -4,7 +4,8 @@
 //! observes the runtime, asks [`lifecycle::step`] what to do, does it, and reports the
 //! status when it changed. It sleeps until the pod changes, the runtime reports a change
 //! for it, or a backoff expires. Slow work (pulls, graceful stops) belongs to this pod's
-//! task alone, so one pod never delays another; a deletion cancels a start in progress.
+//! task alone, so one pod never delays another; a deletion aborts the waits of a start in
+//! progress (pulls, postStart hooks), never a runtime call.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use nodus_cri::Runtime;
-use nodus_cri::api::PodSandboxConfig;
+use nodus_cri::api::{ContainerConfig, PodSandboxConfig};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -346,14 +347,24 @@ impl Worker {
         let syncing = self.stage == Stage::Syncing;
         // Starts only come with a ready sandbox already in `runtime` (a new sandbox ends the pass).
         let sandbox = runtime.sandbox().cloned();
-        let work = self.execute(&pod, &spec, plan.actions, sandbox);
+        // A deletion arriving mid-start (a long pull, a postStart hook) aborts the waits of
+        // the start, never a runtime call in flight: containerd 1.6 leaves the task of a
+        // cancelled StartContainer created while CRI reports the container exited, and then
+        // refuses to remove the sandbox, so the pod would stay Terminating for good.
+        let abort = cancel.child_token();
+        let key = self.key.clone();
+        let work = self.execute(&pod, &spec, plan.actions, sandbox, &abort);
         if syncing {
-            // A deletion arriving mid-start (a long pull) cancels the start.
             let mut watch = updates.clone();
+            let watcher = async {
+                deleted(&mut watch).await;
+                debug!(pod = %key, "pod deleted while starting; aborting the start's waits");
+                abort.cancel();
+                std::future::pending::<()>().await
+            };
             tokio::select! {
                 _ = work => {}
-                _ = deleted(&mut watch) => debug!(pod = %self.key, "pod deleted while starting; cancelling"),
-                _ = cancel.cancelled() => {}
+                _ = watcher => {}
             }
         } else {
             work.await;
@@ -565,8 +576,14 @@ impl Worker {
         );
         self.stage = plan.stage;
         let orphan = Pod::default();
-        self.execute(&orphan, &PodSpec::default(), plan.actions, None)
-            .await;
+        self.execute(
+            &orphan,
+            &PodSpec::default(),
+            plan.actions,
+            None,
+            &CancellationToken::new(),
+        )
+        .await;
         Ok(Pass::Again)
     }
 
@@ -777,6 +794,7 @@ impl Worker {
         spec: &PodSpec,
         actions: Vec<Action>,
         sandbox: Option<Sandbox>,
+        abort: &CancellationToken,
     ) {
         let mut starts = Vec::new();
         let mut others = Vec::new();
@@ -830,27 +848,46 @@ impl Worker {
                     .find(|c| c.name == name)
                     .cloned();
                 let Some(container) = container else {
-                    return (name, restart, Ok(()));
+                    return (name, restart, Some(Ok(())));
                 };
-                let result = this
-                    .start_container(
-                        pod,
-                        spec,
-                        &container,
-                        attempt,
-                        &sandbox_id,
-                        sandbox_config,
-                        pod_ips,
-                    )
-                    .await;
-                (name, restart, result)
+                let prepare = this.prepare_container(
+                    pod,
+                    spec,
+                    &container,
+                    attempt,
+                    sandbox_config,
+                    &pod_ips,
+                );
+                // Aborted before the runtime was asked for anything: nothing to record.
+                let config = tokio::select! {
+                    config = prepare => config,
+                    _ = abort.cancelled() => return (name, restart, None),
+                };
+                let result = match config {
+                    Ok(config) => {
+                        this.run_container(
+                            pod,
+                            spec,
+                            &container,
+                            config,
+                            &sandbox_id,
+                            sandbox_config,
+                            &pod_ips,
+                            abort,
+                        )
+                        .await
+                    }
+                    Err(failure) => Err(failure),
+                };
+                (name, restart, Some(result))
             }
         }))
         .await;
         for (name, restart, result) in outcomes {
             match result {
-                Ok(()) => self.attempts.started(&name, restart, now),
-                Err(failure) => self.attempts.failed(&name, failure, now),
+                Some(Ok(())) => self.attempts.started(&name, restart, now),
+                Some(Err(failure)) => self.attempts.failed(&name, failure, now),
+                None => {}
             }
         }
     }
@@ -996,17 +1033,17 @@ impl Worker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn start_container(
+    /// Everything a container start waits for before the runtime creates it: the image,
+    /// its environment's sources, its mounts. The result is the runtime's container config.
+    async fn prepare_container(
         &self,
         pod: &Pod,
         spec: &PodSpec,
         container: &Container,
         attempt: u32,
-        sandbox_id: &str,
         sandbox_config: &PodSandboxConfig,
-        pod_ips: Vec<String>,
-    ) -> Result<(), Failure> {
+        pod_ips: &[String],
+    ) -> Result<ContainerConfig, Failure> {
         let events = &self.shared.events;
         let reference = events::reference(pod, Some(&container.name));
         let image = container.image.clone().unwrap_or_default();
@@ -1078,7 +1115,7 @@ impl Worker {
             pod_ips: if spec.host_network == Some(true) {
                 self.shared.host_ips.clone()
             } else {
-                pod_ips.clone()
+                pod_ips.to_vec()
             },
             allocatable_milli_cpu: self.shared.allocatable_milli_cpu,
             allocatable_memory: self.shared.allocatable_memory,
@@ -1106,7 +1143,33 @@ impl Worker {
                 .then(|| etc_hosts.to_string_lossy().into_owned()),
             volume_mounts,
         };
-        let config = container::config(pod, spec, container, attempt, env, command, args, &host);
+        Ok(container::config(
+            pod, spec, container, attempt, env, command, args, &host,
+        ))
+    }
+
+    /// Creates and starts a prepared container, then runs its postStart hook. Only the hook
+    /// may be aborted: the runtime calls always complete (see `pass`).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_container(
+        &self,
+        pod: &Pod,
+        spec: &PodSpec,
+        container: &Container,
+        config: ContainerConfig,
+        sandbox_id: &str,
+        sandbox_config: &PodSandboxConfig,
+        pod_ips: &[String],
+        abort: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let events = &self.shared.events;
+        let reference = events::reference(pod, Some(&container.name));
+        let image = container.image.clone().unwrap_or_default();
+        let failure = |kind, message: String| Failure {
+            kind,
+            message,
+            image: image.clone(),
+        };
         let runtime = &self.shared.runtime;
         let id = runtime
             .create_container(sandbox_id, config, sandbox_config.clone())
@@ -1156,8 +1219,11 @@ impl Worker {
             );
             // Upstream bounds the hook only by the runtime; a day keeps a stuck hook from
             // holding this pod's start forever without cutting any real one short.
-            let outcome =
-                hooks::run(runtime, &id, container, &pod_ip, hook, POST_START_LIMIT).await;
+            let outcome = tokio::select! {
+                outcome = hooks::run(runtime, &id, container, &pod_ip, hook, POST_START_LIMIT) => outcome,
+                // The pod's deletion kills the container anyway.
+                _ = abort.cancelled() => Ok(()),
+            };
             if let Err(err) = outcome {
                 // The hook's output stays in the log: upstream keeps it out of the event,
                 // which any reader of the namespace's events would see.

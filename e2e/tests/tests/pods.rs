@@ -860,3 +860,64 @@ async fn a_host_network_pod_runs_with_the_nodes_hostname() -> Result<()> {
     assert_eq!(message.trim(), hostname.trim());
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn pods_deleted_while_their_containers_start_are_removed() -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let (_cluster, ns, node) = setup("mid-start").await?;
+    let client = ns.pods().into_client();
+    let events: Api<Event> = Api::namespaced(client, &ns.name);
+    let mut stream = events.watch(&WatchParams::default(), "0").await?.boxed();
+    // Each pod is deleted as soon as its first container is reported Created, so the
+    // deletion reaches nodus while the runtime is still starting containers. Before the
+    // fix, such a pod could stay Terminating forever (its sandbox could not be removed).
+    const PODS: usize = 20;
+    let pods = ns.pods();
+    for i in 0..PODS {
+        let mut spec = pod(
+            &format!("p{i}"),
+            "Always",
+            json!([
+                sh("a", "sleep 3600"),
+                sh("b", "sleep 3600"),
+                sh("c", "sleep 3600")
+            ]),
+        );
+        spec["spec"]["terminationGracePeriodSeconds"] = 1.into();
+        ns.create_pod(&node, spec).await?;
+    }
+    let mut deleted = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deleted.len() < PODS {
+        let next = tokio::time::timeout_at(deadline.into(), stream.try_next()).await;
+        let Some(event) = next.unwrap_or(Ok(None))? else {
+            anyhow::bail!("only {} of {PODS} pods reported Created", deleted.len());
+        };
+        let WatchEvent::Added(event) = event else {
+            continue;
+        };
+        let name = event.involved_object.name.clone().unwrap_or_default();
+        if event.reason.as_deref() == Some("Created") && deleted.insert(name.clone()) {
+            pods.delete(&name, &DeleteParams::default()).await?;
+        }
+    }
+    poll(
+        Duration::from_secs(60),
+        "every pod deleted mid-start to be removed",
+        || async {
+            let left: Vec<String> = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -206,6 +206,9 @@ fn container_status(
                 _ => {
                     status.state = Some(this);
                     status.last_state = previous_state;
+                    // An init container that finished its work counts as ready, as upstream's
+                    // prober reports it; an app container that exited never is.
+                    status.ready = is_init && exit.code == 0;
                 }
             }
         }
@@ -729,6 +732,33 @@ mod tests {
             &ctx(),
         );
         assert_eq!(gone.phase.as_deref(), Some("Succeeded"));
+    }
+
+    #[test]
+    fn init_containers_that_succeeded_are_ready_and_failed_ones_are_not() {
+        let spec = spec(&["init1", "init2"], &["app"], "Never");
+        let runtime = with_sandbox(vec![
+            record("i1", "init1", 0, exited(0)),
+            record("i2", "init2", 0, exited(0)),
+            record("c1", "app", 0, exited(0)),
+        ]);
+        let status = pod_status(&spec, &runtime, &Attempts::default(), None, &ctx());
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+        let init = status
+            .init_container_statuses
+            .clone()
+            .expect("init statuses");
+        assert!(init.iter().all(|c| c.ready), "{init:?}");
+        let app = &status.container_statuses.clone().expect("statuses")[0];
+        assert!(!app.ready, "an exited app container is not ready");
+
+        let runtime = with_sandbox(vec![record("i1", "init1", 0, exited(1))]);
+        let status = pod_status(&spec, &runtime, &Attempts::default(), None, &ctx());
+        let init = status
+            .init_container_statuses
+            .clone()
+            .expect("init statuses");
+        assert!(!init[0].ready, "a failed init container is not ready");
     }
 
     #[test]

@@ -122,6 +122,13 @@ async fn init_containers_run_one_after_another_before_the_app() -> Result<()> {
         finished("second").context("second init container terminated")?;
     assert_eq!(second_reason.as_deref(), Some("Completed"));
     assert_eq!(second_message.as_deref(), Some("two\n"));
+    // Finished init containers count as ready, as the kubelet reports them.
+    for name in ["first", "second"] {
+        ensure!(
+            container(&pod, name).is_some_and(|c| c.ready),
+            "init container {name} completed but is not ready"
+        );
+    }
     assert_eq!(reason.as_deref(), Some("Completed"));
     assert_eq!(
         message.as_deref(),

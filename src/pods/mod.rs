@@ -28,6 +28,7 @@ pub mod metadata;
 pub mod mirror;
 pub mod observed;
 pub mod probe_grpc;
+pub mod probe_http;
 pub mod probe_tls;
 pub mod probes;
 pub mod pull_secrets;

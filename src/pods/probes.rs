@@ -9,8 +9,9 @@
 //! - Readiness starts as failed (not ready until a success), liveness and startup as unknown;
 //!   a liveness or startup failure asks the worker to restart the container.
 //! - Handlers: `exec` through the runtime's ExecSync (exit 0), `httpGet` over HTTP or HTTPS
-//!   (a status of 200 to 399; certificates are not verified, as upstream), `tcpSocket` (a
-//!   connection), `grpc` (the standard health service answering `SERVING`).
+//!   (a status of 200 to 399 after local redirects, see [`super::probe_http`]; a redirect
+//!   elsewhere succeeds with a ProbeWarning event), `tcpSocket` (a connection), `grpc` (the
+//!   standard health service answering `SERVING`).
 //!
 //! Invariants: results are keyed by container ID, so a restarted container starts over; the
 //! prober never blocks the worker: it publishes a snapshot through a `watch` channel and rings
@@ -24,7 +25,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nodus_cri::Runtime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -169,6 +169,8 @@ pub struct Targets {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub success: bool,
+    /// A success the kubelet warns about (an HTTP probe ended on a redirect).
+    pub warning: bool,
     pub output: String,
 }
 
@@ -195,6 +197,7 @@ pub async fn run_once(
 ) -> Outcome {
     let fail = |output: String| Outcome {
         success: false,
+        warning: false,
         output,
     };
     if let Some(exec) = &probe.exec {
@@ -206,6 +209,7 @@ pub async fn run_once(
                 if out.exit_code == 0 {
                     Outcome {
                         success: true,
+                        warning: false,
                         output,
                     }
                 } else if output.trim().is_empty() {
@@ -242,17 +246,29 @@ pub async fn run_once(
             .flatten()
             .map(|h| (h.name.clone(), h.value.clone()))
             .collect();
-        return match tokio::time::timeout(
-            timeout,
-            http_get(SocketAddr::new(ip, port), https, &path, &headers),
-        )
-        .await
-        {
-            Ok(Ok(code)) if (200..400).contains(&code) => Outcome {
+        let target = super::probe_http::Target {
+            ip,
+            port,
+            https,
+            path: path.clone(),
+        };
+        return match tokio::time::timeout(timeout, super::probe_http::get(target, &headers)).await {
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => Outcome {
                 success: true,
+                warning: false,
                 output: String::new(),
             },
-            Ok(Ok(code)) => fail(format!("HTTP probe failed with statuscode: {code}")),
+            // A redirect off the probed host (or one without a target): a success, with a
+            // warning, as upstream.
+            Ok(Ok(answer)) if (300..400).contains(&answer.status) => Outcome {
+                success: true,
+                warning: true,
+                output: format!("Probe terminated redirects, Response body: {}", answer.body),
+            },
+            Ok(Ok(answer)) => fail(format!(
+                "HTTP probe failed with statuscode: {}",
+                answer.status
+            )),
             Ok(Err(err)) => fail(format!(
                 "Get \"{scheme}://{}/{}\": {err}",
                 SocketAddr::new(ip, port),
@@ -275,6 +291,7 @@ pub async fn run_once(
         return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(_)) => Outcome {
                 success: true,
+                warning: false,
                 output: String::new(),
             },
             Ok(Err(err)) => fail(format!("dial tcp {addr}: connect: {err}")),
@@ -292,71 +309,13 @@ pub async fn run_once(
         return match super::probe_grpc::check(SocketAddr::new(ip, port), service, timeout).await {
             Ok(()) => Outcome {
                 success: true,
+                warning: false,
                 output: String::new(),
             },
             Err(message) => fail(message),
         };
     }
     fail("the probe has no handler".into())
-}
-
-/// One HTTP/1.1 GET, over TLS when `https`; returns the status code.
-async fn http_get(
-    addr: SocketAddr,
-    https: bool,
-    path: &str,
-    headers: &[(String, String)],
-) -> std::io::Result<u16> {
-    let stream = TcpStream::connect(addr).await?;
-    if https {
-        let tls = super::probe_tls::connect(addr.ip(), stream).await?;
-        exchange(tls, addr, path, headers).await
-    } else {
-        exchange(stream, addr, path, headers).await
-    }
-}
-
-async fn exchange(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(String, String)],
-) -> std::io::Result<u16> {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    if !has("User-Agent") {
-        request.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
-    }
-    if !has("Accept") {
-        request.push_str("Accept: */*\r\n");
-    }
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > 8192 {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::other(format!(
-                "malformed HTTP response: {:?}",
-                line.lines().next().unwrap_or_default()
-            ))
-        })
 }
 
 fn probe_of(container: &Container, kind: Kind) -> Option<&Probe> {
@@ -434,13 +393,19 @@ pub async fn run(
                 .or_default();
             changed |= tally.record(outcome.success, &schedule);
             due.insert((target.id.clone(), kind), Instant::now() + schedule.period);
+            let mut output = outcome.output.trim_end().to_owned();
+            output.truncate(OUTPUT_LIMIT);
             if !outcome.success {
-                let mut output = outcome.output.trim().to_owned();
-                output.truncate(OUTPUT_LIMIT);
                 ctx.events.warning(
                     events::reference(&ctx.pod, Some(&target.container.name)),
                     "Unhealthy",
-                    format!("{} probe failed: {output}", kind.name()),
+                    format!("{} probe failed: {}", kind.name(), output.trim_start()),
+                );
+            } else if outcome.warning {
+                ctx.events.warning(
+                    events::reference(&ctx.pod, Some(&target.container.name)),
+                    "ProbeWarning",
+                    format!("{} probe warning: {output}", kind.name()),
                 );
             }
         }
@@ -470,6 +435,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn schedule(success: u32, failure: u32) -> Schedule {
         Schedule {
@@ -592,13 +558,20 @@ mod tests {
 
     #[tokio::test]
     async fn https_probes_speak_tls_and_read_the_status() {
-        let ok = https_server(204).await;
-        assert_eq!(http_get(ok, true, "/", &[]).await.expect("a status"), 204);
-        let missing = https_server(404).await;
-        assert_eq!(
-            http_get(missing, true, "/", &[]).await.expect("a status"),
-            404
-        );
+        let status = |addr: SocketAddr| async move {
+            let target = super::super::probe_http::Target {
+                ip: addr.ip(),
+                port: addr.port(),
+                https: true,
+                path: "/".into(),
+            };
+            super::super::probe_http::get(target, &[])
+                .await
+                .expect("an answer")
+                .status
+        };
+        assert_eq!(status(https_server(204).await).await, 204);
+        assert_eq!(status(https_server(404).await).await, 404);
     }
 
     #[test]

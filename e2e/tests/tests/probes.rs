@@ -1,6 +1,7 @@
 //! Probes as the kubelet runs them: readiness gates the Ready condition and follows the
 //! probe both ways, a failing liveness or startup probe restarts the container (with the
-//! kubelet's events), a startup probe holds the others back, and httpGet, tcpSocket and gRPC probes reach the pod over its IP.
+//! kubelet's events), a startup probe holds the others back, httpGet, tcpSocket and gRPC
+//! probes reach the pod over its IP, and httpGet follows redirects only within the pod.
 
 use std::time::Duration;
 
@@ -225,5 +226,53 @@ async fn a_grpc_probe_follows_the_health_service() -> Result<()> {
         (ready(p, "app") == Some(true)).then_some(())
     })
     .await?;
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn http_probes_follow_local_redirects_and_warn_about_others() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-redirect").await?;
+    // agnhost's liveness server: /healthz fails from 10 s after the start, and
+    // /redirect?loc=X redirects to X.
+    let probed = |location: &str| {
+        json!([{
+            "name": "app",
+            "image": AGNHOST,
+            "args": ["liveness"],
+            "livenessProbe": {
+                "httpGet": { "path": format!("/redirect?loc={location}"), "port": 8080 },
+                "initialDelaySeconds": 5, "periodSeconds": 2, "failureThreshold": 1,
+            },
+        }])
+    };
+    ns.create_pod(&node, pod("local", "Always", probed("%2Fhealthz")))
+        .await?;
+    ns.create_pod(
+        &node,
+        pod("offsite", "Always", probed("http%3A%2F%2F0.0.0.0%2F")),
+    )
+    .await?;
+    // Followed to /healthz, the probe fails once that does, and the container restarts.
+    wait_pod(&ns, "local", WAIT, "local to be restarted", |p| {
+        (container(p, "app")?.restart_count >= 1).then_some(())
+    })
+    .await?;
+    wait_event(&ns, "local", "Unhealthy", |m| {
+        m == "Liveness probe failed: HTTP probe failed with statuscode: 500"
+    })
+    .await?;
+    // A redirect off the pod is not followed: a success, with the kubelet's warning.
+    wait_event(&ns, "offsite", "ProbeWarning", |m| {
+        m.starts_with(
+            "Liveness probe warning: Probe terminated redirects, Response body: <a href=\"http://0.0.0.0/\">Found</a>.",
+        )
+    })
+    .await?;
+    let offsite = ns.pods().get("offsite").await?;
+    anyhow::ensure!(
+        container(&offsite, "app").is_some_and(|c| c.restart_count == 0),
+        "a probe that ended on an off-pod redirect restarted the container"
+    );
     ns.delete_pods().await
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use nodus_cri::api::{
     Capability, ContainerConfig, ContainerMetadata, ImageSpec, Int64Value, KeyValue,
     LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, Mount,
-    SecurityProfile, security_profile::ProfileType,
+    NamespaceMode, SecurityProfile, security_profile::ProfileType,
 };
 
 use super::metadata::{
@@ -142,6 +142,21 @@ fn security_context(pod_spec: &PodSpec, container: &Container) -> LinuxContainer
         seccomp,
         ..LinuxContainerSecurityContext::default()
     }
+}
+
+/// Makes the container join another container's process namespace (an ephemeral
+/// container's `targetContainerName`).
+pub fn share_pid_with(config: &mut ContainerConfig, target_id: String) {
+    let security = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    let namespaces = security
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    namespaces.pid = NamespaceMode::Target as i32;
+    namespaces.target_id = target_id;
 }
 
 /// The container's configuration. `env` and the expanded command/args come from

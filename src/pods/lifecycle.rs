@@ -289,6 +289,22 @@ fn sync(
     for app in &spec.containers {
         start(app, false, &mut actions);
     }
+    // Ephemeral containers start once, whatever becomes of them afterwards; only a start
+    // that failed before the runtime made the container is tried again.
+    for (container, _) in super::ephemeral::of(spec) {
+        let name = container.name.as_str();
+        if runtime.latest(name).is_some() {
+            continue;
+        }
+        match attempts.blocked_until(name, false, now) {
+            Some(until) => wake(until),
+            None => actions.push(Action::StartContainer {
+                name: name.to_owned(),
+                attempt: 0,
+                restart: false,
+            }),
+        }
+    }
     (actions, wake_at)
 }
 
@@ -729,6 +745,38 @@ mod tests {
             at(0),
         );
         assert_eq!(plan.actions, vec![Action::RemoveSandbox { id: "s".into() }]);
+    }
+
+    #[test]
+    fn ephemeral_containers_start_once_after_init_and_never_again() {
+        let mut spec = spec(&["init"], &["app"], "Always");
+        spec.ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+            name: "debug".into(),
+            image: Some("busybox".into()),
+            ..Default::default()
+        }]);
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![record("c1", "init", 0, "s", running())],
+        };
+        assert_eq!(plan(&spec, &runtime).actions, vec![], "not while init runs");
+        runtime.containers[0].state = exited(0);
+        runtime
+            .containers
+            .push(record("c2", "app", 0, "s", running()));
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![start("debug", 0, false)],
+            "beside the app once init is done"
+        );
+        runtime
+            .containers
+            .push(record("c3", "debug", 0, "s", exited(1)));
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![],
+            "never again, whatever the pod's restart policy"
+        );
     }
 
     #[test]

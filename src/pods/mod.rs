@@ -16,6 +16,7 @@ pub mod container;
 pub mod crashloop;
 pub mod dispatch;
 pub mod env;
+pub mod ephemeral;
 pub mod events;
 pub mod eviction;
 pub mod hooks;

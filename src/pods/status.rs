@@ -104,11 +104,20 @@ fn terminated(record: &ContainerRecord, exit: &Exit, runtime_name: &str) -> Cont
     }
 }
 
+/// What a container is to its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Init,
+    App,
+    /// Started once, never restarted, never ready (see `ephemeral`).
+    Ephemeral,
+}
+
 /// The status of one container of the spec.
 fn container_status(
     spec: &PodSpec,
     container: &Container,
-    is_init: bool,
+    role: Role,
     initializing: bool,
     runtime: &PodRuntime,
     attempts: &Attempts,
@@ -142,7 +151,7 @@ fn container_status(
         ..ContainerStatus::default()
     };
     let Some(latest) = latest else {
-        let reason = if initializing && !is_init {
+        let reason = if initializing && role != Role::Init {
             "PodInitializing"
         } else {
             "ContainerCreating"
@@ -172,15 +181,16 @@ fn container_status(
             let verdict = ctx.probes.get(&latest.id);
             let unprobed_start = container.startup_probe.is_none();
             status.started = Some(verdict.map_or(unprobed_start, |v| v.started));
-            status.ready = verdict
-                .map_or(unprobed_start && container.readiness_probe.is_none(), |v| {
+            status.ready = role != Role::Ephemeral
+                && verdict.map_or(unprobed_start && container.readiness_probe.is_none(), |v| {
                     v.ready
                 });
             status.last_state = previous_state;
         }
         RunState::Exited(exit) => {
             let this = terminated(latest, exit, ctx.runtime_name);
-            let restarts = should_restart(spec, container, exit.code, is_init);
+            let restarts = role != Role::Ephemeral
+                && should_restart(spec, container, exit.code, role == Role::Init);
             match (
                 restarts,
                 attempts.blocked_until(name, true, ctx.now),
@@ -208,7 +218,7 @@ fn container_status(
                     status.last_state = previous_state;
                     // An init container that finished its work counts as ready, as upstream's
                     // prober reports it; an app container that exited never is.
-                    status.ready = is_init && exit.code == 0;
+                    status.ready = role == Role::Init && exit.code == 0;
                 }
             }
         }
@@ -220,27 +230,46 @@ fn container_status(
     status
 }
 
-/// Container statuses, init containers in spec order and app containers sorted by name.
+/// A pod's container statuses, by kind.
+#[derive(Debug)]
+pub struct Statuses {
+    /// In spec order.
+    pub init: Vec<ContainerStatus>,
+    /// Sorted by name.
+    pub apps: Vec<ContainerStatus>,
+    /// In spec order.
+    pub ephemeral: Vec<ContainerStatus>,
+}
+
+/// The status of every container of the spec.
 pub fn container_statuses(
     spec: &PodSpec,
     runtime: &PodRuntime,
     attempts: &Attempts,
     ctx: &Context<'_>,
-) -> (Vec<ContainerStatus>, Vec<ContainerStatus>) {
+) -> Statuses {
     let init: Vec<ContainerStatus> = spec
         .init_containers
         .iter()
         .flatten()
-        .map(|c| container_status(spec, c, true, false, runtime, attempts, ctx))
+        .map(|c| container_status(spec, c, Role::Init, false, runtime, attempts, ctx))
         .collect();
     let initializing = !initialized(spec, &init);
     let mut apps: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(spec, c, false, initializing, runtime, attempts, ctx))
+        .map(|c| container_status(spec, c, Role::App, initializing, runtime, attempts, ctx))
         .collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
-    (init, apps)
+    let ephemeral = super::ephemeral::of(spec)
+        .iter()
+        .map(|(c, _)| container_status(spec, c, Role::Ephemeral, false, runtime, attempts, ctx))
+        .collect();
+    Statuses {
+        init,
+        apps,
+        ephemeral,
+    }
 }
 
 fn exit_code(state: Option<&ContainerState>) -> Option<i32> {
@@ -344,7 +373,7 @@ pub fn phase(spec: &PodSpec, runtime: &PodRuntime, attempts: &Attempts, now: Tim
         now,
         probes: &NO_PROBES,
     };
-    let (init, apps) = container_statuses(spec, runtime, attempts, &ctx);
+    let Statuses { init, apps, .. } = container_statuses(spec, runtime, attempts, &ctx);
     phase_of(spec, &init, &apps)
 }
 
@@ -367,7 +396,11 @@ pub fn pod_status(
     previous: Option<&PodStatus>,
     ctx: &Context<'_>,
 ) -> PodStatus {
-    let (init, apps) = container_statuses(spec, runtime, attempts, ctx);
+    let Statuses {
+        init,
+        apps,
+        ephemeral,
+    } = container_statuses(spec, runtime, attempts, ctx);
     let mut phase = phase_of(spec, &init, &apps);
     if let Some(old) = previous
         .and_then(|p| Phase::parse(p.phase.as_deref()))
@@ -478,6 +511,7 @@ pub fn pod_status(
         qos_class: Some(qos::class(spec).to_owned()),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(apps),
+        ephemeral_container_statuses: (!ephemeral.is_empty()).then_some(ephemeral),
         reason: previous.and_then(|p| p.reason.clone()),
         message: previous.and_then(|p| p.message.clone()),
         ..PodStatus::default()

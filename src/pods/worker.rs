@@ -38,7 +38,9 @@ use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState, Sandbox};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
-use super::{cgroups, hooks, host_files, probes, pull_secrets, service_env, static_pods};
+use super::{
+    cgroups, ephemeral, hooks, host_files, probes, pull_secrets, service_env, static_pods,
+};
 use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
 use crate::volumes::{self, PodVolumes};
@@ -63,6 +65,12 @@ const SERVICES_WAIT: Duration = Duration::from_secs(10);
 const SANDBOX: &str = "";
 /// The longest a postStart hook may run before it counts as failed.
 const POST_START_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A ready sandbox and what runs in it (container name → ID), for starting containers.
+struct Started {
+    sandbox: Sandbox,
+    running: std::collections::HashMap<String, String>,
+}
 
 /// What every worker shares: clients and node facts.
 pub struct Shared {
@@ -346,7 +354,14 @@ impl Worker {
         self.last_actions = plan.actions.clone();
         let syncing = self.stage == Stage::Syncing;
         // Starts only come with a ready sandbox already in `runtime` (a new sandbox ends the pass).
-        let sandbox = runtime.sandbox().cloned();
+        let sandbox = runtime.sandbox().cloned().map(|sandbox| Started {
+            running: runtime
+                .running()
+                .filter(|c| c.sandbox_id == sandbox.id)
+                .map(|c| (c.name.clone(), c.id.clone()))
+                .collect(),
+            sandbox,
+        });
         // A deletion arriving mid-start (a long pull, a postStart hook) aborts the waits of
         // the start, never a runtime call in flight: containerd 1.6 leaves the task of a
         // cancelled StartContainer created while CRI reports the container exited, and then
@@ -793,7 +808,7 @@ impl Worker {
         pod: &Pod,
         spec: &PodSpec,
         actions: Vec<Action>,
-        sandbox: Option<Sandbox>,
+        started: Option<Started>,
         abort: &CancellationToken,
     ) {
         let mut starts = Vec::new();
@@ -829,7 +844,7 @@ impl Worker {
             return;
         }
         // The sandbox's configuration is part of every create call.
-        let Some(sandbox) = sandbox else {
+        let Some(Started { sandbox, running }) = started else {
             return;
         };
         let sandbox_config = self.sandbox_config(pod, spec, sandbox.attempt);
@@ -839,17 +854,23 @@ impl Worker {
             let sandbox_id = sandbox.id.clone();
             let pod_ips = sandbox.ips.clone();
             let this = &*self;
+            let running = &running;
             async move {
+                let ephemeral = ephemeral::of(spec);
                 let container = spec
                     .init_containers
                     .iter()
                     .flatten()
                     .chain(spec.containers.iter())
+                    .chain(ephemeral.iter().map(|(c, _)| c))
                     .find(|c| c.name == name)
                     .cloned();
                 let Some(container) = container else {
                     return (name, restart, Some(Ok(())));
                 };
+                // An ephemeral container with a target joins its process namespace.
+                let target =
+                    ephemeral::target(spec, &name).map(|t| running.get(&t).cloned().ok_or(t));
                 let prepare = this.prepare_container(
                     pod,
                     spec,
@@ -857,6 +878,7 @@ impl Worker {
                     attempt,
                     sandbox_config,
                     &pod_ips,
+                    target,
                 );
                 // Aborted before the runtime was asked for anything: nothing to record.
                 let config = tokio::select! {
@@ -1035,6 +1057,7 @@ impl Worker {
 
     /// Everything a container start waits for before the runtime creates it: the image,
     /// its environment's sources, its mounts. The result is the runtime's container config.
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_container(
         &self,
         pod: &Pod,
@@ -1043,6 +1066,7 @@ impl Worker {
         attempt: u32,
         sandbox_config: &PodSandboxConfig,
         pod_ips: &[String],
+        target: Option<Result<String, String>>,
     ) -> Result<ContainerConfig, Failure> {
         let events = &self.shared.events;
         let reference = events::reference(pod, Some(&container.name));
@@ -1143,9 +1167,19 @@ impl Worker {
                 .then(|| etc_hosts.to_string_lossy().into_owned()),
             volume_mounts,
         };
-        Ok(container::config(
-            pod, spec, container, attempt, env, command, args, &host,
-        ))
+        let mut config =
+            container::config(pod, spec, container, attempt, env, command, args, &host);
+        match target {
+            None => {}
+            Some(Ok(target_id)) => container::share_pid_with(&mut config, target_id),
+            Some(Err(target)) => {
+                return Err(config_error(format!(
+                    "the target container {target} of ephemeral container {} is not running",
+                    container.name
+                )));
+            }
+        }
+        Ok(config)
     }
 
     /// Creates and starts a prepared container, then runs its postStart hook. Only the hook

@@ -928,3 +928,66 @@ async fn pods_deleted_while_their_containers_start_are_removed() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_ephemeral_container_runs_once_in_its_targets_process_namespace() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let (cluster, ns, node) = setup("ephemeral").await?;
+    ns.create_pod(
+        &node,
+        pod("target", "Always", json!([sh("app", "exec sleep 3600")])),
+    )
+    .await?;
+    wait_pod(&ns, "target", Duration::from_secs(30), "Running", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    // What `kubectl debug --target app` sends: the ephemeralcontainers subresource.
+    let mut debugger = sh("debugger", "echo from the debugger; ps");
+    debugger["targetContainerName"] = "app".into();
+    let patch = json!({ "spec": { "ephemeralContainers": [debugger] } });
+    ns.pods()
+        .patch_subresource(
+            "ephemeralcontainers",
+            "target",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?;
+    let exit = wait_pod(
+        &ns,
+        "target",
+        Duration::from_secs(30),
+        "the debugger to finish",
+        |p| {
+            let status = p.status.as_ref()?.ephemeral_container_statuses.as_ref()?;
+            let debugger = status.iter().find(|c| c.name == "debugger")?;
+            Some(debugger.state.as_ref()?.terminated.as_ref()?.exit_code)
+        },
+    )
+    .await?;
+    assert_eq!(exit, 0, "the debugger's exit code");
+    let logs = cluster.kubectl(&["logs", "-n", &ns.name, "target", "-c", "debugger"])?;
+    ensure!(
+        logs.contains("from the debugger"),
+        "the debugger's own output: {logs:?}"
+    );
+    ensure!(
+        logs.contains("sleep 3600"),
+        "the target's processes are visible to the debugger: {logs:?}"
+    );
+    // It ran once: the pod's restart policy (Always) does not apply to it.
+    let pod = ns.pods().get("target").await?;
+    let status = pod.status.clone().context("status")?;
+    let debugger = status
+        .ephemeral_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "debugger")
+        .context("debugger status")?;
+    assert_eq!(debugger.restart_count, 0);
+    ensure!(!debugger.ready, "an ephemeral container is never ready");
+    assert_eq!(phase(&pod), "Running", "the pod runs on");
+    ns.delete_pods().await
+}

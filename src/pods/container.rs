@@ -135,7 +135,7 @@ fn security_context(pod_spec: &PodSpec, container: &Container) -> LinuxContainer
             .or(pod.run_as_group)
             .map(|value| Int64Value { value }),
         readonly_rootfs: own.read_only_root_filesystem == Some(true),
-        supplemental_groups: pod.supplemental_groups.clone().unwrap_or_default(),
+        supplemental_groups: super::sandbox::supplemental_groups(&pod),
         no_new_privs: own.allow_privilege_escalation == Some(false),
         masked_paths: paths(MASKED_PATHS),
         readonly_paths: paths(READONLY_PATHS),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSecurityContext, PodSpec};
 use nodus_cri::api::{
     DnsConfig, Int64Value, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
@@ -115,6 +115,18 @@ fn namespace_mode(host: bool, shared: NamespaceMode) -> i32 {
     }
 }
 
+/// The pod's supplemental groups, with its fsGroup first: volumes the fsGroup owns must be
+/// readable by every container's user, as the kubelet arranges.
+pub fn supplemental_groups(security: &PodSecurityContext) -> Vec<i64> {
+    let mut groups: Vec<i64> = security.fs_group.into_iter().collect();
+    for group in security.supplemental_groups.iter().flatten() {
+        if !groups.contains(group) {
+            groups.push(*group);
+        }
+    }
+    groups
+}
+
 /// The namespaces a pod's containers share.
 pub fn namespace_options(spec: &PodSpec) -> NamespaceOption {
     let pid_shared = if spec.share_process_namespace == Some(true) {
@@ -215,7 +227,7 @@ pub fn config(
                 namespace_options: Some(namespace_options(spec)),
                 run_as_user: security.run_as_user.map(|value| Int64Value { value }),
                 run_as_group: security.run_as_group.map(|value| Int64Value { value }),
-                supplemental_groups: security.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&security),
                 // The runtime refuses a privileged container in an unprivileged sandbox.
                 privileged: any_privileged(spec),
                 ..LinuxSandboxSecurityContext::default()

@@ -115,6 +115,30 @@ async fn config_map_and_secret_files_have_their_items_and_modes() -> Result<()> 
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
+async fn a_non_root_user_reads_a_secret_through_the_pods_fs_group() -> Result<()> {
+    let (_cluster, ns, node) = setup("vol-fsgroup").await?;
+    secret(&ns, "creds", &[("pw", "s3cret")]).await?;
+    let script = format!(
+        "{CHECK}\
+         check \"$(id -u)\" 1000 user; \
+         case \" $(id -G) \" in *' 1001 '*) ;; *) echo \"fsGroup not among $(id -G)\" > /dev/termination-log; exit 1;; esac; \
+         check \"$(stat -L -c %a:%g /sec/pw)\" 440:1001 mode-and-group; \
+         check \"$(cat /sec/pw)\" s3cret readable; \
+         echo ok > /dev/termination-log"
+    );
+    let mut spec = pod("fsgroup", "Never", json!([sh("app", &script)]));
+    spec["spec"]["securityContext"] = json!({ "runAsUser": 1000, "fsGroup": 1001 });
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "sec", "mountPath": "/sec" }]);
+    spec["spec"]["volumes"] = json!([
+        { "name": "sec", "projected": { "defaultMode": 0o440, "sources": [{ "secret": { "name": "creds" } }] } },
+    ]);
+    ns.create_pod(&node, spec).await?;
+    assert_eq!(succeeds(&ns, "fsgroup", "app").await?, "ok");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
 async fn an_updated_config_map_reaches_the_mounted_file() -> Result<()> {
     let (_cluster, ns, node) = setup("vol-update").await?;
     config_map(&ns, "live", &[("k", "v1")]).await?;

@@ -40,6 +40,22 @@ pub fn etc_hosts(hostname: &str, pod_ip: &str, spec: &PodSpec) -> String {
             .unwrap_or_default();
         hosts.push_str(&format!("{pod_ip}\t{fqdn}{hostname}\n"));
     }
+    push_host_aliases(&mut hosts, spec);
+    hosts
+}
+
+/// `/etc/hosts` for a pod on the node's network: the node's own file, then the pod's
+/// hostAliases, as the kubelet writes it.
+pub fn node_etc_hosts(node_hosts: &str, spec: &PodSpec) -> String {
+    let mut hosts = node_hosts.to_owned();
+    if !hosts.is_empty() && !hosts.ends_with('\n') {
+        hosts.push('\n');
+    }
+    push_host_aliases(&mut hosts, spec);
+    hosts
+}
+
+fn push_host_aliases(hosts: &mut String, spec: &PodSpec) {
     let aliases = spec.host_aliases.iter().flatten().collect::<Vec<_>>();
     if !aliases.is_empty() {
         hosts.push_str("\n# Entries added by HostAliases.\n");
@@ -48,7 +64,6 @@ pub fn etc_hosts(hostname: &str, pod_ip: &str, spec: &PodSpec) -> String {
             hosts.push_str(&format!("{}\t{names}\n", alias.ip));
         }
     }
-    hosts
 }
 
 /// The termination message a container left, at most 4 KiB.
@@ -122,6 +137,13 @@ mod tests {
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
         assert!(hosts.contains("10.244.0.9\tweb\n"));
         assert!(hosts.contains("10.1.2.3\tfoo.local\tbar.local\n"));
+
+        // On the node's network: the node's file, then the aliases.
+        let node = node_etc_hosts("127.0.0.1 localhost\n192.0.2.2 vm", &spec);
+        assert_eq!(
+            node,
+            "127.0.0.1 localhost\n192.0.2.2 vm\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"
+        );
     }
 
     #[test]

@@ -976,6 +976,15 @@ impl Worker {
                             {
                                 warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
                             }
+                        } else if spec.host_network == Some(true) {
+                            let node_hosts =
+                                std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+                            let hosts = host_files::node_etc_hosts(&node_hosts, &spec);
+                            if let Err(err) =
+                                host_files::write(&self.pod_dir().join("etc-hosts"), &hosts)
+                            {
+                                warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
+                            }
                         }
                         ("RunPodSandbox", Ok(()), Some(Ok(())))
                     }
@@ -1163,7 +1172,8 @@ impl Worker {
         let etc_hosts = self.pod_dir().join("etc-hosts");
         let host = HostFiles {
             termination_log: Some(termination_log.to_string_lossy().into_owned()),
-            etc_hosts: (spec.host_network != Some(true) && etc_hosts.exists())
+            etc_hosts: etc_hosts
+                .exists()
                 .then(|| etc_hosts.to_string_lossy().into_owned()),
             volume_mounts,
         };

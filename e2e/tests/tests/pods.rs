@@ -840,12 +840,18 @@ async fn a_privileged_container_beside_a_plain_one_gets_its_privileges() -> Resu
 #[ignore = "needs the local cluster: run e2e/test"]
 async fn a_host_network_pod_runs_with_the_nodes_hostname() -> Result<()> {
     let (_cluster, ns, node) = setup("hostnet").await?;
+    // Its /etc/hosts is the node's plus the pod's hostAliases.
     let mut spec = pod(
         "hostnet",
         "Never",
-        json!([sh("app", "hostname > /dev/termination-log")]),
+        json!([sh(
+            "app",
+            "grep -q '^123.45.67.89\tfoo.example\tbar.example$' /etc/hosts || exit 1; hostname > /dev/termination-log"
+        )]),
     );
     spec["spec"]["hostNetwork"] = true.into();
+    spec["spec"]["hostAliases"] =
+        json!([{ "ip": "123.45.67.89", "hostnames": ["foo.example", "bar.example"] }]);
     ns.create_pod(&node, spec).await?;
     let message = wait_pod(
         &ns,
@@ -865,6 +871,16 @@ async fn a_host_network_pod_runs_with_the_nodes_hostname() -> Result<()> {
     .await?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     assert_eq!(message.trim(), hostname.trim());
+    // The node's own entries come first, as in the node's file.
+    let node_hosts = std::fs::read_to_string("/etc/hosts")?;
+    let pod_hosts = std::fs::read_dir("/var/lib/nodus-e2e/nodus/pods")?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("etc-hosts")).ok())
+        .find(|h| h.contains("foo.example"))
+        .context("the pod's hosts file")?;
+    ensure!(
+        pod_hosts.starts_with(&node_hosts),
+        "the node's /etc/hosts is not the start of the pod's: {pod_hosts:?}"
+    );
     ns.delete_pods().await
 }
 

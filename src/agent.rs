@@ -175,6 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         log_limits: config.log_limits,
         metrics: metrics.clone(),
         static_pods: config.static_pods.clone(),
+        sysctls: config.sysctls.clone(),
     });
     let runtime = pods.runtime.clone();
     tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));

@@ -31,6 +31,7 @@ pub fn render(flags: &Flags, eviction_hard: &Thresholds) -> Value {
         "port": flags.port,
         "maxPods": flags.max_pods,
         "clusterDNS": split(&flags.cluster_dns),
+        "allowedUnsafeSysctls": split(&flags.allowed_unsafe_sysctls),
         "clusterDomain": flags.cluster_domain,
         "resolvConf": flags.resolv_conf,
         "podLogsDir": flags.pod_logs_dir,

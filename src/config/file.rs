@@ -256,6 +256,12 @@ impl Setter<'_> {
                     let ips = strings(f, value)?.join(",");
                     self.set("cluster_dns", |flags| flags.cluster_dns = Some(ips));
                 }
+                "allowedUnsafeSysctls" => {
+                    let list = strings(f, value)?.join(",");
+                    self.set("allowed_unsafe_sysctls", |flags| {
+                        flags.allowed_unsafe_sysctls = Some(list)
+                    });
+                }
                 "clusterDomain" => {
                     let domain = string(f, value)?;
                     self.set("cluster_domain", |flags| flags.cluster_domain = domain);

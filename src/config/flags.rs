@@ -146,6 +146,11 @@ pub struct Flags {
     #[arg(long, value_name = "IP,...")]
     pub cluster_dns: Option<String>,
 
+    /// Unsafe sysctls pods may set beside the safe ones, comma-separated names or prefixes
+    /// ending in `*` (the kubelet's allowedUnsafeSysctls); each must be namespaced.
+    #[arg(long, value_name = "SYSCTL,...")]
+    pub allowed_unsafe_sysctls: Option<String>,
+
     /// The cluster's DNS domain, searched by pods with dnsPolicy ClusterFirst.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,

@@ -57,6 +57,7 @@ pub struct Config {
     /// `--container-log-max-size` and `--container-log-max-files`.
     pub log_limits: crate::pods::log_rotation::Limits,
     pub cluster_dns: Vec<IpAddr>,
+    pub sysctls: crate::pods::sysctls::Allowlist,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
     pub pod_logs_dir: PathBuf,
@@ -188,6 +189,21 @@ impl Config {
             max_bytes,
             max_files: flags.container_log_max_files,
         };
+        let unsafe_sysctls: Vec<String> = flags
+            .allowed_unsafe_sysctls
+            .iter()
+            .flat_map(|raw| raw.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let sysctls = crate::pods::sysctls::Allowlist::new(&unsafe_sysctls).map_err(|err| {
+            invalid(
+                "allowed-unsafe-sysctls",
+                flags.allowed_unsafe_sysctls.as_deref().unwrap_or_default(),
+                err.to_string(),
+            )
+        })?;
         let cluster_dns = match flags.cluster_dns.as_deref() {
             None | Some("") => Vec::new(),
             Some(raw) => raw
@@ -300,6 +316,7 @@ impl Config {
             reserved,
             log_limits,
             cluster_dns,
+            sysctls,
             cluster_domain: flags.cluster_domain,
             resolv_conf: flags.resolv_conf,
             pod_logs_dir: flags.pod_logs_dir,

@@ -153,7 +153,9 @@ impl Dispatcher {
             }
             let spec = pod.spec.clone().unwrap_or_default();
             let rejection = match &node {
-                Some(node) => admission::admit(&spec, node, &used).err(),
+                Some(node) => admission::admit(&spec, node, &used)
+                    .and_then(|()| sysctl_admission(&self.shared.sysctls, &spec))
+                    .err(),
                 None if is_static(&pod) => None,
                 None => {
                     self.pending.push(pod);
@@ -532,6 +534,17 @@ async fn mirror_op(client: kube::Client, op: mirror::Op) -> Option<MirrorDone> {
 }
 
 /// Runs the pod role until cancelled.
+/// The sysctl half of admission: a forbidden sysctl rejects the pod as the kubelet does.
+fn sysctl_admission(
+    allowlist: &super::sysctls::Allowlist,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<(), Rejection> {
+    allowlist.check(spec).map_err(|message| Rejection {
+        reason: "SysctlForbidden".into(),
+        message: format!("Pod was rejected: {message}"),
+    })
+}
+
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let runtime_changed = Arc::new(Notify::new());
     tokio::spawn(follow_events(

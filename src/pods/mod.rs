@@ -38,4 +38,5 @@ pub mod sandbox;
 pub mod service_env;
 pub mod static_pods;
 pub mod status;
+pub mod sysctls;
 pub mod worker;

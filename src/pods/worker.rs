@@ -97,6 +97,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Kubelet>,
     /// The static pod manifest directory and how often it is read besides inotify.
     pub static_pods: Option<(PathBuf, Duration)>,
+    /// Which sysctls pods may set (admission).
+    pub sysctls: super::sysctls::Allowlist,
 }
 
 impl std::fmt::Debug for Shared {

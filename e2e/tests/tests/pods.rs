@@ -523,10 +523,16 @@ async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Resul
     let mut selective = pod("selector", "Always", json!([sh("main", "sleep 3600")]));
     selective["spec"]["nodeSelector"] = json!({ "nodus.dev/never-set": "x" });
     ns.create_pod(&node, selective).await?;
+    // kernel.msgmax is namespaced but not safe: the node has not allowed it.
+    let mut unsafe_sysctl = pod("sysctl", "Always", json!([sh("main", "sleep 3600")]));
+    unsafe_sysctl["spec"]["securityContext"] =
+        json!({ "sysctls": [{ "name": "kernel.msgmax", "value": "10000000000" }] });
+    ns.create_pod(&node, unsafe_sysctl).await?;
     for (name, reason) in [
         ("cpu", "OutOfcpu"),
         ("memory", "OutOfmemory"),
         ("selector", "NodeAffinity"),
+        ("sysctl", "SysctlForbidden"),
     ] {
         let status = wait_pod(&ns, name, Duration::from_secs(30), "rejection", |p| {
             (phase(p) == "Failed").then(|| p.status.clone()).flatten()
@@ -546,12 +552,11 @@ async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Resul
             "{name} must not run"
         );
     }
-    // A pod that fits still runs beside them.
-    ns.create_pod(
-        &node,
-        pod("fits", "Always", json!([sh("main", "sleep 3600")])),
-    )
-    .await?;
+    // A pod that fits still runs beside them, with a safe sysctl set in its namespace.
+    let mut fits = pod("fits", "Always", json!([sh("main", "sleep 3600")]));
+    fits["spec"]["securityContext"] =
+        json!({ "sysctls": [{ "name": "kernel.shm_rmid_forced", "value": "1" }] });
+    ns.create_pod(&node, fits).await?;
     wait_pod(&ns, "fits", Duration::from_secs(30), "Running", |p| {
         (phase(p) == "Running").then_some(())
     })

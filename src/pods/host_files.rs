@@ -106,6 +106,10 @@ pub fn log_tail(raw: &str) -> String {
             lines.push(std::mem::take(&mut partial));
         }
     }
+    // Output that did not end in a newline stays partial for good (`echo -n`).
+    if !partial.is_empty() {
+        lines.push(partial);
+    }
     let start = lines.len().saturating_sub(LOG_LINES);
     let mut text = lines[start..].join("\n");
     if text.len() > LOG_BYTES {
@@ -150,6 +154,8 @@ mod tests {
     fn log_tail_joins_partial_lines_and_keeps_the_end() {
         let raw = "2026-01-01T00:00:00Z stdout P hello \n2026-01-01T00:00:00Z stdout F world\n2026-01-01T00:00:01Z stderr F boom\n";
         assert_eq!(log_tail(raw), "hello world\nboom");
+        // What `echo -n DONE` leaves: a partial line with no end.
+        assert_eq!(log_tail("2026-01-01T00:00:00Z stdout P DONE\n"), "DONE");
         let many: String = (0..100).map(|i| format!("t stdout F line{i}\n")).collect();
         let tail = log_tail(&many);
         assert!(

@@ -1012,3 +1012,27 @@ async fn an_ephemeral_container_runs_once_in_its_targets_process_namespace() -> 
     assert_eq!(phase(&pod), "Running", "the pod runs on");
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_failed_containers_last_output_is_its_message_under_fallback_to_logs() -> Result<()> {
+    let (_cluster, ns, node) = setup("fallback").await?;
+    // No newline at the end: the runtime logs it as a partial line that never ends.
+    let mut main = sh("main", "echo first line; echo -n DONE; false");
+    main["terminationMessagePolicy"] = "FallbackToLogsOnError".into();
+    ns.create_pod(&node, pod("fallback", "Never", json!([main])))
+        .await?;
+    let message = wait_pod(
+        &ns,
+        "fallback",
+        Duration::from_secs(45),
+        "the container to fail",
+        |p| {
+            let terminated = container(p, "main")?.state.as_ref()?.terminated.clone()?;
+            (phase(p) == "Failed").then(|| terminated.message.unwrap_or_default())
+        },
+    )
+    .await?;
+    assert_eq!(message, "first line\nDONE");
+    ns.delete_pods().await
+}

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerRestartRule, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 
 use super::attempts::Attempts;
@@ -174,12 +174,38 @@ pub fn should_restart(
     if is_sidecar(container) {
         return true;
     }
+    if !is_init {
+        // Container restart rules (beta upstream, on by default): the first rule whose exit
+        // codes match decides; then the container's own policy, then the pod's.
+        let rules = container.restart_policy_rules.iter().flatten();
+        if let Some(rule) = rules.into_iter().find(|r| rule_matches(r, exit_code)) {
+            return rule.action == "Restart";
+        }
+        match container.restart_policy.as_deref() {
+            Some("Always") => return true,
+            Some("OnFailure") => return exit_code != 0,
+            Some("Never") => return false,
+            _ => {}
+        }
+    }
     match restart_policy(spec) {
         "Never" => false,
         // Init containers run to success: under Always they are retried like OnFailure.
         "OnFailure" => exit_code != 0,
         _ if is_init => exit_code != 0,
         _ => true,
+    }
+}
+
+fn rule_matches(rule: &ContainerRestartRule, exit_code: i32) -> bool {
+    let Some(codes) = &rule.exit_codes else {
+        return false;
+    };
+    let listed = codes.values.iter().flatten().any(|&v| v == exit_code);
+    match codes.operator.as_str() {
+        "In" => listed,
+        "NotIn" => !listed,
+        _ => false,
     }
 }
 
@@ -777,6 +803,63 @@ mod tests {
             vec![],
             "never again, whatever the pod's restart policy"
         );
+    }
+
+    #[test]
+    fn container_restart_rules_and_policies_override_the_pods() {
+        let with = |policy: Option<&str>, rules: serde_json::Value| -> Container {
+            serde_json::from_value(serde_json::json!({
+                "name": "app", "restartPolicy": policy, "restartPolicyRules": rules,
+            }))
+            .expect("container")
+        };
+        let never = spec(&[], &["app"], "Never");
+        let always = spec(&[], &["app"], "Always");
+        let on_42 = serde_json::json!([
+            { "action": "Restart", "exitCodes": { "operator": "In", "values": [42] } }
+        ]);
+        // The first matching rule restarts; no match falls back to the container's policy.
+        assert!(should_restart(
+            &never,
+            &with(Some("Never"), on_42.clone()),
+            42,
+            false
+        ));
+        assert!(!should_restart(
+            &never,
+            &with(Some("Never"), on_42),
+            1,
+            false
+        ));
+        let not_zero = serde_json::json!([
+            { "action": "Restart", "exitCodes": { "operator": "NotIn", "values": [0] } }
+        ]);
+        assert!(should_restart(
+            &never,
+            &with(None, not_zero.clone()),
+            3,
+            false
+        ));
+        assert!(!should_restart(&never, &with(None, not_zero), 0, false));
+        // The container's policy beats the pod's, both ways.
+        assert!(should_restart(
+            &never,
+            &with(Some("Always"), serde_json::Value::Null),
+            1,
+            false
+        ));
+        assert!(!should_restart(
+            &always,
+            &with(Some("Never"), serde_json::Value::Null),
+            1,
+            false
+        ));
+        assert!(should_restart(
+            &always,
+            &with(None, serde_json::Value::Null),
+            0,
+            false
+        ));
     }
 
     #[test]

@@ -323,20 +323,23 @@ pub fn phase_of(spec: &PodSpec, init: &[ContainerStatus], apps: &[ContainerStatu
             _ => pending_init += 1,
         }
     }
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    let (mut running, mut waiting, mut stopped, mut succeeded, mut restarting) = (0, 0, 0, 0, 0);
     for status in apps {
         let Some(state) = status.state.as_ref() else {
             continue;
         };
+        let code = exit_code(Some(state)).or_else(|| exit_code(status.last_state.as_ref()));
         if state.running.is_some() {
             running += 1;
-        } else if let Some(t) = &state.terminated {
+        } else if let Some(code) = code {
             stopped += 1;
-            if t.exit_code == 0 {
+            if state.terminated.is_some() && code == 0 {
                 succeeded += 1;
             }
-        } else if exit_code(status.last_state.as_ref()).is_some() {
-            stopped += 1;
+            let container = spec.containers.iter().find(|c| c.name == status.name);
+            if container.is_some_and(|c| should_restart(spec, c, code, false)) {
+                restarting += 1;
+            }
         } else {
             waiting += 1;
         }
@@ -350,12 +353,15 @@ pub fn phase_of(spec: &PodSpec, init: &[ContainerStatus], apps: &[ContainerStatu
     if running > 0 {
         return Phase::Running;
     }
+    // All app containers stopped: the pod runs on while any of them will be restarted (the
+    // pod's policy or the container's own, see `should_restart`).
     if stopped > 0 {
-        return match policy {
-            "Always" => Phase::Running,
-            _ if stopped == succeeded => Phase::Succeeded,
-            "Never" => Phase::Failed,
-            _ => Phase::Running,
+        return if restarting > 0 {
+            Phase::Running
+        } else if stopped == succeeded {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
         };
     }
     Phase::Pending

@@ -1036,3 +1036,39 @@ async fn a_failed_containers_last_output_is_its_message_under_fallback_to_logs()
     assert_eq!(message, "first line\nDONE");
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_containers_own_restart_policy_and_rules_override_the_pods() -> Result<()> {
+    let (_cluster, ns, node) = setup("restart-rules").await?;
+    // Pod policy Never, container policy Always: restarted, and the pod keeps running.
+    let mut always = sh("main", "exit 1");
+    always["restartPolicy"] = "Always".into();
+    ns.create_pod(&node, pod("always", "Never", json!([always])))
+        .await?;
+    // A rule restarts on exit code 42 only.
+    let mut ruled = sh("main", "exit 42");
+    ruled["restartPolicy"] = "Never".into();
+    ruled["restartPolicyRules"] =
+        json!([{ "action": "Restart", "exitCodes": { "operator": "In", "values": [42] } }]);
+    ns.create_pod(&node, pod("ruled", "Never", json!([ruled])))
+        .await?;
+    // Pod policy Always, container policy Never: fails once and stays down.
+    let mut never = sh("main", "exit 1");
+    never["restartPolicy"] = "Never".into();
+    ns.create_pod(&node, pod("never", "Always", json!([never])))
+        .await?;
+    for name in ["always", "ruled"] {
+        wait_pod(&ns, name, Duration::from_secs(45), "a restart", |p| {
+            (container(p, "main")?.restart_count >= 1 && phase(p) != "Failed").then_some(())
+        })
+        .await?;
+    }
+    wait_pod(&ns, "never", Duration::from_secs(45), "Failed", |p| {
+        (phase(p) == "Failed").then_some(())
+    })
+    .await?;
+    let never = ns.pods().get("never").await?;
+    assert_eq!(container(&never, "main").map(|c| c.restart_count), Some(0));
+    ns.delete_pods().await
+}

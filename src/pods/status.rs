@@ -118,7 +118,6 @@ fn container_status(
     spec: &PodSpec,
     container: &Container,
     role: Role,
-    initializing: bool,
     runtime: &PodRuntime,
     attempts: &Attempts,
     ctx: &Context<'_>,
@@ -151,7 +150,10 @@ fn container_status(
         ..ContainerStatus::default()
     };
     let Some(latest) = latest else {
-        let reason = if initializing && role != Role::Init {
+        // As upstream: in a pod with init containers, every container not yet created
+        // waits with PodInitializing (init containers too); otherwise ContainerCreating.
+        let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
+        let reason = if has_init {
             "PodInitializing"
         } else {
             "ContainerCreating"
@@ -252,18 +254,17 @@ pub fn container_statuses(
         .init_containers
         .iter()
         .flatten()
-        .map(|c| container_status(spec, c, Role::Init, false, runtime, attempts, ctx))
+        .map(|c| container_status(spec, c, Role::Init, runtime, attempts, ctx))
         .collect();
-    let initializing = !initialized(spec, &init);
     let mut apps: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(spec, c, Role::App, initializing, runtime, attempts, ctx))
+        .map(|c| container_status(spec, c, Role::App, runtime, attempts, ctx))
         .collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
     let ephemeral = super::ephemeral::of(spec)
         .iter()
-        .map(|(c, _)| container_status(spec, c, Role::Ephemeral, false, runtime, attempts, ctx))
+        .map(|(c, _)| container_status(spec, c, Role::Ephemeral, runtime, attempts, ctx))
         .collect();
     Statuses {
         init,
@@ -292,10 +293,6 @@ fn incomplete_init<'a>(spec: &'a PodSpec, statuses: &[ContainerStatus]) -> Vec<&
         })
         .map(|c| c.name.as_str())
         .collect()
-}
-
-fn initialized(spec: &PodSpec, init: &[ContainerStatus]) -> bool {
-    incomplete_init(spec, init).is_empty()
 }
 
 /// The kubelet's `getPhase`.
@@ -641,7 +638,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_pod_is_pending_with_container_creating_and_pod_initializing() {
+    fn a_new_pod_with_init_containers_is_pending_with_pod_initializing() {
         let spec = spec(&["init"], &["app"], "Always");
         let status = pod_status(
             &spec,
@@ -652,7 +649,7 @@ mod tests {
         );
         assert_eq!(status.phase.as_deref(), Some("Pending"));
         let init = &status.init_container_statuses.expect("init statuses")[0];
-        assert_eq!(reason(init), "ContainerCreating");
+        assert_eq!(reason(init), "PodInitializing");
         let app = &status.container_statuses.expect("statuses")[0];
         assert_eq!(reason(app), "PodInitializing");
         let conditions = status.conditions.expect("conditions");

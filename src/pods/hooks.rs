@@ -6,8 +6,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nodus_cri::Runtime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::net::IpAddr;
+
+use super::probe_http;
+
+/// Upstream's User-Agent for lifecycle hooks.
+const USER_AGENT: &str = "kube-lifecycle/1.37";
 
 /// Why a hook failed, for the FailedPreStopHook / FailedPostStartHook event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,12 +86,18 @@ pub async fn run(
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| pod_ip.to_owned());
             let path = http.path.clone().unwrap_or_else(|| "/".into());
-            if http.scheme.as_deref().is_some_and(|s| s != "HTTP") {
-                return Err(Error::Invalid(
-                    "only the HTTP scheme is supported for hooks".into(),
-                ));
-            }
-            http_get(&host, port, &path).await
+            let https = match http.scheme.as_deref() {
+                None | Some("HTTP") => false,
+                Some("HTTPS") => true,
+                Some(other) => return Err(Error::Invalid(format!("scheme {other}"))),
+            };
+            let headers: Vec<(String, String)> = http
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect();
+            http_get(&host, port, https, &path, &headers).await
         } else if let Some(sleep) = &handler.sleep {
             tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64)).await;
             Ok(())
@@ -102,44 +112,57 @@ pub async fn run(
         .map_err(|_| Error::Timeout(timeout))?
 }
 
-/// A plain HTTP/1.1 GET; success is a 2xx or 3xx status, as for the kubelet's handlers.
-pub async fn http_get(host: &str, port: u16, path: &str) -> Result<(), Error> {
-    let url = format!("http://{host}:{port}{path}");
+/// A GET over HTTP or HTTPS (certificates not verified, as upstream); success is a 2xx or
+/// 3xx status, as for the kubelet's handlers.
+pub async fn http_get(
+    host: &str,
+    port: u16,
+    https: bool,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(), Error> {
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{port}{path}");
     let fail = |message: String| Error::Http {
         url: url.clone(),
         message,
     };
-    let mut stream = TcpStream::connect((host, port))
+    let ip = match host.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| fail("no address".into()))?,
+    };
+    let mut headers = headers.to_vec();
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("User-Agent"))
+    {
+        headers.push(("User-Agent".into(), USER_AGENT.into()));
+    }
+    let target = probe_http::Target {
+        ip,
+        port,
+        https,
+        path: path.to_owned(),
+    };
+    let answer = probe_http::get(target, &headers)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-lifecycle/1.37\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let mut head = vec![0u8; 64];
-    let n = stream
-        .read(&mut head)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let status_line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| fail(format!("malformed response {status_line:?}")))?;
-    if (200..400).contains(&code) {
+    if (200..400).contains(&answer.status) {
         Ok(())
     } else {
-        Err(fail(format!("status {code}")))
+        Err(fail(format!("status {}", answer.status)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::ContainerPort;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -179,9 +202,11 @@ mod tests {
     #[tokio::test]
     async fn http_get_judges_by_status() {
         let ok = serve_once("204 No Content").await;
-        assert_eq!(http_get("127.0.0.1", ok, "/quit").await, Ok(()));
+        assert_eq!(http_get("127.0.0.1", ok, false, "/quit", &[]).await, Ok(()));
         let bad = serve_once("500 Internal Server Error").await;
-        let err = http_get("127.0.0.1", bad, "/quit").await.expect_err("500");
+        let err = http_get("127.0.0.1", bad, false, "/quit", &[])
+            .await
+            .expect_err("500");
         assert!(err.to_string().ends_with("status 500"), "{err}");
     }
 }

@@ -117,7 +117,16 @@ pub struct Verdict {
     /// Whether it counts as ready (readiness probe passed, or none), once started.
     pub ready: bool,
     /// Set when a liveness or startup probe failed: the container must be restarted.
-    pub restart: Option<String>,
+    pub restart: Option<Restart>,
+}
+
+/// A probe's demand that its container be restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// The Killing event's message.
+    pub reason: String,
+    /// The failed probe's own terminationGracePeriodSeconds, which beats the pod's.
+    pub grace_seconds: Option<i64>,
 }
 
 /// Verdicts by container ID.
@@ -129,19 +138,21 @@ pub fn verdict(container: &Container, tallies: &HashMap<Kind, Tally>) -> Verdict
     let started = container.startup_probe.is_none() || result(Kind::Startup) == Some(true);
     let ready =
         started && (container.readiness_probe.is_none() || result(Kind::Readiness) == Some(true));
-    let restart = if result(Kind::Startup) == Some(false) {
-        Some(format!(
-            "Container {} failed startup probe, will be restarted",
-            container.name
-        ))
+    let failed = if result(Kind::Startup) == Some(false) {
+        Some((Kind::Startup, container.startup_probe.as_ref()))
     } else if started && result(Kind::Liveness) == Some(false) {
-        Some(format!(
-            "Container {} failed liveness probe, will be restarted",
-            container.name
-        ))
+        Some((Kind::Liveness, container.liveness_probe.as_ref()))
     } else {
         None
     };
+    let restart = failed.map(|(kind, probe)| Restart {
+        reason: format!(
+            "Container {} failed {} probe, will be restarted",
+            container.name,
+            kind.name().to_lowercase()
+        ),
+        grace_seconds: probe.and_then(|p| p.termination_grace_period_seconds),
+    });
     Verdict {
         started,
         ready,
@@ -521,9 +532,16 @@ mod tests {
             &tallies(&[(Kind::Startup, Some(true)), (Kind::Liveness, Some(false))]),
         );
         assert_eq!(
-            v.restart.as_deref(),
+            v.restart.map(|r| r.reason).as_deref(),
             Some("Container app failed liveness probe, will be restarted")
         );
+        // The failed probe's own grace period goes with it, not another probe's.
+        let mut c = container(true, true, false);
+        if let Some(p) = c.startup_probe.as_mut() {
+            p.termination_grace_period_seconds = Some(5);
+        }
+        let restart = verdict(&c, &tallies(&[(Kind::Startup, Some(false))])).restart;
+        assert_eq!(restart.and_then(|r| r.grace_seconds), Some(5));
     }
 
     /// A one-shot HTTPS server answering `status`, with a self-signed certificate.

@@ -461,7 +461,7 @@ impl Worker {
         });
         let verdicts = prober.verdicts.borrow().clone();
         for target in &targets.containers {
-            let Some(reason) = verdicts.get(&target.id).and_then(|v| v.restart.clone()) else {
+            let Some(restart) = verdicts.get(&target.id).and_then(|v| v.restart.clone()) else {
                 continue;
             };
             if !prober.restarted.insert(target.id.clone()) {
@@ -470,15 +470,10 @@ impl Worker {
             self.shared.events.normal(
                 events::reference(pod, Some(&target.container.name)),
                 "Killing",
-                reason,
+                restart.reason,
             );
-            let probe_grace = target
-                .container
-                .liveness_probe
-                .as_ref()
-                .or(target.container.startup_probe.as_ref())
-                .and_then(|p| p.termination_grace_period_seconds);
-            let grace = probe_grace
+            let grace = restart
+                .grace_seconds
                 .or(spec.termination_grace_period_seconds)
                 .unwrap_or(30);
             plan.actions.push(Action::KillContainer {

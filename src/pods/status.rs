@@ -295,6 +295,61 @@ fn incomplete_init<'a>(spec: &'a PodSpec, statuses: &[ContainerStatus]) -> Vec<&
         .collect()
 }
 
+/// Holds Ready at False while a readiness gate's condition (set by someone else) is
+/// missing or not True, with upstream's reason and message. `conditions` holds the pod's
+/// whole set, other agents' included; `previous` gives the transition time to keep.
+pub fn apply_readiness_gates(
+    spec: &PodSpec,
+    conditions: &mut [PodCondition],
+    previous: Option<&PodStatus>,
+    now: Timestamp,
+) {
+    let unready: Vec<String> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(
+            |gate| match conditions.iter().find(|c| c.type_ == gate.condition_type) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate \"{}\" does not exist.",
+                    gate.condition_type
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate \"{}\" is not \"True\", but {}",
+                    gate.condition_type, c.status
+                )),
+                Some(_) => None,
+            },
+        )
+        .collect();
+    if unready.is_empty() {
+        return;
+    }
+    let Some(ready) = conditions
+        .iter_mut()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+    else {
+        // Unready containers already explain it.
+        return;
+    };
+    let kept = previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|old| {
+            old.iter()
+                .find(|o| o.type_ == "Ready" && o.status == "False")
+        })
+        .and_then(|o| o.last_transition_time.clone());
+    *ready = PodCondition {
+        last_transition_time: Some(kept.unwrap_or(Time(now))),
+        ..condition(
+            "Ready",
+            false,
+            Some("ReadinessGatesNotReady"),
+            Some(unready.join(", ")),
+        )
+    };
+}
+
 /// The kubelet's `getPhase`.
 pub fn phase_of(spec: &PodSpec, init: &[ContainerStatus], apps: &[ContainerStatus]) -> Phase {
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
@@ -796,6 +851,51 @@ mod tests {
             .clone()
             .expect("init statuses");
         assert!(!init[0].ready, "a failed init container is not ready");
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_conditions_are_true() {
+        let mut spec = spec(&[], &["app"], "Always");
+        spec.readiness_gates = Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+            condition_type: "example.com/gate".into(),
+        }]);
+        let runtime = with_sandbox(vec![record("c1", "app", 0, running())]);
+        let status = pod_status(&spec, &runtime, &Attempts::default(), None, &ctx());
+        let ready = |conditions: &[PodCondition]| {
+            let c = conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .expect("Ready");
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let mut conditions = status.conditions.clone().expect("conditions");
+        apply_readiness_gates(&spec, &mut conditions, None, at(0));
+        assert_eq!(
+            ready(&conditions),
+            (
+                "False".into(),
+                Some("ReadinessGatesNotReady".into()),
+                Some("corresponding condition of pod readiness gate \"example.com/gate\" does not exist.".into())
+            )
+        );
+        let gate = |status: &str| PodCondition {
+            type_: "example.com/gate".into(),
+            status: status.into(),
+            ..PodCondition::default()
+        };
+        let mut conditions = status.conditions.clone().expect("conditions");
+        conditions.push(gate("False"));
+        apply_readiness_gates(&spec, &mut conditions, None, at(0));
+        assert_eq!(
+            ready(&conditions).2.as_deref(),
+            Some(
+                "the status of pod readiness gate \"example.com/gate\" is not \"True\", but False"
+            )
+        );
+        let mut conditions = status.conditions.clone().expect("conditions");
+        conditions.push(gate("True"));
+        apply_readiness_gates(&spec, &mut conditions, None, at(0));
+        assert_eq!(ready(&conditions).0, "True");
     }
 
     #[test]

@@ -707,6 +707,9 @@ impl Worker {
                     .cloned(),
             );
         }
+        if let Some(conditions) = status.conditions.as_mut() {
+            status::apply_readiness_gates(spec, conditions, previous.as_ref(), now);
+        }
         let same_target = self.posted_to.as_deref() == Some(target.as_str());
         if (same_target && Some(&status) == self.posted.as_ref())
             || (self.posted.is_none() && Some(&status) == api_status.as_ref())

@@ -1072,3 +1072,71 @@ async fn a_containers_own_restart_policy_and_rules_override_the_pods() -> Result
     assert_eq!(container(&never, "main").map(|c| c.restart_count), Some(0));
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn readiness_gates_hold_ready_until_their_condition_is_true() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let (_cluster, ns, node) = setup("gates").await?;
+    let mut gated = pod("gated", "Always", json!([sh("main", "sleep 3600")]));
+    gated["spec"]["readinessGates"] = json!([{ "conditionType": "example.com/gate" }]);
+    ns.create_pod(&node, gated).await?;
+    let ready = |p: &k8s_openapi::api::core::v1::Pod| {
+        let conditions = p.status.as_ref()?.conditions.as_ref()?;
+        let c = conditions.iter().find(|c| c.type_ == "Ready")?;
+        Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
+    };
+    // The container is ready, the pod is not: the gate's condition does not exist.
+    wait_pod(
+        &ns,
+        "gated",
+        Duration::from_secs(30),
+        "the gate to hold Ready",
+        |p| {
+            (container(p, "main")?.ready
+                && ready(p)? == ("False".into(), "ReadinessGatesNotReady".into()))
+                .then_some(())
+        },
+    )
+    .await?;
+    // What a controller owning the gate does: set its condition in the status.
+    let set_gate = |status: &'static str| {
+        let pods = ns.pods();
+        async move {
+            let patch = json!({ "status": { "conditions": [
+                { "type": "example.com/gate", "status": status, "lastTransitionTime": "2026-01-01T00:00:00Z" }
+            ] } });
+            pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(&patch))
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    set_gate("True").await?;
+    wait_pod(
+        &ns,
+        "gated",
+        Duration::from_secs(30),
+        "Ready once the gate is True",
+        |p| (ready(p)?.0 == "True").then_some(()),
+    )
+    .await?;
+    set_gate("False").await?;
+    wait_pod(
+        &ns,
+        "gated",
+        Duration::from_secs(30),
+        "unready once the gate is False",
+        |p| (ready(p)? == ("False".into(), "ReadinessGatesNotReady".into())).then_some(()),
+    )
+    .await?;
+    // nodus's own status updates keep the gate's condition.
+    let pod = ns.pods().get("gated").await?;
+    let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+    ensure!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "example.com/gate" && c.status == "False"),
+        "the gate's condition was dropped: {conditions:?}"
+    );
+    ns.delete_pods().await
+}

@@ -284,7 +284,12 @@ fn sync(
         let name = container.name.as_str();
         let (restart, done) = match in_sandbox(name).map(|c| &c.state) {
             None => (false, false),
-            Some(RunState::Running { .. }) => return !is_init || is_sidecar(container),
+            Some(RunState::Running { .. }) => {
+                // A sidecar is up once started: its startup probe, if any, has passed.
+                let started =
+                    in_sandbox(name).is_some_and(|c| !runtime.startup_pending.contains(&c.id));
+                return !is_init || (is_sidecar(container) && started);
+            }
             Some(RunState::Created | RunState::Unknown) => return false,
             Some(RunState::Exited(exit)) => {
                 if !should_restart(spec, container, exit.code, is_init) {
@@ -503,6 +508,7 @@ mod tests {
         let mut runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![],
+            ..PodRuntime::default()
         };
         assert_eq!(plan(&spec, &runtime).actions, vec![start("i1", 0, false)]);
         runtime
@@ -529,6 +535,7 @@ mod tests {
         let runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![record("c1", "i1", 0, "s", exited(1))],
+            ..PodRuntime::default()
         };
         assert_eq!(
             plan(&spec(&["i1"], &["a"], "Always"), &runtime).actions,
@@ -555,6 +562,7 @@ mod tests {
                 record("c1", "ok", 0, "s", exited(0)),
                 record("c2", "bad", 0, "s", exited(2)),
             ],
+            ..PodRuntime::default()
         };
         assert_eq!(
             plan(&spec_with("Always"), &runtime).actions,
@@ -578,6 +586,7 @@ mod tests {
         let runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![record("c1", "app", 1, "s", exited(1))],
+            ..PodRuntime::default()
         };
         let mut attempts = Attempts::default();
         attempts.started("app", true, at(0));
@@ -613,6 +622,7 @@ mod tests {
         let runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![],
+            ..PodRuntime::default()
         };
         let mut attempts = Attempts::default();
         let failure = Failure {
@@ -647,6 +657,7 @@ mod tests {
         let mut runtime = PodRuntime {
             sandboxes: vec![sandbox("s0", 0, false)],
             containers: vec![record("c1", "app", 0, "s0", running())],
+            ..PodRuntime::default()
         };
         let first = plan(&spec, &runtime);
         assert!(
@@ -676,6 +687,7 @@ mod tests {
         let mut runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![record("c1", "app", 0, "s", running())],
+            ..PodRuntime::default()
         };
         let desire = Desire::Delete { grace };
         let attempts = Attempts::default();
@@ -719,6 +731,7 @@ mod tests {
             containers: (0..4)
                 .map(|i| record(&format!("c{i}"), "app", i, "s", exited(1)))
                 .collect(),
+            ..PodRuntime::default()
         };
         let plan = plan(&spec, &runtime);
         assert_eq!(
@@ -758,6 +771,7 @@ mod tests {
         let runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, false)],
             containers: vec![record("c1", "app", 0, "s", exited(0))],
+            ..PodRuntime::default()
         };
         let desire = Desire::Delete {
             grace: Duration::from_secs(30),
@@ -784,6 +798,7 @@ mod tests {
         let mut runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![record("c1", "init", 0, "s", running())],
+            ..PodRuntime::default()
         };
         assert_eq!(plan(&spec, &runtime).actions, vec![], "not while init runs");
         runtime.containers[0].state = exited(0);
@@ -869,11 +884,20 @@ mod tests {
         let mut runtime = PodRuntime {
             sandboxes: vec![sandbox("s", 0, true)],
             containers: vec![],
+            ..PodRuntime::default()
         };
         assert_eq!(plan(&spec, &runtime).actions, vec![start("side", 0, false)]);
         runtime
             .containers
             .push(record("c1", "side", 0, "s", running()));
+        // Running is not enough while its startup probe has not passed.
+        runtime.startup_pending.insert("c1".into());
+        assert_eq!(
+            plan(&spec, &runtime).actions,
+            vec![],
+            "wait for the sidecar to start"
+        );
+        runtime.startup_pending.clear();
         assert_eq!(plan(&spec, &runtime).actions, vec![start("app", 0, false)]);
         runtime
             .containers

@@ -62,6 +62,10 @@ pub struct ContainerRecord {
 pub struct PodRuntime {
     pub sandboxes: Vec<Sandbox>,
     pub containers: Vec<ContainerRecord>,
+    /// Running containers (by ID) whose startup probe has not passed yet: the worker adds
+    /// what its prober knows, and the lifecycle starts app containers only once every
+    /// sidecar has started.
+    pub startup_pending: std::collections::HashSet<String>,
 }
 
 impl PodRuntime {
@@ -201,6 +205,7 @@ pub async fn observe(runtime: &Runtime, key: &PodKey) -> Result<PodRuntime, nodu
     Ok(PodRuntime {
         sandboxes,
         containers,
+        ..PodRuntime::default()
     })
 }
 
@@ -249,6 +254,7 @@ mod tests {
         let runtime = PodRuntime {
             sandboxes: vec![],
             containers: vec![record("a", 0), record("c", 2), record("b", 1)],
+            ..PodRuntime::default()
         };
         assert_eq!(runtime.latest("app").map(|c| c.id.as_str()), Some("c"));
         assert_eq!(runtime.previous("app").map(|c| c.id.as_str()), Some("b"));

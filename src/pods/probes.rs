@@ -373,6 +373,8 @@ pub async fn run(
                 };
                 // Liveness and readiness wait for the startup probe; startup stops once passed.
                 if (kind != Kind::Startup && !started) || (kind == Kind::Startup && started) {
+                    // Not due while it waits (or is done): its old time must not wake the loop.
+                    due.remove(&(target.id.clone(), kind));
                     continue;
                 }
                 let schedule = Schedule::of(probe);
@@ -433,6 +435,9 @@ pub async fn run(
                 .collect();
             verdicts.send_replace(snapshot);
             ctx.wake.notify_one();
+            // A startup probe that just passed lets liveness and readiness run: at once,
+            // not after whatever sleep was due next.
+            continue;
         }
         let next = due.values().min().copied();
         tokio::select! {

@@ -652,6 +652,7 @@ mod tests {
                 ips: vec!["10.244.0.7".into()],
             }],
             containers,
+            ..PodRuntime::default()
         }
     }
 

@@ -302,6 +302,7 @@ impl Worker {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut runtime = observed::observe(&self.shared.runtime, &self.key).await?;
         self.read_termination_messages(&spec, &mut runtime);
+        self.mark_startup_pending(&spec, &mut runtime);
         let now = Timestamp::now();
         let desire = desire(desired);
         let mut plan = lifecycle::step(self.stage, desire, &spec, &runtime, &self.attempts, now);
@@ -597,6 +598,30 @@ impl Worker {
         )
         .await;
         Ok(Pass::Again)
+    }
+
+    /// Running containers with a startup probe the prober has not seen pass (yet).
+    fn mark_startup_pending(&self, spec: &PodSpec, runtime: &mut PodRuntime) {
+        let verdicts = self
+            .prober
+            .as_ref()
+            .map(|p| p.verdicts.borrow().clone())
+            .unwrap_or_default();
+        let probed: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter(|c| c.startup_probe.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        runtime.startup_pending = runtime
+            .containers
+            .iter()
+            .filter(|c| probed.contains(&c.name.as_str()))
+            .filter(|c| verdicts.get(&c.id).is_none_or(|v| !v.started))
+            .map(|c| c.id.clone())
+            .collect();
     }
 
     /// Exit messages come from the file the container wrote at its terminationMessagePath,

@@ -276,3 +276,42 @@ async fn http_probes_follow_local_redirects_and_warn_about_others() -> Result<()
     );
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn app_containers_wait_for_a_sidecars_startup_probe() -> Result<()> {
+    let (_cluster, ns, node) = setup("probe-sidecar").await?;
+    let mount = json!([{ "name": "shared", "mountPath": "/shared" }]);
+    // The sidecar counts as started only once /shared/started exists (after 3 s).
+    let sidecar = json!({
+        "name": "sidecar", "image": IMAGE, "restartPolicy": "Always",
+        "command": ["sh", "-c", "sleep 3; touch /shared/started; sleep 3600"],
+        "startupProbe": { "exec": { "command": ["test", "-f", "/shared/started"] }, "periodSeconds": 1 },
+        "volumeMounts": mount,
+    });
+    let mut main = sh(
+        "main",
+        "if [ -f /shared/started ]; then echo after; else echo before; fi > /dev/termination-log",
+    );
+    main["volumeMounts"] = mount.clone();
+    let mut spec = pod("gated", "Never", json!([main]));
+    spec["spec"]["initContainers"] = json!([sidecar]);
+    spec["spec"]["volumes"] = json!([{ "name": "shared", "emptyDir": {} }]);
+    ns.create_pod(&node, spec).await?;
+    let message = wait_pod(&ns, "gated", WAIT, "main to finish", |p| {
+        container(p, "main")?
+            .state
+            .as_ref()?
+            .terminated
+            .as_ref()?
+            .message
+            .clone()
+    })
+    .await?;
+    assert_eq!(
+        message.trim(),
+        "after",
+        "main started before the sidecar had started"
+    );
+    ns.delete_pods().await
+}

@@ -72,6 +72,15 @@ fn rejected(reason: &str, message: String) -> Rejection {
 
 /// Checks a pod against the node and what admitted pods use.
 pub fn admit(spec: &PodSpec, node: &Node, used: &Usage) -> Result<(), Rejection> {
+    // Checks no preemption could help come first, as upstream orders them.
+    if let Some(os) = &spec.os
+        && os.name != "linux"
+    {
+        return Err(rejected(
+            "PodOSNotSupported",
+            "Pod was rejected: Failed to admit pod as the OS field doesn't match node OS".into(),
+        ));
+    }
     if !selection::node_matches(spec, node) {
         return Err(rejected(
             "NodeAffinity",
@@ -223,6 +232,21 @@ mod tests {
                 .reason,
             "OutOfpods"
         );
+    }
+
+    #[test]
+    fn a_pod_for_another_os_is_rejected() {
+        let mut windows = pod("0", "0");
+        windows.os = Some(k8s_openapi::api::core::v1::PodOS {
+            name: "windows".into(),
+        });
+        let err = admit(&windows, &node(), &Usage::default()).expect_err("windows");
+        assert_eq!(err.reason, "PodOSNotSupported");
+        let mut linux = pod("0", "0");
+        linux.os = Some(k8s_openapi::api::core::v1::PodOS {
+            name: "linux".into(),
+        });
+        assert_eq!(admit(&linux, &node(), &Usage::default()), Ok(()));
     }
 
     #[test]

@@ -528,11 +528,15 @@ async fn a_pod_that_does_not_fit_is_rejected_with_the_kubelets_reason() -> Resul
     unsafe_sysctl["spec"]["securityContext"] =
         json!({ "sysctls": [{ "name": "kernel.msgmax", "value": "10000000000" }] });
     ns.create_pod(&node, unsafe_sysctl).await?;
+    let mut windows = pod("windows", "Always", json!([sh("main", "sleep 3600")]));
+    windows["spec"]["os"] = json!({ "name": "windows" });
+    ns.create_pod(&node, windows).await?;
     for (name, reason) in [
         ("cpu", "OutOfcpu"),
         ("memory", "OutOfmemory"),
         ("selector", "NodeAffinity"),
         ("sysctl", "SysctlForbidden"),
+        ("windows", "PodOSNotSupported"),
     ] {
         let status = wait_pod(&ns, name, Duration::from_secs(30), "rejection", |p| {
             (phase(p) == "Failed").then(|| p.status.clone()).flatten()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
-use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
 
 use super::atomic::check_path;
 use super::mounts;
@@ -41,7 +41,8 @@ fn beneath(flags: OFlag) -> OpenHow {
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
-/// Opens `path` below `root` (`O_PATH`), making missing directories on the way.
+/// Opens `path` below `root` (`O_PATH`), making missing directories on the way with the
+/// volume directory's own mode, as upstream does (so an fsGroup can write to them too).
 fn open_beneath(root: &OwnedFd, path: &str) -> Result<OwnedFd, Errno> {
     match openat2(root.as_fd(), path, beneath(OFlag::O_PATH)) {
         Err(Errno::ENOENT) => {}
@@ -52,9 +53,19 @@ fn open_beneath(root: &OwnedFd, path: &str) -> Result<OwnedFd, Errno> {
         ".",
         beneath(OFlag::O_PATH | OFlag::O_DIRECTORY),
     )?;
+    let mode = Mode::from_bits_truncate(fstat(root.as_fd())?.st_mode & 0o7777);
     for element in path.split('/') {
-        match mkdirat(dir.as_fd(), element, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+        match mkdirat(dir.as_fd(), element, mode) {
+            // The umask narrowed it: set it through a descriptor of the new directory itself.
+            Ok(()) => {
+                let made = openat2(
+                    dir.as_fd(),
+                    element,
+                    beneath(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW),
+                )?;
+                fchmod(made.as_fd(), mode)?;
+            }
+            Err(Errno::EEXIST) => {}
             Err(err) => return Err(err),
         }
         dir = openat2(
@@ -124,9 +135,20 @@ mod tests {
             Err(Errno::EXDEV)
         ));
         assert!(open_beneath(&root_fd, "abs-link/passwd").is_err());
-        // A missing path is made as directories inside the volume.
+        // A missing path is made as directories inside the volume, with the volume's mode
+        // (the umask does not narrow it).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&volume, fs::Permissions::from_mode(0o777)).expect("chmod");
+        }
         open_beneath(&root_fd, "new/deeper").expect("created");
         assert!(volume.join("new/deeper").is_dir());
+        let mode = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p).expect("metadata").permissions().mode() & 0o7777
+        };
+        assert_eq!(mode(&volume.join("new")), 0o777);
+        assert_eq!(mode(&volume.join("new/deeper")), 0o777);
         // Creating through an escaping link fails and makes nothing outside.
         assert!(open_beneath(&root_fd, "abs-link/nodus-test-dir").is_err());
         assert!(!Path::new("/etc/nodus-test-dir").exists());

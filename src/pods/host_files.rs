@@ -32,9 +32,14 @@ pub fn etc_hosts(hostname: &str, pod_ip: &str, spec: &PodSpec) -> String {
          fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
     if !pod_ip.is_empty() {
+        let overridden = spec
+            .hostname_override
+            .as_ref()
+            .is_some_and(|n| !n.is_empty());
         let fqdn = spec
             .subdomain
             .as_ref()
+            .filter(|_| !overridden)
             .map(|sub| format!("{hostname}.{sub}"))
             .map(|name| format!("{name}\t"))
             .unwrap_or_default();
@@ -139,6 +144,16 @@ mod tests {
         };
         let hosts = etc_hosts("web", "10.244.0.9", &spec);
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
+        // An overridden hostname stands alone, without the subdomain's name.
+        let overridden = PodSpec {
+            subdomain: Some("sub".into()),
+            hostname_override: Some("override.example.host".into()),
+            ..PodSpec::default()
+        };
+        assert!(
+            etc_hosts("override.example.host", "10.244.0.9", &overridden)
+                .contains("\n10.244.0.9\toverride.example.host\n")
+        );
         assert!(hosts.contains("10.244.0.9\tweb\n"));
         assert!(hosts.contains("10.1.2.3\tfoo.local\tbar.local\n"));
 

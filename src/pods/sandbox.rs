@@ -94,6 +94,10 @@ pub fn hostname(pod: &Pod, spec: &PodSpec, node_hostname: &str) -> String {
     if spec.host_network == Some(true) {
         return node_hostname.to_owned();
     }
+    // hostnameOverride (beta upstream) is the whole name: no subdomain, no truncation.
+    if let Some(name) = spec.hostname_override.as_ref().filter(|n| !n.is_empty()) {
+        return name.clone();
+    }
     let name = spec
         .hostname
         .clone()

@@ -1144,3 +1144,42 @@ async fn readiness_gates_hold_ready_until_their_condition_is_true() -> Result<()
     );
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn hostname_override_names_the_pod_whatever_its_hostname_and_subdomain() -> Result<()> {
+    let (_cluster, ns, node) = setup("hostname-override").await?;
+    let mut spec = pod(
+        "named",
+        "Never",
+        json!([sh(
+            "app",
+            "echo \"$(hostname);$(hostname -f)\" > /dev/termination-log"
+        )]),
+    );
+    spec["spec"]["hostname"] = "custom-host".into();
+    spec["spec"]["subdomain"] = "sub".into();
+    spec["spec"]["hostnameOverride"] = "override.example.host".into();
+    ns.create_pod(&node, spec).await?;
+    let message = wait_pod(
+        &ns,
+        "named",
+        Duration::from_secs(45),
+        "the pod to finish",
+        |p| {
+            container(p, "app")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .clone()
+        },
+    )
+    .await?;
+    assert_eq!(
+        message.trim(),
+        "override.example.host;override.example.host"
+    );
+    ns.delete_pods().await
+}

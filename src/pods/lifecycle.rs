@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Container, ContainerRestartRule, PodSpec};
 use k8s_openapi::jiff::Timestamp;
 
 use super::attempts::Attempts;
-use super::observed::{PodRuntime, RunState};
+use super::observed::{ContainerRecord, PodRuntime, RunState};
 use super::status::{self, Phase};
 
 /// The shortest grace period a kill gets, as with the kubelet.
@@ -95,7 +95,7 @@ pub fn step(
     let stage = advance(stage, desire, spec, runtime, attempts, now);
     let (actions, wake_at) = match stage {
         Stage::Syncing => sync(spec, runtime, attempts, now),
-        Stage::Terminating { grace, remove } => (terminate(runtime, grace, remove), None),
+        Stage::Terminating { grace, remove } => (terminate(spec, runtime, grace, remove), None),
         Stage::Terminated { removed } => (
             cleanup(
                 runtime,
@@ -339,17 +339,32 @@ fn sync(
     (actions, wake_at)
 }
 
-fn terminate(runtime: &PodRuntime, grace: Duration, remove: bool) -> Vec<Action> {
-    let running: Vec<Action> = runtime
+/// Stops the pod in upstream's order: app (and ephemeral) containers first, then the
+/// sidecars one at a time in reverse order, so that a sidecar's preStop hook can still
+/// reach the sidecars started before it; then the sandbox, and the removal if asked.
+fn terminate(spec: &PodSpec, runtime: &PodRuntime, grace: Duration, remove: bool) -> Vec<Action> {
+    let sidecar_rank = |name: &str| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .position(|c| c.name == name && is_sidecar(c))
+    };
+    let kill = |c: &ContainerRecord| Action::KillContainer {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        grace,
+    };
+    let first: Vec<Action> = runtime
         .running()
-        .map(|c| Action::KillContainer {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            grace,
-        })
+        .filter(|c| sidecar_rank(&c.name).is_none())
+        .map(kill)
         .collect();
-    if !running.is_empty() {
-        return running;
+    if !first.is_empty() {
+        return first;
+    }
+    let last_sidecar = runtime.running().max_by_key(|c| sidecar_rank(&c.name));
+    if let Some(sidecar) = last_sidecar {
+        return vec![kill(sidecar)];
     }
     let stop: Vec<Action> = runtime
         .sandboxes
@@ -678,6 +693,41 @@ mod tests {
             vec![start("app", 1, false)],
             "restart count continues"
         );
+    }
+
+    #[test]
+    fn sidecars_stop_after_the_apps_last_started_first() {
+        let mut spec = spec(&["proxy", "logger"], &["app"], "Always");
+        for init in spec.init_containers.as_mut().expect("init") {
+            init.restart_policy = Some("Always".into());
+        }
+        let mut runtime = PodRuntime {
+            sandboxes: vec![sandbox("s", 0, true)],
+            containers: vec![
+                record("c1", "proxy", 0, "s", running()),
+                record("c2", "logger", 0, "s", running()),
+                record("c3", "app", 0, "s", running()),
+            ],
+            ..PodRuntime::default()
+        };
+        let grace = Duration::from_secs(30);
+        let desire = Desire::Delete { grace };
+        let attempts = Attempts::default();
+        let killed = |runtime: &PodRuntime| -> Vec<String> {
+            step(Stage::Syncing, desire, &spec, runtime, &attempts, at(0))
+                .actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::KillContainer { name, .. } => Some(name),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(killed(&runtime), vec!["app"]);
+        runtime.containers[2].state = exited(0);
+        assert_eq!(killed(&runtime), vec!["logger"]);
+        runtime.containers[1].state = exited(0);
+        assert_eq!(killed(&runtime), vec!["proxy"]);
     }
 
     #[test]

@@ -95,13 +95,13 @@ copy_with_libraries() {
 # build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
 # /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
 # group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
-# Debian's curl and bash, which upstream's image adds too (hook tests run `curl`, probe tests
-# `/bin/bash -c`; busybox has neither).
+# Debian's curl, bash and OpenBSD netcat, which upstream's image adds too (hook tests run
+# `curl`, probe tests `/bin/bash -c`, networking tests `nc -u`; busybox has none of them).
 build_agnhost_image() {
 	local src key out rootfs applet
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -116,6 +116,8 @@ build_agnhost_image() {
 		done
 		copy_with_libraries /usr/bin/curl "$rootfs" || return 1
 		copy_with_libraries /bin/bash "$rootfs" || return 1
+		copy_with_libraries /bin/nc.openbsd "$rootfs" || return 1
+		ln -sf nc.openbsd "$rootfs/bin/nc"
 		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
 			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
 		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \

@@ -44,7 +44,7 @@ fn entries(secret: &Secret) -> Option<serde_json::Map<String, Value>> {
 pub fn credentials(secrets: &[Secret], image: &str) -> Option<AuthConfig> {
     let registry = registry_of(image);
     secrets.iter().filter_map(entries).find_map(|auths| {
-        let (key, entry) = auths.iter().find(|(key, _)| key_host(key) == registry)?;
+        let (_, entry) = auths.iter().find(|(key, _)| key_host(key) == registry)?;
         let field = |name: &str| {
             entry
                 .get(name)
@@ -61,10 +61,12 @@ pub fn credentials(secrets: &[Secret], image: &str) -> Option<AuthConfig> {
             let (user, pass) = auth.split_once(':')?;
             (username, password) = (user.to_owned(), pass.to_owned());
         }
+        // No server address: the entry was matched to the image's registry here already,
+        // and containerd 1.6 parses the address as a URL, so a schemeless key such as
+        // `localhost:5000` would never match its host and the credentials would go unused.
         Some(AuthConfig {
             username,
             password,
-            server_address: key.clone(),
             ..AuthConfig::default()
         })
     })

@@ -1,6 +1,6 @@
 # Images built on this machine, since no registry can be reached, and imported into
 # containerd under the names pods use: the pause image, busybox, agnhost, and the e2e suite's
-# nonroot and nonewprivs.
+# nonroot, nonewprivs and (what its hostname specs need of) glibc-dns-testing.
 
 # The names the pinned release uses: kubeadm's pause, and the upstream e2e suite's busybox
 # tags beside Docker Hub's (`e2e.test --list-images`).
@@ -12,6 +12,7 @@ BUSYBOX_IMAGES=(docker.io/library/busybox:1.36 docker.io/library/busybox:latest
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 NONROOT_IMAGE=registry.k8s.io/e2e-test-images/nonroot:1.5
 NONEWPRIVS_IMAGE=registry.k8s.io/e2e-test-images/nonewprivs:1.4
+GLIBC_DNS_IMAGE=registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
 
 # image_key FILE...: a short hash of the inputs an image is built from.
 image_key() { cat "$@" | sha256sum | cut -c1-16; }
@@ -146,6 +147,26 @@ build_nonroot_image() {
 	echo "$out"
 }
 
+# build_glibc_dns_image: what the suite's hostname specs use of upstream's glibc-dns-testing
+# (a Debian image with dnsutils and coredns): a shell and glibc's `hostname`, whose `-f`
+# resolves through /etc/hosts as glibc does. Busybox for the rest; no dig, no coredns.
+build_glibc_dns_image() {
+	local key out rootfs
+	key=$(image_key /bin/busybox /bin/hostname "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs copy_with_libraries build_glibc_dns_image; echo "$GLIBC_DNS_IMAGE"))
+	out=$IMAGE_CACHE/glibc-dns-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		busybox_rootfs "$rootfs"
+		copy_with_libraries /bin/hostname "$rootfs" || return 1
+		printf 'hosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$GLIBC_DNS_IMAGE" \
+			--cmd '["sh"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
 # build_nonewprivs_image: upstream's test/images/nonewprivs, busybox with a setuid-root `nnp`
 # (built from the pinned release's source) that prints its effective uid.
 build_nonewprivs_image() {
@@ -193,6 +214,10 @@ import_images() {
 	fi
 	if ! grep -qx "$NONEWPRIVS_IMAGE" <<<"$present"; then
 		tarball=$(build_nonewprivs_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$GLIBC_DNS_IMAGE" <<<"$present"; then
+		tarball=$(build_glibc_dns_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
 }

@@ -141,6 +141,8 @@ struct Worker {
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
     evicted: Option<Rejection>,
+    /// Set once the pod ran past its activeDeadlineSeconds: it is stopped and fails.
+    deadline_exceeded: Option<Rejection>,
     /// The worker's own bell (rung by the runtime relist and by the prober).
     wake: Arc<Notify>,
     prober: Option<Prober>,
@@ -168,6 +170,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
         evicted: None,
+        deadline_exceeded: None,
         wake: inbox.wake.clone(),
         prober: None,
         volumes,
@@ -304,8 +307,17 @@ impl Worker {
         self.read_termination_messages(&spec, &mut runtime);
         self.mark_startup_pending(&spec, &mut runtime);
         let now = Timestamp::now();
+        let deadline = desired.and_then(|pod| self.active_deadline(pod));
+        if let (Some(pod), Some(at)) = (desired, deadline)
+            && at <= now
+        {
+            self.exceed_deadline(pod);
+        }
         let desire = desire(desired);
         let mut plan = lifecycle::step(self.stage, desire, &spec, &runtime, &self.attempts, now);
+        if let Some(at) = deadline.filter(|at| *at > now) {
+            plan.wake_at = Some(plan.wake_at.map_or(at, |w| w.min(at)));
+        }
         // The sandbox's own retry backoff (after a failed RunPodSandbox).
         if let Some(until) = self.attempts.blocked_until(SANDBOX, false, now)
             && plan
@@ -507,6 +519,51 @@ impl Worker {
         self.evicted = Some(eviction);
     }
 
+    /// When the pod's activeDeadlineSeconds runs out, counted from its start time.
+    fn active_deadline(&self, pod: &Pod) -> Option<Timestamp> {
+        let seconds = pod.spec.as_ref()?.active_deadline_seconds?;
+        let started = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or_else(|| self.posted.as_ref()?.start_time.as_ref())?;
+        started
+            .0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(seconds))
+            .ok()
+    }
+
+    /// The pod ran past its deadline: stop it (with its own grace period) and fail it with
+    /// the kubelet's reason. Once only.
+    fn exceed_deadline(&mut self, pod: &Pod) {
+        if self.deadline_exceeded.is_some()
+            || self.evicted.is_some()
+            || self.rejection.is_some()
+            || self.stage != Stage::Syncing
+        {
+            return;
+        }
+        let message = "Pod was active on the node longer than the specified deadline";
+        self.shared.events.normal(
+            events::reference(pod, None),
+            "DeadlineExceeded",
+            message.into(),
+        );
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        self.stage = Stage::Terminating {
+            grace: Duration::from_secs(grace.max(0) as u64),
+            remove: false,
+        };
+        self.deadline_exceeded = Some(Rejection {
+            reason: "DeadlineExceeded".into(),
+            message: message.into(),
+        });
+    }
+
     /// Sets up the pod's volumes before anything of it starts, and refreshes them while it
     /// runs. Until a first set-up succeeds, creating the sandbox or a container waits, with a
     /// FailedMount event each try, as upstream's "unable to attach or mount volumes".
@@ -692,7 +749,12 @@ impl Worker {
             probes: &verdicts,
         };
         let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
-        if let Some(failure) = self.rejection.as_ref().or(self.evicted.as_ref()) {
+        if let Some(failure) = self
+            .rejection
+            .as_ref()
+            .or(self.evicted.as_ref())
+            .or(self.deadline_exceeded.as_ref())
+        {
             status.phase = Some("Failed".into());
             status.reason = Some(failure.reason.clone());
             status.message = Some(failure.message.clone());

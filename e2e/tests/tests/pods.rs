@@ -1183,3 +1183,81 @@ async fn hostname_override_names_the_pod_whatever_its_hostname_and_subdomain() -
     );
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn env_from_a_config_map_keeps_keys_that_are_not_shell_names() -> Result<()> {
+    let (_cluster, ns, node) = setup("env-from").await?;
+    let maps: Api<ConfigMap> = Api::namespaced(ns.pods().into_client(), &ns.name);
+    let map: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "settings" },
+        "data": { "data-1": "value-1", "PLAIN": "plain" },
+    }))?;
+    maps.create(&PostParams::default(), &map).await?;
+    // Read the environment the runtime gave PID 1: busybox's shell itself would drop names
+    // with a dash before its children saw them.
+    let mut main = sh(
+        "main",
+        "tr '\\0' '\\n' < /proc/1/environ | grep -e '^p-data-1=' -e '^p-PLAIN=' | sort | tr '\\n' ' ' > /dev/termination-log",
+    );
+    main["envFrom"] = json!([{ "prefix": "p-", "configMapRef": { "name": "settings" } }]);
+    ns.create_pod(&node, pod("env", "Never", json!([main])))
+        .await?;
+    let message = wait_pod(
+        &ns,
+        "env",
+        Duration::from_secs(45),
+        "the pod to finish",
+        |p| {
+            container(p, "main")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .message
+                .clone()
+        },
+    )
+    .await?;
+    assert_eq!(message.trim(), "p-PLAIN=plain p-data-1=value-1");
+    ns.delete_pods().await
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pod_past_its_active_deadline_is_stopped_and_fails() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let (_cluster, ns, node) = setup("deadline").await?;
+    let mut spec = pod("bounded", "Always", json!([sh("main", "sleep 3600")]));
+    spec["spec"]["terminationGracePeriodSeconds"] = 1.into();
+    ns.create_pod(&node, spec).await?;
+    wait_pod(&ns, "bounded", Duration::from_secs(30), "Running", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    // The deadline may be set (or shortened) on a running pod, as the upstream spec does.
+    let patch = json!({ "spec": { "activeDeadlineSeconds": 5 } });
+    ns.pods()
+        .patch(
+            "bounded",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await?;
+    let status = wait_pod(&ns, "bounded", Duration::from_secs(40), "Failed", |p| {
+        (phase(p) == "Failed").then(|| p.status.clone()).flatten()
+    })
+    .await?;
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    wait_event(&ns, "bounded", "DeadlineExceeded", |m| {
+        m == "Pod was active on the node longer than the specified deadline"
+    })
+    .await?;
+    let pod = ns.pods().get("bounded").await?;
+    ensure!(
+        container(&pod, "main")
+            .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())),
+        "the container still runs"
+    );
+    ns.delete_pods().await
+}

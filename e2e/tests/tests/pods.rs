@@ -1253,11 +1253,21 @@ async fn a_pod_past_its_active_deadline_is_stopped_and_fails() -> Result<()> {
         m == "Pod was active on the node longer than the specified deadline"
     })
     .await?;
-    let pod = ns.pods().get("bounded").await?;
-    ensure!(
-        container(&pod, "main")
-            .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())),
-        "the container still runs"
-    );
+    // Its container is stopped (with the pod's 1 s grace).
+    wait_pod(
+        &ns,
+        "bounded",
+        Duration::from_secs(30),
+        "the container to stop",
+        |p| {
+            container(p, "main")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()
+                .map(|_| ())
+        },
+    )
+    .await?;
     ns.delete_pods().await
 }

@@ -119,6 +119,10 @@ build_agnhost_image() {
 		copy_with_libraries /bin/bash "$rootfs" || return 1
 		copy_with_libraries /bin/nc.openbsd "$rootfs" || return 1
 		ln -sf nc.openbsd "$rootfs/bin/nc"
+		# Debian's busybox shell runs its own applets before anything on PATH (alpine's, in
+		# upstream's image, does not), so `sh -c "nc -u ..."` would never reach netcat: the
+		# image's sh is bash, which looks up PATH.
+		ln -sf bash "$rootfs/bin/sh"
 		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
 			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
 		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \

@@ -418,7 +418,8 @@ fn empty_dir(
         std::fs::create_dir_all(dir)
     };
     result.map_err(|e| format!("creating emptyDir: {e}"))?;
-    let mut mode = mode;
+    // A tmpfs root is sticky (1777) as mounted, and upstream leaves it so.
+    let mut mode = if memory { mode | 0o1000 } else { mode };
     // Upstream: fsGroup wins over the mode, making the group own and write the directory.
     if let Some(gid) = ownership.fs_group {
         std::os::unix::fs::chown(dir, None, Some(gid))

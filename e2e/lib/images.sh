@@ -93,16 +93,37 @@ copy_with_libraries() {
 	done
 }
 
+# registry_from_oci TARBALL DIR TAG: the OCI image in TARBALL laid out for agnhost's
+# fake-registry-server (upstream's prepare_registry.sh does the same from registry.k8s.io):
+# DIR/manifests/TAG names the manifest's digest, and manifests and blobs sit at
+# DIR/{manifests,blobs}/sha256/<first two hex>/<hash>/data.
+registry_from_oci() {
+	local tarball=$1 dir=$2 tag=$3 tmp blob hash manifest
+	tmp=$(mktemp -d)
+	tar -xf "$tarball" -C "$tmp" || return 1
+	manifest=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$tmp/index.json") || return 1
+	mkdir -p "$dir/manifests"
+	echo "$manifest" >"$dir/manifests/$tag"
+	for blob in "$tmp"/blobs/sha256/*; do
+		hash=${blob##*/}
+		install -D -m 0644 "$blob" "$dir/blobs/sha256/${hash:0:2}/$hash/data"
+	done
+	hash=${manifest#sha256:}
+	install -D -m 0644 "$tmp/blobs/sha256/$hash" "$dir/manifests/sha256/${hash:0:2}/$hash/data"
+	rm -rf "$tmp"
+}
+
 # build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
 # /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
 # group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
 # Debian's curl, bash and OpenBSD netcat, which upstream's image adds too (hook tests run
 # `curl`, probe tests `/bin/bash -c`, networking tests `nc -u`; busybox has none of them).
 build_agnhost_image() {
-	local src key out rootfs applet
+	local src pause key out rootfs applet
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries))
+	pause=$(build_pause_image) || return 1
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries registry_from_oci))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -123,6 +144,9 @@ build_agnhost_image() {
 		# upstream's image, does not), so `sh -c "nc -u ..."` would never reach netcat: the
 		# image's sh is bash, which looks up PATH.
 		ln -sf bash "$rootfs/bin/sh"
+		# What fake-registry-server serves: the pause image as pause:testing, as upstream's
+		# image carries it (the private-registry spec pulls it with credentials).
+		registry_from_oci "$pause" "$rootfs/var/registry/pause" testing || return 1
 		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
 			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
 		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \

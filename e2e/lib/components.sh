@@ -415,6 +415,7 @@ leftovers() {
 	ip link show cni0 >/dev/null 2>&1 && echo "link: cni0"
 	extra_leftovers
 	nft list table inet nodus >/dev/null 2>&1 && echo "nft table: inet nodus"
+	stock_leftovers
 	iptables-save -t nat 2>/dev/null | grep -q 'CNI-' && echo "iptables: CNI-* chains in the nat table"
 	local dir
 	for dir in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods "$STATE_DIR" "$RUN_DIR"; do
@@ -425,3 +426,4 @@ leftovers() {
 }
 
 source "$E2E_DIR/lib/nodes.sh"
+source "$E2E_DIR/lib/stock_agent.sh"

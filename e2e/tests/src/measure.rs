@@ -34,3 +34,25 @@ pub fn peak_rss_kib(pid: i32) -> Result<u64> {
         .context("VmHWM")?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
+
+/// Resident memory of a process now, from /proc.
+pub fn rss_kib(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+/// One figure of a benchmark, printed as a JSON line for `e2e/bench_report.py`, which puts
+/// the runs of both agents side by side.
+pub fn record(bench: &str, subject: &str, scenario: &str, metric: &str, value: f64, unit: &str) {
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": bench, "subject": subject, "scenario": scenario,
+            "metric": metric, "value": value, "unit": unit,
+        })
+    );
+}

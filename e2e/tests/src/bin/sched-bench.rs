@@ -3,13 +3,17 @@
 //!
 //! Fake Node objects (no agent behind them, Ready, with Leases so the node lifecycle
 //! controller leaves them be) and pending pods with their own `schedulerName`, placed by a
-//! scheduler-only nodus-control started here (`--controllers= --leader-elect=false`), so
-//! the cluster's own controllers keep running and nothing else binds the pods. Figures:
+//! second scheduler started here (nodus-control with `--controllers= --leader-elect=false`,
+//! or kube-scheduler), so the cluster's own controllers keep running and nothing else binds
+//! the pods. Figures:
 //! pods bound per second over the run, per-pod latency from the create call's return to
 //! the watch event that shows `nodeName` (p50, p99), and the scheduler's CPU time and peak
 //! RSS. Everything made is removed afterwards (pods force-deleted: no agent confirms).
 //!
-//! `sched-bench [--nodes N] [--pods M]`; defaults 1000 and 5000.
+//! `sched-bench [--nodes N] [--pods M] [--scheduler nodus|stock]`; defaults 1000, 5000 and
+//! nodus (nodus-control); `stock` is kube-scheduler (found on PATH) with a
+//! KubeSchedulerConfiguration naming the same scheduler. Prints one JSON line per figure
+//! (`measure::record`), so that `e2e/bench` can alternate runs of both into one table.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -21,11 +25,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
-use nodus_e2e::measure::{cpu_time, peak_rss_kib, percentile};
+use nodus_e2e::measure::{cpu_time, peak_rss_kib, percentile, record};
 use nodus_e2e::{Cluster, TestNamespace, fake, poll};
 use serde_json::json;
 
 const SCHEDULER: &str = "bench-scheduler";
+const BENCH: &str = "scheduler";
 /// Creates in flight at once.
 const CONCURRENCY: usize = 32;
 
@@ -88,22 +93,74 @@ async fn make_nodes(client: &kube::Client, count: usize) -> Result<()> {
     .await
 }
 
-fn start_scheduler(cluster: &Cluster) -> Result<Child> {
-    let binary = std::env::var("NODUS_E2E_CONTROL_BIN").context("NODUS_E2E_CONTROL_BIN")?;
-    Command::new(binary)
-        .arg("--kubeconfig")
-        .arg(cluster.admin_kubeconfig())
-        .args([
-            "--controllers=",
-            "--leader-elect=false",
-            "--scheduler-name",
-            SCHEDULER,
-        ])
-        .args(["--healthz-bind-address", "127.0.0.1:10259", "-v", "1"])
+/// Which scheduler places the pods.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheduler {
+    Nodus,
+    Stock,
+}
+
+impl Scheduler {
+    fn label(self) -> &'static str {
+        match self {
+            Scheduler::Nodus => "nodus-control",
+            Scheduler::Stock => "kube-scheduler",
+        }
+    }
+}
+
+/// Starts the scheduler with its defaults (client QPS and all) but for what a second
+/// scheduler beside the cluster's needs: its own name, no leader election, no controllers.
+fn start_scheduler(cluster: &Cluster, which: Scheduler, dir: &std::path::Path) -> Result<Child> {
+    let mut command = match which {
+        Scheduler::Nodus => {
+            let binary = std::env::var("NODUS_E2E_CONTROL_BIN").context("NODUS_E2E_CONTROL_BIN")?;
+            let mut command = Command::new(binary);
+            command
+                .arg("--kubeconfig")
+                .arg(cluster.admin_kubeconfig())
+                .args([
+                    "--controllers=",
+                    "--leader-elect=false",
+                    "--scheduler-name",
+                    SCHEDULER,
+                    "--healthz-bind-address",
+                    "127.0.0.1:10259",
+                    "-v",
+                    "1",
+                ]);
+            command
+        }
+        Scheduler::Stock => {
+            let config = dir.join("kube-scheduler.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "apiVersion: kubescheduler.config.k8s.io/v1\n\
+                     kind: KubeSchedulerConfiguration\n\
+                     clientConnection:\n  kubeconfig: {}\n\
+                     leaderElection:\n  leaderElect: false\n\
+                     profiles:\n- schedulerName: {SCHEDULER}\n",
+                    cluster.admin_kubeconfig().display()
+                ),
+            )?;
+            let mut command = Command::new("kube-scheduler");
+            command.arg("--config").arg(&config).args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                "10259",
+                "--cert-dir",
+            ]);
+            command.arg(dir).args(["-v", "1"]);
+            command
+        }
+    };
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting the bench scheduler")
+        .with_context(|| format!("starting {}", which.label()))
 }
 
 fn pod(i: usize) -> Result<Pod> {
@@ -195,6 +252,15 @@ async fn measure(ns: &TestNamespace, scheduler: u32, count: usize) -> Result<Run
 async fn main() -> Result<()> {
     let nodes = arg("--nodes", 1000)?;
     let count = arg("--pods", 5000)?;
+    let args: Vec<String> = std::env::args().collect();
+    let which = match args.iter().position(|a| a == "--scheduler") {
+        None => Scheduler::Nodus,
+        Some(i) => match args.get(i + 1).map(String::as_str) {
+            Some("nodus") => Scheduler::Nodus,
+            Some("stock") => Scheduler::Stock,
+            _ => bail!("--scheduler takes nodus or stock"),
+        },
+    };
     let cluster = Cluster::from_env()?;
     let client = cluster.admin().await?;
     fake::remove_all(&client).await?;
@@ -205,14 +271,21 @@ async fn main() -> Result<()> {
         made.elapsed().as_secs_f64()
     );
     let ns = TestNamespace::create(client.clone(), "sched-bench").await?;
-    let mut scheduler = start_scheduler(&cluster)?;
-    // The scheduler is up once it serves its health endpoint.
+    let dir = std::env::temp_dir().join(format!("nodus-sched-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut scheduler = start_scheduler(&cluster, which, &dir)?;
+    // The scheduler is up once it serves its health endpoint (kube-scheduler's is HTTPS,
+    // with a certificate it made itself).
     poll(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the bench scheduler to start",
         || async {
+            let url = match which {
+                Scheduler::Nodus => "http://127.0.0.1:10259/healthz",
+                Scheduler::Stock => "https://127.0.0.1:10259/healthz",
+            };
             let up = Command::new("curl")
-                .args(["-sf", "--max-time", "1", "http://127.0.0.1:10259/healthz"])
+                .args(["-skf", "--max-time", "1", url])
                 .stdout(Stdio::null())
                 .status()?
                 .success();
@@ -223,6 +296,7 @@ async fn main() -> Result<()> {
     let outcome = measure(&ns, scheduler.id(), count).await;
     let _ = scheduler.kill();
     let _ = scheduler.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     // No agent confirms these pods' deletion: force it, then drop the nodes.
     let force = DeleteParams {
         grace_period_seconds: Some(0),
@@ -233,20 +307,35 @@ async fn main() -> Result<()> {
         .await?;
     fake::remove_all(&client).await?;
     let run = outcome?;
-    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
-    println!(
-        "| scheduler | nodes | pods | pods/s | latency p50 | latency p99 | wall | CPU | peak RSS |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    println!(
-        "| nodus-control | {nodes} | {} | {:.0} | {} | {} | {:.1} s | {:.1} s | {} MiB |",
-        run.pods,
-        run.pods as f64 / run.wall.as_secs_f64(),
+    let scenario = format!("{nodes} nodes, {} pods", run.pods);
+    let subject = which.label();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let rate = run.pods as f64 / run.wall.as_secs_f64();
+    record(BENCH, subject, &scenario, "throughput", rate, "pods/s");
+    record(
+        BENCH,
+        subject,
+        &scenario,
+        "latency p50",
         ms(percentile(&run.latencies, 50.0)),
+        "ms",
+    );
+    record(
+        BENCH,
+        subject,
+        &scenario,
+        "latency p99",
         ms(percentile(&run.latencies, 99.0)),
-        run.wall.as_secs_f64(),
-        run.cpu.as_secs_f64(),
-        run.peak_rss_kib / 1024
+        "ms",
+    );
+    record(BENCH, subject, &scenario, "CPU", run.cpu.as_secs_f64(), "s");
+    record(
+        BENCH,
+        subject,
+        &scenario,
+        "peak RSS",
+        run.peak_rss_kib as f64 / 1024.0,
+        "MiB",
     );
     Ok(())
 }

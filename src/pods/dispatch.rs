@@ -430,9 +430,19 @@ impl Dispatcher {
     }
 }
 
-/// Follows the runtime's task events and rings `changed` for each, so that a container
-/// exit is relisted at once rather than at the next tick. Resubscribes with backoff when
-/// the runtime goes away; the periodic relist covers whatever happened meanwhile.
+/// After a task event, when to relist again: containerd's CRI plugin updates a container's
+/// state some time after the task event it reacts to (more under load), and a relist that
+/// still sees the old state would leave the change to the next 1 s tick.
+const EVENT_FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(400),
+];
+
+/// Follows the runtime's task events and rings `changed` for each (and a few times
+/// shortly after, see [`EVENT_FOLLOW_UPS`]), so that a container exit is relisted at once
+/// rather than at the next tick. Resubscribes with backoff when the runtime goes away; the
+/// periodic relist covers whatever happened meanwhile.
 async fn follow_events(
     runtime: nodus_cri::Runtime,
     changed: Arc<Notify>,
@@ -444,9 +454,21 @@ async fn follow_events(
         match runtime.task_events().await {
             Ok(events) => {
                 let mut events = std::pin::pin!(events);
+                let mut follow_ups: Vec<tokio::time::Instant> = Vec::new();
                 loop {
+                    let next_follow_up = follow_ups.first().copied();
                     let next = tokio::select! {
                         _ = cancel.cancelled() => return,
+                        _ = async {
+                            match next_follow_up {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            follow_ups.remove(0);
+                            changed.notify_one();
+                            continue;
+                        }
                         next = events.next() => next,
                     };
                     match next {
@@ -454,6 +476,8 @@ async fn follow_events(
                             backoff.reset();
                             debug!(topic = %event.topic, "runtime event");
                             changed.notify_one();
+                            let now = tokio::time::Instant::now();
+                            follow_ups = EVENT_FOLLOW_UPS.iter().map(|d| now + *d).collect();
                         }
                         Some(Err(err)) => {
                             debug!(error = %error_chain(&err), "runtime event stream failed");

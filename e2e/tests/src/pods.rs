@@ -62,6 +62,17 @@ pub fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|c| c.name == name)
 }
 
+/// The message a container left when it terminated (`None` while it has not).
+pub fn terminated_message(pod: &Pod, name: &str) -> Option<String> {
+    container(pod, name)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .clone()
+}
+
 pub fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
     container(pod, name)?
         .state

@@ -828,16 +828,10 @@ async fn a_privileged_container_beside_a_plain_one_gets_its_privileges() -> Resu
         Duration::from_secs(45),
         "both containers to finish",
         |p| {
-            let message = |name: &str| {
-                container(p, name)?
-                    .state
-                    .as_ref()?
-                    .terminated
-                    .as_ref()?
-                    .message
-                    .clone()
-            };
-            Some((message("privileged")?, message("plain")?))
+            Some((
+                terminated_message(p, "privileged")?,
+                terminated_message(p, "plain")?,
+            ))
         },
     )
     .await?;
@@ -867,15 +861,7 @@ async fn a_host_network_pod_runs_with_the_nodes_hostname() -> Result<()> {
         "hostnet",
         Duration::from_secs(45),
         "the host-network pod to finish",
-        |p| {
-            container(p, "app")?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .message
-                .clone()
-        },
+        |p| terminated_message(p, "app"),
     )
     .await?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
@@ -1166,15 +1152,7 @@ async fn hostname_override_names_the_pod_whatever_its_hostname_and_subdomain() -
         "named",
         Duration::from_secs(45),
         "the pod to finish",
-        |p| {
-            container(p, "app")?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .message
-                .clone()
-        },
+        |p| terminated_message(p, "app"),
     )
     .await?;
     assert_eq!(
@@ -1208,15 +1186,7 @@ async fn env_from_a_config_map_keeps_keys_that_are_not_shell_names() -> Result<(
         "env",
         Duration::from_secs(45),
         "the pod to finish",
-        |p| {
-            container(p, "main")?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()?
-                .message
-                .clone()
-        },
+        |p| terminated_message(p, "main"),
     )
     .await?;
     assert_eq!(message.trim(), "p-PLAIN=plain p-data-1=value-1");

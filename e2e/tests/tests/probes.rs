@@ -299,13 +299,7 @@ async fn app_containers_wait_for_a_sidecars_startup_probe() -> Result<()> {
     spec["spec"]["volumes"] = json!([{ "name": "shared", "emptyDir": {} }]);
     ns.create_pod(&node, spec).await?;
     let message = wait_pod(&ns, "gated", WAIT, "main to finish", |p| {
-        container(p, "main")?
-            .state
-            .as_ref()?
-            .terminated
-            .as_ref()?
-            .message
-            .clone()
+        terminated_message(p, "main")
     })
     .await?;
     assert_eq!(

@@ -91,13 +91,7 @@ pub async fn run(
                 Some("HTTPS") => true,
                 Some(other) => return Err(Error::Invalid(format!("scheme {other}"))),
             };
-            let headers: Vec<(String, String)> = http
-                .http_headers
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect();
-            http_get(&host, port, https, &path, &headers).await
+            http_get(&host, port, https, &path, &probe_http::headers(http)).await
         } else if let Some(sleep) = &handler.sleep {
             tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64)).await;
             Ok(())

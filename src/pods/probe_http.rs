@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use k8s_openapi::api::core::v1::HTTPGetAction;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,6 +32,16 @@ pub struct Target {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+}
+
+/// The headers an httpGet action asks to send, as name and value.
+pub fn headers(action: &HTTPGetAction) -> Vec<(String, String)> {
+    action
+        .http_headers
+        .iter()
+        .flatten()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
 }
 
 /// One probe: GET `target`, following local redirects.

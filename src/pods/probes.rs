@@ -185,6 +185,24 @@ pub struct Outcome {
     pub output: String,
 }
 
+impl Outcome {
+    fn passed(output: String) -> Outcome {
+        Outcome {
+            success: true,
+            warning: false,
+            output,
+        }
+    }
+
+    fn failed(output: String) -> Outcome {
+        Outcome {
+            success: false,
+            warning: false,
+            output,
+        }
+    }
+}
+
 fn port_of(port: &IntOrString, container: &Container) -> Option<u16> {
     match port {
         IntOrString::Int(p) => u16::try_from(*p).ok(),
@@ -206,11 +224,7 @@ pub async fn run_once(
     pod_ip: Option<IpAddr>,
     timeout: Duration,
 ) -> Outcome {
-    let fail = |output: String| Outcome {
-        success: false,
-        warning: false,
-        output,
-    };
+    let fail = Outcome::failed;
     if let Some(exec) = &probe.exec {
         let command = exec.command.clone().unwrap_or_default();
         return match runtime.exec_sync(&target.id, command, timeout).await {
@@ -218,11 +232,7 @@ pub async fn run_once(
                 let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
                 output.push_str(&String::from_utf8_lossy(&out.stderr));
                 if out.exit_code == 0 {
-                    Outcome {
-                        success: true,
-                        warning: false,
-                        output,
-                    }
+                    Outcome::passed(output)
                 } else if output.trim().is_empty() {
                     fail(format!("command exited with {}", out.exit_code))
                 } else {
@@ -251,12 +261,7 @@ pub async fn run_once(
             .clone()
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "/".into());
-        let headers: Vec<(String, String)> = http
-            .http_headers
-            .iter()
-            .flatten()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect();
+        let headers = super::probe_http::headers(http);
         let target = super::probe_http::Target {
             ip,
             port,
@@ -264,11 +269,7 @@ pub async fn run_once(
             path: path.clone(),
         };
         return match tokio::time::timeout(timeout, super::probe_http::get(target, &headers)).await {
-            Ok(Ok(answer)) if (200..300).contains(&answer.status) => Outcome {
-                success: true,
-                warning: false,
-                output: String::new(),
-            },
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => Outcome::passed(String::new()),
             // A redirect off the probed host (or one without a target): a success, with a
             // warning, as upstream.
             Ok(Ok(answer)) if (300..400).contains(&answer.status) => Outcome {
@@ -300,11 +301,7 @@ pub async fn run_once(
         };
         let addr = SocketAddr::new(ip, port);
         return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(_)) => Outcome {
-                success: true,
-                warning: false,
-                output: String::new(),
-            },
+            Ok(Ok(_)) => Outcome::passed(String::new()),
             Ok(Err(err)) => fail(format!("dial tcp {addr}: connect: {err}")),
             Err(_) => fail(format!("dial tcp {addr}: i/o timeout")),
         };
@@ -318,11 +315,7 @@ pub async fn run_once(
         };
         let service = grpc.service.as_deref().unwrap_or_default();
         return match super::probe_grpc::check(SocketAddr::new(ip, port), service, timeout).await {
-            Ok(()) => Outcome {
-                success: true,
-                warning: false,
-                output: String::new(),
-            },
+            Ok(()) => Outcome::passed(String::new()),
             Err(message) => fail(message),
         };
     }

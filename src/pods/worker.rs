@@ -1049,29 +1049,25 @@ impl Worker {
                 match runtime.run_pod_sandbox(config, "").await {
                     Ok(id) => {
                         self.shared.metrics.sandbox_started();
-                        if spec.host_network != Some(true)
-                            && let Ok(status) = runtime.pod_sandbox_status(&id).await
-                        {
+                        let hosts = if spec.host_network == Some(true) {
+                            let node_hosts =
+                                std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+                            Some(host_files::node_etc_hosts(&node_hosts, &spec))
+                        } else if let Ok(status) = runtime.pod_sandbox_status(&id).await {
                             let ip = status.network.map(|n| n.ip).unwrap_or_default();
-                            let hosts = host_files::etc_hosts(
+                            Some(host_files::etc_hosts(
                                 &sandbox::hostname(pod, &spec, &self.shared.node_hostname),
                                 &ip,
                                 &spec,
-                            );
-                            if let Err(err) =
+                            ))
+                        } else {
+                            None
+                        };
+                        if let Some(hosts) = hosts
+                            && let Err(err) =
                                 host_files::write(&self.pod_dir().join("etc-hosts"), &hosts)
-                            {
-                                warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
-                            }
-                        } else if spec.host_network == Some(true) {
-                            let node_hosts =
-                                std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-                            let hosts = host_files::node_etc_hosts(&node_hosts, &spec);
-                            if let Err(err) =
-                                host_files::write(&self.pod_dir().join("etc-hosts"), &hosts)
-                            {
-                                warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
-                            }
+                        {
+                            warn!(pod = %self.key, error = %err, "writing /etc/hosts for the pod failed");
                         }
                         ("RunPodSandbox", Ok(()), Some(Ok(())))
                     }
@@ -1167,11 +1163,7 @@ impl Worker {
         let events = &self.shared.events;
         let reference = events::reference(pod, Some(&container.name));
         let image = container.image.clone().unwrap_or_default();
-        let failure = |kind, message: String| Failure {
-            kind,
-            message,
-            image: image.clone(),
-        };
+        let failure = start_failure(container);
         let policy = container
             .image_pull_policy
             .clone()
@@ -1295,12 +1287,7 @@ impl Worker {
     ) -> Result<(), Failure> {
         let events = &self.shared.events;
         let reference = events::reference(pod, Some(&container.name));
-        let image = container.image.clone().unwrap_or_default();
-        let failure = |kind, message: String| Failure {
-            kind,
-            message,
-            image: image.clone(),
-        };
+        let failure = start_failure(container);
         let runtime = &self.shared.runtime;
         let id = runtime
             .create_container(sandbox_id, config, sandbox_config.clone())
@@ -1532,6 +1519,15 @@ impl Prober {
             restarted: Default::default(),
             _stop: cancel.drop_guard(),
         }
+    }
+}
+
+/// Makes the failures of one container's start, which name its image.
+fn start_failure(container: &Container) -> impl Fn(StartFailure, String) -> Failure + '_ {
+    move |kind, message| Failure {
+        kind,
+        message,
+        image: container.image.clone().unwrap_or_default(),
     }
 }
 

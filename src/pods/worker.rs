@@ -66,6 +66,13 @@ const SANDBOX: &str = "";
 /// The longest a postStart hook may run before it counts as failed.
 const POST_START_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Why the worker stopped a pod for good.
+struct Stopped {
+    failure: Rejection,
+    /// An eviction: upstream marks the pod with the DisruptionTarget condition.
+    disruption: bool,
+}
+
 /// A ready sandbox and what runs in it (container name → ID), for starting containers.
 struct Started {
     sandbox: Sandbox,
@@ -140,9 +147,8 @@ struct Worker {
     /// The actions of the previous pass.
     last_actions: Vec<Action>,
     rejection: Option<Rejection>,
-    evicted: Option<Rejection>,
-    /// Set once the pod ran past its activeDeadlineSeconds: it is stopped and fails.
-    deadline_exceeded: Option<Rejection>,
+    /// Set once the worker stopped the pod for good (evicted, or past its deadline).
+    stopped: Option<Stopped>,
     /// The worker's own bell (rung by the runtime relist and by the prober).
     wake: Arc<Notify>,
     prober: Option<Prober>,
@@ -169,8 +175,7 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         mirror: None,
         last_actions: Vec::new(),
         rejection: inbox.rejection.take(),
-        evicted: None,
-        deadline_exceeded: None,
+        stopped: None,
         wake: inbox.wake.clone(),
         prober: None,
         volumes,
@@ -500,7 +505,7 @@ impl Worker {
     /// The eviction manager chose this pod: stop its containers with the eviction's short
     /// grace, then keep it failed with the eviction's reason. Once only.
     fn evict(&mut self, eviction: Rejection, pod: Option<&Pod>) {
-        if self.evicted.is_some() || self.rejection.is_some() {
+        if self.rejection.is_some() || self.stopped.as_ref().is_some_and(|s| s.disruption) {
             return;
         }
         if let Some(pod) = pod {
@@ -510,13 +515,23 @@ impl Worker {
                 eviction.message.clone(),
             );
         }
+        let grace = Duration::from_secs(super::eviction::GRACE_SECONDS);
+        self.stop_for_good(eviction, grace, true);
+    }
+
+    /// Stops the pod's containers with `grace` (unless it is stopping already) and keeps it
+    /// failed with `failure`'s reason.
+    fn stop_for_good(&mut self, failure: Rejection, grace: Duration, disruption: bool) {
         if self.stage == Stage::Syncing {
             self.stage = Stage::Terminating {
-                grace: Duration::from_secs(super::eviction::GRACE_SECONDS),
+                grace,
                 remove: false,
             };
         }
-        self.evicted = Some(eviction);
+        self.stopped = Some(Stopped {
+            failure,
+            disruption,
+        });
     }
 
     /// When the pod's activeDeadlineSeconds runs out, counted from its start time.
@@ -536,11 +551,7 @@ impl Worker {
     /// The pod ran past its deadline: stop it (with its own grace period) and fail it with
     /// the kubelet's reason. Once only.
     fn exceed_deadline(&mut self, pod: &Pod) {
-        if self.deadline_exceeded.is_some()
-            || self.evicted.is_some()
-            || self.rejection.is_some()
-            || self.stage != Stage::Syncing
-        {
+        if self.stopped.is_some() || self.rejection.is_some() || self.stage != Stage::Syncing {
             return;
         }
         let message = "Pod was active on the node longer than the specified deadline";
@@ -554,14 +565,11 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30);
-        self.stage = Stage::Terminating {
-            grace: Duration::from_secs(grace.max(0) as u64),
-            remove: false,
-        };
-        self.deadline_exceeded = Some(Rejection {
+        let failure = Rejection {
             reason: "DeadlineExceeded".into(),
             message: message.into(),
-        });
+        };
+        self.stop_for_good(failure, Duration::from_secs(grace.max(0) as u64), false);
     }
 
     /// Sets up the pod's volumes before anything of it starts, and refreshes them while it
@@ -752,14 +760,18 @@ impl Worker {
         if let Some(failure) = self
             .rejection
             .as_ref()
-            .or(self.evicted.as_ref())
-            .or(self.deadline_exceeded.as_ref())
+            .or(self.stopped.as_ref().map(|s| &s.failure))
         {
             status.phase = Some("Failed".into());
             status.reason = Some(failure.reason.clone());
             status.message = Some(failure.message.clone());
         }
-        if let Some(eviction) = &self.evicted {
+        if let Some(eviction) = self
+            .stopped
+            .as_ref()
+            .filter(|s| s.disruption)
+            .map(|s| &s.failure)
+        {
             // Upstream marks a pod the kubelet stops for node pressure as disrupted.
             status
                 .conditions

@@ -6,22 +6,13 @@
 
 use k8s_openapi::api::core::v1::{Container, EphemeralContainer, PodSpec};
 
-/// The pod's ephemeral containers as containers (the fields they share are the same), each
-/// with the container it targets, if any.
-pub fn of(spec: &PodSpec) -> Vec<(Container, Option<String>)> {
+/// The pod's ephemeral containers as containers (the fields they share are the same).
+pub fn of(spec: &PodSpec) -> Vec<Container> {
     spec.ephemeral_containers
         .iter()
         .flatten()
-        .map(|e| (as_container(e), e.target_container_name.clone()))
+        .map(as_container)
         .collect()
-}
-
-/// Whether `name` is one of the pod's ephemeral containers.
-pub fn is_ephemeral(spec: &PodSpec, name: &str) -> bool {
-    spec.ephemeral_containers
-        .iter()
-        .flatten()
-        .any(|e| e.name == name)
 }
 
 /// The container an ephemeral container's process namespace joins.
@@ -75,12 +66,10 @@ mod tests {
         .expect("spec");
         let list = of(&spec);
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].0.name, "debugger");
-        assert_eq!(list[0].0.command, Some(vec!["sh".to_owned()]));
-        assert_eq!((list[0].0.stdin, list[0].0.tty), (Some(true), Some(true)));
-        assert_eq!(list[0].1.as_deref(), Some("app"));
+        assert_eq!(list[0].name, "debugger");
+        assert_eq!(list[0].command, Some(vec!["sh".to_owned()]));
+        assert_eq!((list[0].stdin, list[0].tty), (Some(true), Some(true)));
         assert_eq!(target(&spec, "debugger").as_deref(), Some("app"));
         assert_eq!(target(&spec, "plain"), None);
-        assert!(is_ephemeral(&spec, "plain") && !is_ephemeral(&spec, "app"));
     }
 }

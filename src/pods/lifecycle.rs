@@ -282,12 +282,12 @@ fn sync(
     let mut start = |container: &Container, is_init: bool, actions: &mut Vec<Action>| -> bool {
         // Returns whether the container is done (init) or up (sidecar / app).
         let name = container.name.as_str();
-        let (restart, done) = match in_sandbox(name).map(|c| &c.state) {
+        let latest = in_sandbox(name);
+        let (restart, done) = match latest.map(|c| &c.state) {
             None => (false, false),
             Some(RunState::Running { .. }) => {
                 // A sidecar is up once started: its startup probe, if any, has passed.
-                let started =
-                    in_sandbox(name).is_some_and(|c| !runtime.startup_pending.contains(&c.id));
+                let started = latest.is_some_and(|c| !runtime.startup_pending.contains(&c.id));
                 return !is_init || (is_sidecar(container) && started);
             }
             Some(RunState::Created | RunState::Unknown) => return false,
@@ -322,7 +322,7 @@ fn sync(
     }
     // Ephemeral containers start once, whatever becomes of them afterwards; only a start
     // that failed before the runtime made the container is tried again.
-    for (container, _) in super::ephemeral::of(spec) {
+    for container in super::ephemeral::of(spec) {
         let name = container.name.as_str();
         if runtime.latest(name).is_some() {
             continue;

@@ -264,7 +264,7 @@ pub fn container_statuses(
     apps.sort_by(|a, b| a.name.cmp(&b.name));
     let ephemeral = super::ephemeral::of(spec)
         .iter()
-        .map(|(c, _)| container_status(spec, c, Role::Ephemeral, runtime, attempts, ctx))
+        .map(|c| container_status(spec, c, Role::Ephemeral, runtime, attempts, ctx))
         .collect();
     Statuses {
         init,

@@ -65,13 +65,20 @@ pub struct Allowlist {
 
 /// `kernel/shm_rmid_forced` and `kernel.shm_rmid_forced` are the same sysctl.
 fn normalize(name: &str) -> String {
-    match (name.find('.'), name.find('/')) {
-        (Some(dot), Some(slash)) if slash < dot => name
-            .replace('.', "\u{0}")
-            .replace('/', ".")
-            .replace('\u{0}', "/"),
-        (None, Some(_)) => name.replace('/', "."),
-        _ => name.to_owned(),
+    // With a slash first, slashes are the separators and dots belong to names: swap them.
+    let slash_first = name
+        .find('/')
+        .is_some_and(|slash| name.find('.').is_none_or(|dot| slash < dot));
+    if slash_first {
+        name.chars()
+            .map(|c| match c {
+                '/' => '.',
+                '.' => '/',
+                c => c,
+            })
+            .collect()
+    } else {
+        name.to_owned()
     }
 }
 

@@ -961,7 +961,7 @@ impl Worker {
                     .iter()
                     .flatten()
                     .chain(spec.containers.iter())
-                    .chain(ephemeral.iter().map(|(c, _)| c))
+                    .chain(ephemeral.iter())
                     .find(|c| c.name == name)
                     .cloned();
                 let Some(container) = container else {

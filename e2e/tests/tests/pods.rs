@@ -926,13 +926,7 @@ async fn pods_deleted_while_their_containers_start_are_removed() -> Result<()> {
         Duration::from_secs(60),
         "every pod deleted mid-start to be removed",
         || async {
-            let left: Vec<String> = pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect();
+            let left = pods.list(&ListParams::default()).await?.items;
             Ok(left.is_empty().then_some(()))
         },
     )

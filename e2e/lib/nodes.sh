@@ -61,18 +61,20 @@ create_join_token() {
 	id=$(openssl rand -hex 3)
 	secret=$(openssl rand -hex 8)
 	expiration=$(date -u -d '+1 day' +%Y-%m-%dT%H:%M:%SZ)
-	kc apply -f - >/dev/null <<YAML
+	# Every value quoted: an unquoted hex id such as 123456 or 1e5678 is a YAML number,
+	# which the API server refuses for stringData.
+	kc apply -f - >/dev/null <<YAML || die "could not create the bootstrap token secret"
 apiVersion: v1
 kind: Secret
 metadata: {name: bootstrap-token-$id, namespace: kube-system}
 type: bootstrap.kubernetes.io/token
 stringData:
-  token-id: $id
-  token-secret: $secret
+  token-id: "$id"
+  token-secret: "$secret"
   expiration: "$expiration"
   usage-bootstrap-authentication: "true"
   usage-bootstrap-signing: "true"
-  auth-extra-groups: system:bootstrappers:kubeadm:default-node-token
+  auth-extra-groups: "system:bootstrappers:kubeadm:default-node-token"
 YAML
 	echo "$id.$secret" >"$JOIN_TOKEN_FILE"
 	cat "$JOIN_TOKEN_FILE"

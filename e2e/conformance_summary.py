@@ -111,6 +111,24 @@ def summarise(path):
     return result
 
 
+def sig_of(spec):
+    """The spec's owning SIG from its leading `[sig-x]` label (every upstream spec has one)."""
+    m = re.match(r"\s*\[(sig-[^\]]+)\]", spec)
+    return m.group(1) if m else "(none)"
+
+
+def by_sig(result):
+    """SIG -> [passed, failed, skipped]: one whole-suite run read as the per-SIG runs."""
+    sigs = {}
+    for spec in result["passed"]:
+        sigs.setdefault(sig_of(spec), [0, 0, 0])[0] += 1
+    for spec, _, _ in result["failed"]:
+        sigs.setdefault(sig_of(spec), [0, 0, 0])[1] += 1
+    for spec, _ in result["skipped"]:
+        sigs.setdefault(sig_of(spec), [0, 0, 0])[2] += 1
+    return sigs
+
+
 def render(result, title, notes=()):
     passed, failed, skipped = len(result["passed"]), len(result["failed"]), len(result["skipped"])
     ran = passed + failed
@@ -133,6 +151,16 @@ def render(result, title, notes=()):
     out.append("")
     out.append("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     out.append("")
+
+    sigs = by_sig(result)
+    if len(sigs) > 1:
+        out.append("## By SIG")
+        out.append("")
+        out.append("| SIG | passed | failed | skipped | pass rate |")
+        out.append("| --- | --- | --- | --- | --- |")
+        for sig, (p, f, s) in sorted(sigs.items()):
+            out.append("| %s | %d | %d | %d | %s |" % (sig, p, f, s, "%.1f%%" % (100.0 * p / (p + f)) if p + f else "n/a"))
+        out.append("")
 
     if result["suite_failures"]:
         out.append("## Suite nodes that failed")

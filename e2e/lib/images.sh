@@ -1,6 +1,7 @@
 # Images built on this machine, since no registry can be reached, and imported into
 # containerd under the names pods use: the pause image, busybox, agnhost, and the e2e suite's
-# nonroot, nonewprivs and (what its hostname specs need of) glibc-dns-testing.
+# nonroot, nonewprivs, kitten, nautilus, nginx and (what its hostname specs need of)
+# glibc-dns-testing.
 
 # The names the pinned release uses: kubeadm's pause, and the upstream e2e suite's busybox
 # tags beside Docker Hub's (`e2e.test --list-images`).
@@ -13,6 +14,10 @@ AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 NONROOT_IMAGE=registry.k8s.io/e2e-test-images/nonroot:1.5
 NONEWPRIVS_IMAGE=registry.k8s.io/e2e-test-images/nonewprivs:1.4
 GLIBC_DNS_IMAGE=registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
+AGNHOST_PREV_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.55
+KITTEN_IMAGE=registry.k8s.io/e2e-test-images/kitten:1.8
+NAUTILUS_IMAGE=registry.k8s.io/e2e-test-images/nautilus:1.8
+NGINX_IMAGES=(registry.k8s.io/e2e-test-images/nginx:1.27.0-2 registry.k8s.io/e2e-test-images/nginx:1.28.0-2)
 
 # image_key FILE...: a short hash of the inputs an image is built from.
 image_key() { cat "$@" | sha256sum | cut -c1-16; }
@@ -113,46 +118,127 @@ registry_from_oci() {
 	rm -rf "$tmp"
 }
 
-# build_agnhost_image: upstream's layout (/agnhost as entrypoint, `pause` as command,
-# /agnhost-2, /uploads, porter's localhost.crt and key, user-defined-in-image:1000 in
+# agnhost_rootfs DIR SRC PAUSE: upstream's agnhost layout (/agnhost, /agnhost-2, /uploads,
+# porter's localhost.crt and key from SRC, user-defined-in-image:1000 in
 # group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
 # Debian's curl, bash and OpenBSD netcat, which upstream's image adds too (hook tests run
 # `curl`, probe tests `/bin/bash -c`, networking tests `nc -u`; busybox has none of them).
+agnhost_rootfs() {
+	local rootfs=$1 src=$2 pause=$3 applet
+	mkdir -p "$rootfs"/{bin,etc,tmp,root,uploads,home/user-defined-in-image}
+	chmod 1777 "$rootfs/tmp"
+	cp "$STOCK_BIN/agnhost" "$rootfs/agnhost"
+	ln -s agnhost "$rootfs/agnhost-2"
+	install -m 0644 "$src"/test/images/agnhost/porter/localhost.{crt,key} "$rootfs/" || return 1
+	cp /bin/busybox "$rootfs/bin/busybox"
+	for applet in $(/bin/busybox --list); do
+		[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+	done
+	copy_with_libraries /usr/bin/curl "$rootfs" || return 1
+	copy_with_libraries /bin/bash "$rootfs" || return 1
+	copy_with_libraries /bin/nc.openbsd "$rootfs" || return 1
+	ln -sf nc.openbsd "$rootfs/bin/nc"
+	# Debian's busybox shell runs its own applets before anything on PATH (alpine's, in
+	# upstream's image, does not), so `sh -c "nc -u ..."` would never reach netcat: the
+	# image's sh is bash, which looks up PATH.
+	ln -sf bash "$rootfs/bin/sh"
+	# What fake-registry-server serves: the pause image as pause:testing, as upstream's
+	# image carries it (the private-registry spec pulls it with credentials).
+	registry_from_oci "$pause" "$rootfs/var/registry/pause" testing || return 1
+	printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
+		'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
+	printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \
+		'group-defined-in-image:x:50000:user-defined-in-image' >"$rootfs/etc/group"
+}
+
+# build_agnhost_image: agnhost under the pinned release's name and, for the specs that
+# switch a pod from the previous agnhost to the current one (StatefulSet fixtures, pod
+# updates), also under AgnhostPrev's: the same build, as only the name must differ.
 build_agnhost_image() {
-	local src pause key out rootfs applet
+	local src pause key out rootfs
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
 	pause=$(build_pause_image) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image copy_with_libraries registry_from_oci))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$AGNHOST_PREV_IMAGE"))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		mkdir -p "$rootfs"/{bin,etc,tmp,root,uploads,home/user-defined-in-image}
-		chmod 1777 "$rootfs/tmp"
-		cp "$STOCK_BIN/agnhost" "$rootfs/agnhost"
-		ln -s agnhost "$rootfs/agnhost-2"
-		install -m 0644 "$src"/test/images/agnhost/porter/localhost.{crt,key} "$rootfs/" || return 1
-		cp /bin/busybox "$rootfs/bin/busybox"
-		for applet in $(/bin/busybox --list); do
-			[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
-		done
-		copy_with_libraries /usr/bin/curl "$rootfs" || return 1
-		copy_with_libraries /bin/bash "$rootfs" || return 1
-		copy_with_libraries /bin/nc.openbsd "$rootfs" || return 1
-		ln -sf nc.openbsd "$rootfs/bin/nc"
-		# Debian's busybox shell runs its own applets before anything on PATH (alpine's, in
-		# upstream's image, does not), so `sh -c "nc -u ..."` would never reach netcat: the
-		# image's sh is bash, which looks up PATH.
-		ln -sf bash "$rootfs/bin/sh"
-		# What fake-registry-server serves: the pause image as pause:testing, as upstream's
-		# image carries it (the private-registry spec pulls it with credentials).
-		registry_from_oci "$pause" "$rootfs/var/registry/pause" testing || return 1
-		printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' \
-			'user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh' >"$rootfs/etc/passwd"
-		printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' 'user-defined-in-image:x:1000:' \
-			'group-defined-in-image:x:50000:user-defined-in-image' >"$rootfs/etc/group"
-		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$AGNHOST_IMAGE" \
+		agnhost_rootfs "$rootfs" "$src" "$pause" || return 1
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$AGNHOST_IMAGE" --name "$AGNHOST_PREV_IMAGE" \
 			--entrypoint '["/agnhost"]' --cmd '["pause"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
+# build_webserver_image NAME IMAGE: upstream's test/images/NAME (kitten, nautilus): agnhost
+# serving its html/ (an image and data.json naming it) from / with `test-webserver`.
+build_webserver_image() {
+	local name=$1 image=$2 src pause key out rootfs
+	src=$(build_agnhost) || return 1
+	pause=$(build_pause_image) || return 1
+	[ -f "$src/test/images/$name/html/data.json" ] || die "no test/images/$name/html in k8s.io/kubernetes $K8S_VERSION"
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$src/test/images/$name"/html/* "$E2E_DIR/images/oci_image.py" <(declare -f build_webserver_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$image"))
+	out=$IMAGE_CACHE/$name-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		agnhost_rootfs "$rootfs" "$src" "$pause" || return 1
+		install -m 0644 "$src/test/images/$name"/html/* "$rootfs/" || return 1
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$image" \
+			--entrypoint '["/agnhost"]' --cmd '["test-webserver"]' --output "$out.tmp" >/dev/null || return 1
+		rm -rf "$rootfs"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}
+
+# build_nginx_image: what the suite runs nginx for (a web server on :80 that serves a welcome
+# page and logs to the container's output): Debian's nginx binary (downloaded with apt, never
+# installed, so no nginx service starts on the node) with its libraries, on busybox, with
+# upstream's defaults: master as root, workers as user nginx (101), `nginx -g 'daemon off;'`.
+build_nginx_image() {
+	local deb key out rootfs lib
+	mkdir -p "$IMAGE_CACHE/debs"
+	deb=$(ls "$IMAGE_CACHE"/debs/nginx_*.deb 2>/dev/null | tail -1)
+	if [ -z "$deb" ]; then
+		(cd "$IMAGE_CACHE/debs" && apt-get download -q nginx >&2 2>/dev/null) || return 1
+		deb=$(ls "$IMAGE_CACHE"/debs/nginx_*.deb | tail -1)
+	fi
+	key=$(image_key "$deb" /bin/busybox "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs copy_with_libraries build_nginx_image; echo "${NGINX_IMAGES[@]}"))
+	out=$IMAGE_CACHE/nginx-$key.tar
+	if [ ! -f "$out" ]; then
+		rootfs=$(mktemp -d)
+		busybox_rootfs "$rootfs"
+		dpkg-deb -x "$deb" "$rootfs.deb" || return 1
+		install -D "$rootfs.deb/usr/sbin/nginx" "$rootfs/usr/sbin/nginx" || return 1
+		for lib in $(ldd "$rootfs.deb/usr/sbin/nginx" | grep -o '/[^ ]*'); do
+			install -D "$(readlink -f "$lib")" "$rootfs$lib" || return 1
+		done
+		rm -rf "$rootfs.deb"
+		mkdir -p "$rootfs"/{var/log/nginx,var/lib/nginx,run,usr/share/nginx/html,etc/nginx}
+		echo 'nginx:x:101:101:nginx:/var/lib/nginx:/bin/false' >>"$rootfs/etc/passwd"
+		echo 'nginx:x:101:' >>"$rootfs/etc/group"
+		printf '<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1></body></html>\n' \
+			>"$rootfs/usr/share/nginx/html/index.html"
+		cat >"$rootfs/etc/nginx/nginx.conf" <<'CONF'
+user nginx;
+worker_processes 1;
+error_log stderr notice;
+pid /run/nginx.pid;
+events { worker_connections 1024; }
+http {
+    types { text/html html htm; application/json json; image/jpeg jpg jpeg; text/plain txt; }
+    default_type application/octet-stream;
+    access_log /dev/stdout;
+    server {
+        listen 80;
+        location / { root /usr/share/nginx/html; index index.html; }
+    }
+}
+CONF
+		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" $(printf -- '--name %s ' "${NGINX_IMAGES[@]}") \
+			--cmd '["nginx", "-g", "daemon off;"]' --output "$out.tmp" >/dev/null || return 1
 		rm -rf "$rootfs"
 		mv "$out.tmp" "$out"
 	fi
@@ -232,7 +318,7 @@ import_images() {
 		tarball=$(build_busybox_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
-	if ! grep -qx "$AGNHOST_IMAGE" <<<"$present"; then
+	if ! grep -qx "$AGNHOST_PREV_IMAGE" <<<"$present"; then
 		tarball=$(build_agnhost_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
@@ -246,6 +332,18 @@ import_images() {
 	fi
 	if ! grep -qx "$GLIBC_DNS_IMAGE" <<<"$present"; then
 		tarball=$(build_glibc_dns_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$KITTEN_IMAGE" <<<"$present"; then
+		tarball=$(build_webserver_image kitten "$KITTEN_IMAGE")
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "$NAUTILUS_IMAGE" <<<"$present"; then
+		tarball=$(build_webserver_image nautilus "$NAUTILUS_IMAGE")
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if ! grep -qx "${NGINX_IMAGES[0]}" <<<"$present"; then
+		tarball=$(build_nginx_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
 }

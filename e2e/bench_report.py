@@ -16,16 +16,15 @@ import statistics
 import sys
 from collections import OrderedDict
 
-# Which subject is nodus's and which is the stock one, per bench.
+# Per bench: nodus's subject, then the stock references as (subject, column label); the
+# ratio is taken against each.
 PAIRS = {
-    "node agent": ("nodus", "stock"),
-    "scheduler": ("nodus-control", "kube-scheduler"),
-    "service proxy": ("nodus", "kube-proxy"),
-}
-STOCK_LABEL = {
-    "node agent": "kubelet + kube-proxy",
-    "scheduler": "kube-scheduler",
-    "service proxy": "kube-proxy",
+    "node agent": ("nodus", [("stock", "kubelet + kube-proxy")]),
+    "scheduler": ("nodus-control", [("kube-scheduler", "kube-scheduler")]),
+    "service proxy": (
+        "nodus",
+        [("kube-proxy", "kube-proxy (nftables)"), ("kube-proxy (iptables)", "kube-proxy (iptables)")],
+    ),
 }
 HIGHER_IS_BETTER = {"pods/s"}
 
@@ -74,29 +73,34 @@ def fmt(value, unit):
     return f"{value:.1f} {unit}"
 
 
+def ratio_text(ours, stock, unit):
+    if ours is None or not stock:
+        return "—"
+    ratio = ours / stock
+    better = ratio > 1 if unit in HIGHER_IS_BETTER else ratio < 1
+    return f"{ratio:.2f}" + (" (better)" if better else "")
+
+
 def markdown(table):
     out = []
     for bench, figures in table.items():
-        ours, stock = PAIRS.get(bench, (None, None))
+        ours, stocks = PAIRS.get(bench, ("nodus", [("stock", "stock")]))
+        # A reference no run of this table measured (e.g. iptables mode left out) gets no column.
+        stocks = [(s, label) for s, label in stocks if any(s in subjects for subjects in figures.values())]
+        header = f"| scenario | figure | {ours} |"
+        for _, label in stocks:
+            header += f" {label} | nodus / {label} |"
         out.append(f"### {bench}\n")
-        out.append(
-            f"| scenario | figure | {ours or 'nodus'} | {STOCK_LABEL.get(bench, stock)} "
-            "| nodus / stock | runs |"
-        )
-        out.append("| --- | --- | --- | --- | --- | --- |")
+        out.append(header + " runs |")
+        out.append("|" + " --- |" * (4 + 2 * len(stocks)))
         for (scenario, metric, unit), subjects in figures.items():
-            a = subjects.get(ours, (None, 0))
-            b = subjects.get(stock, (None, 0))
-            if a[0] is not None and b[0]:
-                ratio = a[0] / b[0]
-                better = ratio > 1 if unit in HIGHER_IS_BETTER else ratio < 1
-                ratio_text = f"{ratio:.2f}" + (" (better)" if better else "")
-            else:
-                ratio_text = "—"
-            out.append(
-                f"| {scenario} | {metric} | {fmt(a[0], unit)} | {fmt(b[0], unit)} "
-                f"| {ratio_text} | {a[1]} / {b[1]} |"
-            )
+            a, runs = subjects.get(ours, (None, 0)), [str(subjects.get(ours, (None, 0))[1])]
+            row = f"| {scenario} | {metric} | {fmt(a[0], unit)} |"
+            for stock, _ in stocks:
+                b = subjects.get(stock, (None, 0))
+                row += f" {fmt(b[0], unit)} | {ratio_text(a[0], b[0], unit)} |"
+                runs.append(str(b[1]))
+            out.append(row + f" {' / '.join(runs)} |")
         out.append("")
     return "\n".join(out)
 

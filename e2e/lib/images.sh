@@ -202,7 +202,9 @@ build_nginx_image() {
 	mkdir -p "$IMAGE_CACHE/debs"
 	deb=$(ls "$IMAGE_CACHE"/debs/nginx_*.deb 2>/dev/null | tail -1)
 	if [ -z "$deb" ]; then
-		(cd "$IMAGE_CACHE/debs" && apt-get download -q nginx >&2 2>/dev/null) || return 1
+		# The package lists may be older than the archive's current nginx: refresh once.
+		(cd "$IMAGE_CACHE/debs" && { apt-get download -q nginx >&2 2>/dev/null ||
+			{ apt-get update -qq && apt-get download -q nginx >&2 2>/dev/null; }; }) || return 1
 		deb=$(ls "$IMAGE_CACHE"/debs/nginx_*.deb | tail -1)
 	fi
 	key=$(image_key "$deb" /bin/busybox "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs copy_with_libraries build_nginx_image; echo "${NGINX_IMAGES[@]}"))

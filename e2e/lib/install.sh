@@ -7,9 +7,10 @@ PACKAGES=(
 	netcat-openbsd
 )
 
+# install_packages [PACKAGE]...: PACKAGES and any given (what one command alone needs).
 install_packages() {
 	local missing=() pkg
-	for pkg in "${PACKAGES[@]}"; do
+	for pkg in "${PACKAGES[@]}" "$@"; do
 		dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 	done
 	[ ${#missing[@]} -eq 0 ] && return 0

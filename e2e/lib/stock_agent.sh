@@ -1,6 +1,8 @@
 # The stock node agents in nodus's place: the upstream kubelet and kube-proxy (nftables
 # mode) of the pinned release, on the same containerd, with the same node identity, for
-# side-by-side benchmarks (`e2e/cluster up --agent stock`, `e2e/bench`). Sourced.
+# side-by-side benchmarks (`e2e/cluster up --agent stock`, `e2e/bench`); `--agent
+# stock-iptables` runs kube-proxy in iptables mode instead, the service benchmark's second
+# reference. Sourced.
 #
 # What this VM needs of them is configuration only (nothing is patched):
 #   - cgroups are v1 and the systemd driver cannot work: cgroupDriver cgroupfs and
@@ -18,11 +20,13 @@
 KUBELET_ROOT=$STATE_DIR/kubelet
 KUBE_PROXY_TABLE=kube-proxy
 
-# The agent the cluster runs: nodus (default) or stock (kubelet + kube-proxy).
+# The agent the cluster runs: nodus (default), stock (kubelet + kube-proxy in nftables mode)
+# or stock-iptables (the same with kube-proxy in iptables mode, a second reference).
 AGENT_FILE=$RUN_DIR/agent
 cluster_agent() { cat "$AGENT_FILE" 2>/dev/null || echo nodus; }
+stock_agent() { [ "$(cluster_agent)" != nodus ]; }
 agent_components() {
-	if [ "$(cluster_agent)" = stock ]; then echo kubelet kube-proxy; else echo nodus; fi
+	if stock_agent; then echo kubelet kube-proxy; else echo nodus; fi
 }
 
 write_stock_cni_config() {
@@ -95,7 +99,7 @@ apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
   kubeconfig: $NODE_KUBECONFIG
-mode: nftables
+mode: $([ "$(cluster_agent)" = stock-iptables ] && echo iptables || echo nftables)
 clusterCIDR: $CLUSTER_CIDR
 hostnameOverride: $(node_name)
 bindAddress: $(node_ip)
@@ -109,7 +113,7 @@ YAML
 
 # start_agent: the cluster's node agent(s).
 start_agent() {
-	if [ "$(cluster_agent)" = stock ]; then
+	if stock_agent; then
 		start_kubelet
 		start_kube_proxy
 	else

@@ -288,7 +288,7 @@ start_nodus() {
 	# With several nodes the first one's address is on the nodes' bridge (lib/nodes.sh).
 	local multi_node=()
 	[ "$(node_count)" -gt 1 ] && multi_node=(--node-ip "$(first_node_ip)")
-	# shellcheck disable=SC2086 # NODUS_EXTRA_ARGS is a list of flags
+	# shellcheck disable=SC2086,SC2046 # NODUS_EXTRA_ARGS and dns_flags are lists of flags
 	start_process nodus "$NODUS_BIN" \
 		--kubeconfig "$NODE_KUBECONFIG" \
 		--container-runtime-endpoint "unix://$CONTAINERD_SOCK" \
@@ -298,7 +298,7 @@ start_nodus() {
 		--cluster-cidr "$CLUSTER_CIDR" \
 		--client-ca-file "$PKI_DIR/ca.crt" \
 		--pod-manifest-path "$MANIFEST_DIR" \
-		"${multi_node[@]}" -v 2 ${NODUS_EXTRA_ARGS:-}
+		"${multi_node[@]}" $(dns_flags) -v 2 ${NODUS_EXTRA_ARGS:-}
 }
 
 # nodus-control with its own identity and the least-privilege RBAC it ships

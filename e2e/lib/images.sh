@@ -19,6 +19,8 @@ KITTEN_IMAGE=registry.k8s.io/e2e-test-images/kitten:1.8
 NAUTILUS_IMAGE=registry.k8s.io/e2e-test-images/nautilus:1.8
 NGINX_IMAGES=(registry.k8s.io/e2e-test-images/nginx:1.27.0-2 registry.k8s.io/e2e-test-images/nginx:1.28.0-2)
 
+source "$E2E_DIR/lib/dns.sh"
+
 # image_key FILE...: a short hash of the inputs an image is built from.
 image_key() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -121,8 +123,9 @@ registry_from_oci() {
 # agnhost_rootfs DIR SRC PAUSE: upstream's agnhost layout (/agnhost, /agnhost-2, /uploads,
 # porter's localhost.crt and key from SRC, user-defined-in-image:1000 in
 # group-defined-in-image:50000) with busybox's applets in /bin instead of alpine's tools, and
-# Debian's curl, bash and OpenBSD netcat, which upstream's image adds too (hook tests run
-# `curl`, probe tests `/bin/bash -c`, networking tests `nc -u`; busybox has none of them).
+# Debian's curl, bash, OpenBSD netcat, dig and glibc's getent, which upstream's image adds
+# too (hook tests run `curl`, probe tests `/bin/bash -c`, networking tests `nc -u`, DNS tests
+# `dig` and `getent hosts`; busybox has none of them).
 agnhost_rootfs() {
 	local rootfs=$1 src=$2 pause=$3 applet
 	mkdir -p "$rootfs"/{bin,etc,tmp,root,uploads,home/user-defined-in-image}
@@ -138,6 +141,9 @@ agnhost_rootfs() {
 	copy_with_libraries /bin/bash "$rootfs" || return 1
 	copy_with_libraries /bin/nc.openbsd "$rootfs" || return 1
 	ln -sf nc.openbsd "$rootfs/bin/nc"
+	copy_with_libraries /usr/bin/dig "$rootfs" || return 1
+	copy_with_libraries /usr/bin/getent "$rootfs" || return 1
+	printf 'hosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
 	# Debian's busybox shell runs its own applets before anything on PATH (alpine's, in
 	# upstream's image, does not), so `sh -c "nc -u ..."` would never reach netcat: the
 	# image's sh is bash, which looks up PATH.
@@ -159,7 +165,7 @@ build_agnhost_image() {
 	# Called through $(...), where bash drops errexit: failures are passed on by hand.
 	src=$(build_agnhost) || return 1
 	pause=$(build_pause_image) || return 1
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$AGNHOST_PREV_IMAGE"))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd /usr/bin/dig /usr/bin/getent "$pause" "$E2E_DIR/images/oci_image.py" <(declare -f build_agnhost_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$AGNHOST_PREV_IMAGE"))
 	out=$IMAGE_CACHE/agnhost-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -179,7 +185,7 @@ build_webserver_image() {
 	src=$(build_agnhost) || return 1
 	pause=$(build_pause_image) || return 1
 	[ -f "$src/test/images/$name/html/data.json" ] || die "no test/images/$name/html in k8s.io/kubernetes $K8S_VERSION"
-	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd "$pause" "$src/test/images/$name"/html/* "$E2E_DIR/images/oci_image.py" <(declare -f build_webserver_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$image"))
+	key=$(image_key "$STOCK_BIN/agnhost" /bin/busybox /usr/bin/curl /bin/bash /bin/nc.openbsd /usr/bin/dig /usr/bin/getent "$pause" "$src/test/images/$name"/html/* "$E2E_DIR/images/oci_image.py" <(declare -f build_webserver_image agnhost_rootfs copy_with_libraries registry_from_oci; echo "$image"))
 	out=$IMAGE_CACHE/$name-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
@@ -263,17 +269,20 @@ build_nonroot_image() {
 	echo "$out"
 }
 
-# build_glibc_dns_image: what the suite's hostname specs use of upstream's glibc-dns-testing
-# (a Debian image with dnsutils and coredns): a shell and glibc's `hostname`, whose `-f`
-# resolves through /etc/hosts as glibc does. Busybox for the rest; no dig, no coredns.
+# build_glibc_dns_image: what the suite's hostname and DNS specs use of upstream's
+# glibc-dns-testing (a Debian image with dnsutils and coredns): a shell, glibc's `hostname`
+# (whose `-f` resolves through /etc/hosts as glibc does) and `getent`, and dig. Busybox for
+# the rest; no coredns (the specs that run one in a pod still fail).
 build_glibc_dns_image() {
 	local key out rootfs
-	key=$(image_key /bin/busybox /bin/hostname "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs copy_with_libraries build_glibc_dns_image; echo "$GLIBC_DNS_IMAGE"))
+	key=$(image_key /bin/busybox /bin/hostname /usr/bin/dig /usr/bin/getent "$E2E_DIR/images/oci_image.py" <(declare -f busybox_rootfs copy_with_libraries build_glibc_dns_image; echo "$GLIBC_DNS_IMAGE"))
 	out=$IMAGE_CACHE/glibc-dns-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
 		busybox_rootfs "$rootfs"
 		copy_with_libraries /bin/hostname "$rootfs" || return 1
+		copy_with_libraries /usr/bin/dig "$rootfs" || return 1
+		copy_with_libraries /usr/bin/getent "$rootfs" || return 1
 		printf 'hosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$GLIBC_DNS_IMAGE" \
 			--cmd '["sh"]' --output "$out.tmp" >/dev/null || return 1
@@ -346,6 +355,10 @@ import_images() {
 	fi
 	if ! grep -qx "${NGINX_IMAGES[0]}" <<<"$present"; then
 		tarball=$(build_nginx_image)
+		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
+	fi
+	if dns_enabled && ! grep -qx "$COREDNS_IMAGE" <<<"$present"; then
+		tarball=$(build_coredns_image)
 		ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tarball" >/dev/null
 	fi
 }

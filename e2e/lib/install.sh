@@ -4,7 +4,7 @@
 PACKAGES=(
 	containerd runc containernetworking-plugins nftables conntrack iproute2
 	busybox-static etcd-server protobuf-compiler gcc libc6-dev curl openssl python3 kmod procps iptables
-	netcat-openbsd
+	netcat-openbsd bind9-dnsutils
 )
 
 # install_packages [PACKAGE]...: PACKAGES and any given (what one command alone needs).

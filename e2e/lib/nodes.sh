@@ -124,6 +124,8 @@ start_extra_nodus() {
 		--cluster-cidr "$CLUSTER_CIDR" --client-ca-file "$PKI_DIR/ca.crt"
 		--pod-manifest-path "$state/manifests" -v 2
 	)
+	# shellcheck disable=SC2207 # dns_flags is a list of flags
+	flags+=($(dns_flags))
 	if [ -f "$state/kubelet.conf" ]; then
 		start_process "nodus-$k" nsenter --net="$(netns_path "$k")" "$NODUS_BIN" "${flags[@]}"
 	else

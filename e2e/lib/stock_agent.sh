@@ -72,6 +72,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+$(dns_enabled && echo "clusterDNS: [$DNS_IP]")
 # The hard eviction thresholds nodus uses by default; the kubelet's own defaults also watch
 # imagefs.available (< 15%), which nodus does not, and would evict on a disk both share.
 evictionHard:

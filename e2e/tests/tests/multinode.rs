@@ -378,3 +378,114 @@ async fn a_lost_node_goes_not_ready_and_its_pods_move_to_the_others() -> Result<
     deployments.delete("mover", &Default::default()).await?;
     ns.delete_pods().await
 }
+
+/// With the DNS add-on (`e2e/cluster up --dns`, which e2e/test uses for this cluster): a pod
+/// on one node finds a Service by its short and full names and reaches its endpoint on
+/// another, and a pod with a hostname and subdomain is found under that name, as nodus
+/// points pods at the cluster DNS (--cluster-dns) with the kubelet's search path.
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn pods_find_services_and_named_pods_through_the_cluster_dns() -> Result<()> {
+    let Some(cluster) = three_nodes()? else {
+        return Ok(());
+    };
+    let nodes = node_names(&cluster);
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "dns").await?;
+    let pods = ns.pods();
+
+    // The server on the second node, a Service for it, and a headless one naming it.
+    let server: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "server", "labels": { "app": "server" } },
+        "spec": {
+            "nodeName": nodes[1], "hostname": "db-0", "subdomain": "db",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "netexec", "image": AGNHOST,
+                             "args": ["netexec", "--http-port=8080"],
+                             "readinessProbe": { "httpGet": { "path": "/healthz", "port": 8080 },
+                                                 "periodSeconds": 1 } }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &server).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for (name, cluster_ip) in [("web", None), ("db", Some("None"))] {
+        let mut spec = json!({ "selector": { "app": "server" },
+                               "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] });
+        if let Some(ip) = cluster_ip {
+            spec["clusterIP"] = json!(ip);
+        }
+        let service: Service =
+            serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))?;
+        services.create(&PostParams::default(), &service).await?;
+    }
+    // The client on the third node.
+    let client_pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "client" },
+        "spec": {
+            "nodeName": nodes[2], "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "agnhost", "image": AGNHOST, "args": ["pause"] }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &client_pod).await?;
+    let server_ip = poll(WAIT, "the server pod to be ready", || async {
+        let pod = pods.get("server").await?;
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        Ok(ready.then(|| pod_ip(&pod)))
+    })
+    .await?;
+    poll(WAIT, "the client pod to run", || async {
+        Ok((phase(&pods.get("client").await?) == "Running").then_some(()))
+    })
+    .await?;
+
+    let exec = |script: String| {
+        let ns = ns.name.clone();
+        let cluster = cluster.clone();
+        async move {
+            cluster
+                .kubectl(&["exec", "-n", &ns, "client", "--", "sh", "-c", &script])
+                .map(|out| Some(out.trim().to_owned()))
+        }
+    };
+    let resolv = exec("cat /etc/resolv.conf".into())
+        .await?
+        .unwrap_or_default();
+    ensure!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains(&format!(
+                "search {}.svc.cluster.local svc.cluster.local cluster.local",
+                ns.name
+            )),
+        "the client's resolv.conf does not name the cluster DNS and search path:\n{resolv}"
+    );
+    // Through the Service by its short name (search path) and its full name.
+    for name in ["web", &format!("web.{}.svc.cluster.local", ns.name)] {
+        let reply = poll(
+            WAIT,
+            &format!("GET http://{name}/hostname from the client"),
+            || exec(format!("curl -sS --max-time 3 http://{name}/hostname")),
+        )
+        .await?;
+        ensure!(
+            reply == "db-0",
+            "http://{name}/hostname answered {reply:?}, not db-0"
+        );
+    }
+    // The pod by hostname.subdomain: an A record of the headless Service.
+    let found = poll(WAIT, "db-0.db to resolve to the server pod", || async {
+        let out = exec("getent hosts db-0.db".into())
+            .await?
+            .unwrap_or_default();
+        Ok(out.split_whitespace().next().map(str::to_owned))
+    })
+    .await?;
+    ensure!(
+        found == server_ip,
+        "db-0.db resolved to {found}, not the server's {server_ip}"
+    );
+    Ok(())
+}

@@ -17,6 +17,7 @@ pub const CONTROLLERS: &[&str] = &[
     "deployment-controller",
     "endpoints-controller",
     "endpointslice-controller",
+    "endpointslice-mirroring-controller",
     "garbage-collector-controller",
     "job-controller",
     "namespace-controller",

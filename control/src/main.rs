@@ -227,6 +227,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ))),
     );
     start(
+        "endpointslice-mirroring-controller",
+        quiet(Box::pin(controllers::endpointslice_mirroring::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
         "serviceaccount-controller",
         quiet(Box::pin(controllers::service_account::run(
             c(),

@@ -328,9 +328,9 @@ impl Queue {
 }
 
 /// A write of this controller the slice store must show before the Service is reconciled
-/// again.
+/// again (the mirroring controller tracks its writes the same way).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Written {
+pub(crate) enum Written {
     /// Created or updated: present with at least this generation (the API server bumps it
     /// on every change of an EndpointSlice).
     Present {
@@ -348,7 +348,8 @@ struct Expectation {
     writes: Vec<Written>,
 }
 
-fn met(store: &Store<EndpointSlice>, namespace: &str, write: &Written) -> bool {
+/// Whether the slice store shows `write` (of a slice in `namespace`).
+pub(crate) fn met(store: &Store<EndpointSlice>, namespace: &str, write: &Written) -> bool {
     match write {
         Written::Present { name, generation } => store
             .get(&ObjectRef::new(name).within(namespace))

@@ -2,10 +2,11 @@
 //! one module each. Today: ReplicaSets, Deployments, DaemonSets and Jobs (with the TTL of
 //! finished ones), the garbage collector, node IPAM, node lifecycle (health, NoExecute
 //! taints and taint-based eviction), CSR approval and signing, the node taints that follow
-//! node conditions, the EndpointSlices and legacy Endpoints of Services
-//! with selectors, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every
-//! namespace, the emptying of namespaces being deleted, and (off by default, as upstream)
-//! the bootstrap signer and token cleaner.
+//! node conditions, the EndpointSlices and legacy Endpoints of Services with selectors, the
+//! EndpointSlices mirroring the custom Endpoints of Services without one, the
+//! `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every namespace, the emptying
+//! of namespaces being deleted, and (off by default, as upstream) the bootstrap signer and
+//! token cleaner.
 
 pub mod bootstrap_signer;
 pub mod csr;
@@ -13,6 +14,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod endpointslice_mirroring;
 pub mod garbage_collector;
 pub mod job;
 pub mod namespace;

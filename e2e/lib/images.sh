@@ -40,7 +40,10 @@ build_pause_image() {
 	echo "$out"
 }
 
-# busybox_rootfs DIR: Debian's static busybox with its applets in /bin, root and nobody.
+# busybox_rootfs DIR: Debian's static busybox with its applets in /bin, root and nobody; sh
+# is Debian's bash. Debian's busybox is 1.35, whose shell drops environment variables whose
+# names are not shell names (`data-1`, `1_KEY`, ...) from what its commands get; upstream's
+# image (busybox 1.37) passes them on, and the suite's env specs print them with `sh -c env`.
 busybox_rootfs() {
 	local rootfs=$1 applet
 	mkdir -p "$rootfs"/{bin,etc,tmp,root,var/www,home}
@@ -49,17 +52,19 @@ busybox_rootfs() {
 	for applet in $(/bin/busybox --list); do
 		[ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
 	done
+	copy_with_libraries /bin/bash "$rootfs" || return 1
+	ln -sf bash "$rootfs/bin/sh"
 	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n' >"$rootfs/etc/passwd"
 	printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
 }
 
 build_busybox_image() {
 	local key out rootfs
-	key=$(image_key /bin/busybox "$E2E_DIR/images/oci_image.py" <(echo "${BUSYBOX_IMAGES[@]}") <(declare -f busybox_rootfs))
+	key=$(image_key /bin/busybox /bin/bash "$E2E_DIR/images/oci_image.py" <(echo "${BUSYBOX_IMAGES[@]}") <(declare -f busybox_rootfs copy_with_libraries))
 	out=$IMAGE_CACHE/busybox-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		busybox_rootfs "$rootfs"
+		busybox_rootfs "$rootfs" || return 1
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" $(printf -- '--name %s ' "${BUSYBOX_IMAGES[@]}") \
 			--cmd '["sh"]' --output "$out.tmp" >/dev/null
 		rm -rf "$rootfs"
@@ -217,7 +222,7 @@ build_nginx_image() {
 	out=$IMAGE_CACHE/nginx-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		busybox_rootfs "$rootfs"
+		busybox_rootfs "$rootfs" || return 1
 		dpkg-deb -x "$deb" "$rootfs.deb" || return 1
 		install -D "$rootfs.deb/usr/sbin/nginx" "$rootfs/usr/sbin/nginx" || return 1
 		for lib in $(ldd "$rootfs.deb/usr/sbin/nginx" | grep -o '/[^ ]*'); do
@@ -260,7 +265,7 @@ build_nonroot_image() {
 	out=$IMAGE_CACHE/nonroot-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		busybox_rootfs "$rootfs"
+		busybox_rootfs "$rootfs" || return 1
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$NONROOT_IMAGE" \
 			--user 1234 --cmd '["sh"]' --output "$out.tmp" >/dev/null || return 1
 		rm -rf "$rootfs"
@@ -279,7 +284,7 @@ build_glibc_dns_image() {
 	out=$IMAGE_CACHE/glibc-dns-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		busybox_rootfs "$rootfs"
+		busybox_rootfs "$rootfs" || return 1
 		copy_with_libraries /bin/hostname "$rootfs" || return 1
 		copy_with_libraries /usr/bin/dig "$rootfs" || return 1
 		copy_with_libraries /usr/bin/getent "$rootfs" || return 1
@@ -306,7 +311,7 @@ build_nonewprivs_image() {
 	out=$IMAGE_CACHE/nonewprivs-$key.tar
 	if [ ! -f "$out" ]; then
 		rootfs=$(mktemp -d)
-		busybox_rootfs "$rootfs"
+		busybox_rootfs "$rootfs" || return 1
 		install -D -m 4755 "$STOCK_BIN/nnp" "$rootfs/usr/local/bin/nnp"
 		python3 "$E2E_DIR/images/oci_image.py" --rootfs "$rootfs" --name "$NONEWPRIVS_IMAGE" \
 			--cmd '["nnp"]' --output "$out.tmp" >/dev/null || return 1

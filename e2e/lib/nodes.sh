@@ -1,12 +1,21 @@
 # Extra nodes for `e2e/cluster up --nodes N`: node k (2..N) lives in the network namespace
 # nodus-node-k with its own containerd, state directories and nodus, joined to the cluster
-# through `nodus join` with a bootstrap token (discovery, TLS bootstrap, approved CSR). A host
-# bridge connects them: the host (the first node) is $NODES_NET.1 on it, node k is
-# $NODES_NET.k, and in this mode the first node uses that address as its node IP too, so
-# that every node reaches every other directly (host-gateway pod routes need that). Nothing
-# leaves the machine.
+# through `nodus join` with a bootstrap token (discovery, TLS bootstrap, approved CSR). One
+# L2 network connects them, as a switch connects VMs: a bridge in a network namespace of its
+# own ($NODES_SWITCH), with a veth port for each node; the host (the first node) is
+# $NODES_NET.1 on its port ($NODES_LINK), node k is $NODES_NET.k, and in this mode the first
+# node uses that address as its node IP too, so that every node reaches every other directly
+# (host-gateway pod routes need that). Nothing leaves the machine.
+#
+# Why not a bridge in the host's namespace: br_netfilter (built in here, and on in every
+# namespace) runs the host's nftables hooks on frames the bridge forwards, and a packet the
+# host DNATs to an address behind the same bridge is then bridged straight on, skipping the
+# host's forward and postrouting: a NodePort connection from a pod on node k to the first
+# node, sent to an endpoint on node k, lost its masquerade and died. A real switch has no
+# netfilter; the switch namespace turns bridge-nf-call-* off for its bridge alone.
 
-NODES_BRIDGE=nodus-nodes
+NODES_SWITCH=nodus-switch
+NODES_LINK=nodus-nodes
 NODES_NET=10.250.0
 # How many nodes the cluster has (absent: one).
 NODES_FILE=$RUN_DIR/node-count
@@ -29,10 +38,18 @@ first_node_ip() {
 netns_path() { echo "/run/netns/$(extra_netns "$1")"; }
 
 setup_nodes_bridge() {
-	ip link show "$NODES_BRIDGE" >/dev/null 2>&1 && return 0
-	ip link add "$NODES_BRIDGE" type bridge
-	ip addr add "$NODES_NET.1/24" dev "$NODES_BRIDGE"
-	ip link set "$NODES_BRIDGE" up
+	ip link show "$NODES_LINK" >/dev/null 2>&1 && return 0
+	ip netns list | grep -qw "$NODES_SWITCH" || ip netns add "$NODES_SWITCH"
+	local key
+	for key in iptables ip6tables arptables; do
+		ip netns exec "$NODES_SWITCH" sysctl -qw "net.bridge.bridge-nf-call-$key=0"
+	done
+	ip -n "$NODES_SWITCH" link add br0 type bridge
+	ip -n "$NODES_SWITCH" link set br0 up
+	ip link add "$NODES_LINK" type veth peer name n1 netns "$NODES_SWITCH"
+	ip -n "$NODES_SWITCH" link set n1 master br0 up
+	ip addr add "$NODES_NET.1/24" dev "$NODES_LINK"
+	ip link set "$NODES_LINK" up
 	sysctl -qw net.ipv4.ip_forward=1
 }
 
@@ -41,8 +58,8 @@ setup_node_netns() {
 	ns=$(extra_netns "$k")
 	ip netns list | grep -qw "$ns" && return 0
 	ip netns add "$ns"
-	ip link add "nn$k" type veth peer name eth0 netns "$ns"
-	ip link set "nn$k" master "$NODES_BRIDGE" up
+	ip link add "n$k" netns "$NODES_SWITCH" type veth peer name eth0 netns "$ns"
+	ip -n "$NODES_SWITCH" link set "n$k" master br0 up
 	ip -n "$ns" addr add "$NODES_NET.$k/24" dev eth0
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" link set lo up
@@ -182,13 +199,15 @@ down_extra_nodes() {
 	for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^nodus-node-/ {print $1}'); do
 		ip netns delete "$ns"
 	done
-	ip link show "$NODES_BRIDGE" >/dev/null 2>&1 && ip link delete "$NODES_BRIDGE"
+	# The switch's namespace takes the bridge and every port with it, the host's included.
+	ip netns list 2>/dev/null | grep -qw "$NODES_SWITCH" && ip netns delete "$NODES_SWITCH"
+	ip link show "$NODES_LINK" >/dev/null 2>&1 && ip link delete "$NODES_LINK"
 	rm -f "$NODES_FILE" "$JOIN_TOKEN_FILE"
 	return 0
 }
 
 extra_leftovers() {
-	ip netns list 2>/dev/null | awk '$1 ~ /^nodus-node-/ {print "netns: " $1}'
-	ip link show "$NODES_BRIDGE" >/dev/null 2>&1 && echo "link: $NODES_BRIDGE"
+	ip netns list 2>/dev/null | awk -v switch="$NODES_SWITCH" '$1 ~ /^nodus-node-/ || $1 == switch {print "netns: " $1}'
+	ip link show "$NODES_LINK" >/dev/null 2>&1 && echo "link: $NODES_LINK"
 	return 0
 }

@@ -25,8 +25,15 @@ pub fn write(path: &Path, contents: &str) -> io::Result<()> {
     fs::rename(tmp, path)
 }
 
-/// The pod's /etc/hosts, as the kubelet writes it.
-pub fn etc_hosts(hostname: &str, pod_ip: &str, spec: &PodSpec) -> String {
+/// The pod's /etc/hosts, as the kubelet writes it: with a subdomain (and a cluster domain),
+/// the pod's own line names it `hostname.subdomain.namespace.svc.domain` first.
+pub fn etc_hosts(
+    hostname: &str,
+    pod_ip: &str,
+    spec: &PodSpec,
+    namespace: &str,
+    cluster_domain: &str,
+) -> String {
     let mut hosts = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
@@ -39,9 +46,8 @@ pub fn etc_hosts(hostname: &str, pod_ip: &str, spec: &PodSpec) -> String {
         let fqdn = spec
             .subdomain
             .as_ref()
-            .filter(|_| !overridden)
-            .map(|sub| format!("{hostname}.{sub}"))
-            .map(|name| format!("{name}\t"))
+            .filter(|sub| !overridden && !sub.is_empty() && !cluster_domain.is_empty())
+            .map(|sub| format!("{hostname}.{sub}.{namespace}.svc.{cluster_domain}\t"))
             .unwrap_or_default();
         hosts.push_str(&format!("{pod_ip}\t{fqdn}{hostname}\n"));
     }
@@ -142,7 +148,7 @@ mod tests {
             }]),
             ..PodSpec::default()
         };
-        let hosts = etc_hosts("web", "10.244.0.9", &spec);
+        let hosts = etc_hosts("web", "10.244.0.9", &spec, "ns", "cluster.local");
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
         // An overridden hostname stands alone, without the subdomain's name.
         let overridden = PodSpec {
@@ -151,9 +157,26 @@ mod tests {
             ..PodSpec::default()
         };
         assert!(
-            etc_hosts("override.example.host", "10.244.0.9", &overridden)
-                .contains("\n10.244.0.9\toverride.example.host\n")
+            etc_hosts(
+                "override.example.host",
+                "10.244.0.9",
+                &overridden,
+                "ns",
+                "cluster.local"
+            )
+            .contains("\n10.244.0.9\toverride.example.host\n")
         );
+        // A subdomain: the full name the cluster DNS gives the pod, then the short one; without
+        // a cluster domain there is no full name.
+        let named = PodSpec {
+            subdomain: Some("sub".into()),
+            ..PodSpec::default()
+        };
+        assert!(
+            etc_hosts("db-0", "10.244.0.9", &named, "ns", "cluster.local")
+                .contains("\n10.244.0.9\tdb-0.sub.ns.svc.cluster.local\tdb-0\n")
+        );
+        assert!(etc_hosts("db-0", "10.244.0.9", &named, "ns", "").contains("\n10.244.0.9\tdb-0\n"));
         assert!(hosts.contains("10.244.0.9\tweb\n"));
         assert!(hosts.contains("10.1.2.3\tfoo.local\tbar.local\n"));
 

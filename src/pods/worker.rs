@@ -787,6 +787,17 @@ impl Worker {
                     ..PodCondition::default()
                 });
         }
+        // The spec generation this status reflects, on the status and on the conditions
+        // nodus owns, as the kubelet reports it (KEP-5067): clients wait on it after an update.
+        let generation = if static_pods::is_static(pod) {
+            self.mirror.as_ref().and_then(|m| m.metadata.generation)
+        } else {
+            pod.metadata.generation
+        };
+        status.observed_generation = generation;
+        for condition in status.conditions.iter_mut().flatten() {
+            condition.observed_generation = generation;
+        }
         // Conditions other agents own (scheduler, disruption, readiness gates) are kept.
         let ours = [
             "DisruptionTarget",
@@ -1071,6 +1082,8 @@ impl Worker {
                                 &sandbox::hostname(pod, &spec, &self.shared.node_hostname),
                                 &ip,
                                 &spec,
+                                &self.key.namespace,
+                                &self.shared.dns.cluster_domain,
                             ))
                         } else {
                             None

@@ -1,7 +1,10 @@
 //! nodus-control's EndpointSlice controller on the local cluster: a Service with a selector gets
 //! an EndpointSlice it owns, empty until pods match, then listing the pods' IPs on the resolved
 //! named port with `ready` following pod readiness; the host reaches the ready backend through
-//! the ClusterIP; the legacy Endpoints object agrees; a deleted pod leaves the slice.
+//! the ClusterIP; the legacy Endpoints object agrees; a deleted pod leaves the slice. And the
+//! mirroring controller: a custom Endpoints object of a Service without a selector is mirrored
+//! into a slice of its own through create, update and delete (upstream's conformance spec
+//! "EndpointSliceMirroring should mirror a custom Endpoints resource").
 //!
 //! The not-ready backend has a readiness probe on a path its server does not have (404).
 
@@ -11,7 +14,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -24,6 +27,7 @@ const PROGRAMMED: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+const MIRRORED_BY: &str = "endpointslicemirroring-controller.k8s.io";
 
 struct Env {
     ns: TestNamespace,
@@ -120,13 +124,39 @@ impl Env {
     where
         F: Fn(&[EndpointSlice]) -> bool,
     {
-        let api = self.slices();
         let selector = format!(
             "kubernetes.io/service-name={service},endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
         );
+        self.labelled_until(&selector, what, check).await
+    }
+
+    /// Every slice naming `service`, whoever manages it, once `check` accepts them.
+    async fn all_slices_until<F>(
+        &self,
+        service: &str,
+        what: &str,
+        check: F,
+    ) -> Result<Vec<EndpointSlice>>
+    where
+        F: Fn(&[EndpointSlice]) -> bool,
+    {
+        let selector = format!("kubernetes.io/service-name={service}");
+        self.labelled_until(&selector, what, check).await
+    }
+
+    async fn labelled_until<F>(
+        &self,
+        selector: &str,
+        what: &str,
+        check: F,
+    ) -> Result<Vec<EndpointSlice>>
+    where
+        F: Fn(&[EndpointSlice]) -> bool,
+    {
+        let api = self.slices();
         poll(PROGRAMMED, what, || async {
             let slices = api
-                .list(&ListParams::default().labels(&selector))
+                .list(&ListParams::default().labels(selector))
                 .await?
                 .items;
             Ok(check(&slices).then_some(slices))
@@ -326,4 +356,100 @@ async fn a_deleted_pod_leaves_the_slice() -> Result<()> {
     })
     .await?;
     env.ns.delete_pods().await
+}
+
+/// Whether the only slice is the mirroring controller's and lists exactly `ip`.
+fn mirrors(slices: &[EndpointSlice], ip: &str) -> bool {
+    let managed_by = |s: &EndpointSlice| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"))
+            .map(String::as_str)
+            == Some(MIRRORED_BY)
+    };
+    let listed: Vec<&Vec<String>> = endpoints(slices).iter().map(|e| &e.addresses).collect();
+    slices.len() == 1 && managed_by(&slices[0]) && listed == [&vec![ip.to_owned()]]
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_custom_endpoints_of_a_selectorless_service_is_mirrored_through_update_and_delete()
+-> Result<()> {
+    let env = setup("eps-mirror").await?;
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "custom" },
+        "spec": { "ports": [{ "name": "example", "port": 80, "protocol": "TCP" }] },
+    }))?;
+    services.create(&PostParams::default(), &service).await?;
+    let objects: Api<Endpoints> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let object: Endpoints = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": { "name": "custom", "labels": { "team": "blue" } },
+        "subsets": [{ "addresses": [{ "ip": "10.1.2.3" }], "ports": [{ "port": 80 }] }],
+    }))?;
+    let object = objects.create(&PostParams::default(), &object).await?;
+    let uid = object
+        .metadata
+        .uid
+        .clone()
+        .context("the Endpoints has no uid")?;
+
+    // Created: one slice, and only the mirror (the EndpointSlice controller leaves a
+    // selectorless Service alone).
+    let slices = env
+        .all_slices_until("custom", "a slice mirroring 10.1.2.3", |s| {
+            mirrors(s, "10.1.2.3")
+        })
+        .await?;
+    let slice = &slices[0];
+    assert_eq!(slice.address_type, "IPv4");
+    let ports = slice.ports.clone().unwrap_or_default();
+    ensure!(
+        ports.len() == 1
+            && ports[0].port == Some(80)
+            && ports[0].protocol.as_deref() == Some("TCP"),
+        "the object's port: {ports:?}"
+    );
+    let ready = endpoints(&slices)[0]
+        .conditions
+        .as_ref()
+        .and_then(|c| c.ready);
+    assert_eq!(ready, Some(true), "an address, not a notReadyAddress");
+    let labels = slice.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("blue"));
+    let owners = slice.metadata.owner_references.clone().unwrap_or_default();
+    ensure!(
+        owners.len() == 1
+            && owners[0].kind == "Endpoints"
+            && owners[0].uid == uid
+            && owners[0].controller == Some(true),
+        "owner references {owners:?}"
+    );
+    let name = slice.metadata.name.clone();
+
+    // Updated: the same slice follows the new address.
+    let mut changed = objects.get("custom").await?;
+    changed.subsets = Some(serde_json::from_value(json!([
+        { "addresses": [{ "ip": "10.2.3.4" }], "ports": [{ "port": 80 }] },
+    ]))?);
+    objects
+        .replace("custom", &PostParams::default(), &changed)
+        .await?;
+    let slices = env
+        .all_slices_until("custom", "the slice to mirror 10.2.3.4", |s| {
+            mirrors(s, "10.2.3.4")
+        })
+        .await?;
+    assert_eq!(slices[0].metadata.name, name, "updated in place");
+
+    // Deleted: the mirror goes with it, while the Service stays.
+    objects.delete("custom", &DeleteParams::default()).await?;
+    env.all_slices_until("custom", "the mirrored slice to be gone", |s| s.is_empty())
+        .await?;
+    Ok(())
 }

@@ -1235,3 +1235,104 @@ async fn a_pod_past_its_active_deadline_is_stopped_and_fails() -> Result<()> {
     .await?;
     ns.delete_pods().await
 }
+
+/// The status says which spec generation it reflects: 1 at first, and each spec update
+/// (which the API server counts in metadata.generation) is observed on the status and on
+/// the conditions nodus owns, as the kubelet reports them; a metadata-only update is not
+/// a new generation.
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn the_status_reports_the_spec_generation_it_reflects() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let (_cluster, ns, node) = setup("generation").await?;
+    ns.create_pod(
+        &node,
+        pod("gen", "Always", json!([sh("main", "sleep 3600")])),
+    )
+    .await?;
+    let observed = |p: &k8s_openapi::api::core::v1::Pod| {
+        let status = p.status.as_ref()?;
+        let on_conditions: Vec<Option<i64>> = status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "Ready" || c.type_ == "Initialized")
+            .map(|c| c.observed_generation)
+            .collect();
+        Some((
+            p.metadata.generation,
+            status.observed_generation,
+            on_conditions,
+        ))
+    };
+    let first = wait_pod(
+        &ns,
+        "gen",
+        Duration::from_secs(30),
+        "generation 1 observed",
+        |p| (phase(p) == "Running").then(|| observed(p)).flatten(),
+    )
+    .await?;
+    ensure!(
+        first == (Some(1), Some(1), vec![Some(1), Some(1)]),
+        "a new pod's (generation, observed, on Initialized and Ready) are {first:?}"
+    );
+    let tolerate = json!({ "spec": { "tolerations": [
+        { "key": "example.com/gen", "operator": "Exists", "effect": "NoSchedule" } ] } });
+    ns.pods()
+        .patch("gen", &PatchParams::default(), &Patch::Strategic(&tolerate))
+        .await?;
+    let annotate = json!({ "metadata": { "annotations": { "example.com/note": "x" } } });
+    ns.pods()
+        .patch("gen", &PatchParams::default(), &Patch::Strategic(&annotate))
+        .await?;
+    let second = wait_pod(
+        &ns,
+        "gen",
+        Duration::from_secs(20),
+        "generation 2 observed",
+        |p| observed(p).filter(|(_, o, _)| *o == Some(2)),
+    )
+    .await?;
+    ensure!(
+        second == (Some(2), Some(2), vec![Some(2), Some(2)]),
+        "after one spec update (generation, observed, on Initialized and Ready) are {second:?}"
+    );
+    ns.delete_pods().await
+}
+
+/// A pod with a hostname and subdomain finds itself by the full name the cluster DNS would
+/// give it (`hostname.subdomain.namespace.svc.cluster.local`) in its /etc/hosts, before the
+/// short one, as the kubelet writes the file: no DNS server is needed for it.
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pod_with_a_subdomain_has_its_full_name_in_etc_hosts() -> Result<()> {
+    let (_cluster, ns, node) = setup("hosts-fqdn").await?;
+    let mut spec = pod(
+        "named",
+        "Never",
+        json!([sh(
+            "app",
+            "grep -v '^#' /etc/hosts | tail -1 > /dev/termination-log"
+        )]),
+    );
+    spec["spec"]["hostname"] = "db-0".into();
+    spec["spec"]["subdomain"] = "db".into();
+    ns.create_pod(&node, spec).await?;
+    let (line, ip) = wait_pod(
+        &ns,
+        "named",
+        Duration::from_secs(45),
+        "the pod to finish",
+        |p| {
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            Some((terminated_message(p, "app")?, ip))
+        },
+    )
+    .await?;
+    assert_eq!(
+        line.trim_end(),
+        format!("{ip}\tdb-0.db.{}.svc.cluster.local\tdb-0", ns.name)
+    );
+    ns.delete_pods().await
+}

@@ -109,6 +109,9 @@ metricsBindAddress: 127.0.0.1:10249
 conntrack:
   maxPerCore: 0
 YAML
+	# kube-proxy's iptables mode turns on route_localnet (for NodePorts on 127.0.0.1); what it
+	# was is put back when the cluster goes down.
+	[ -f "$RUN_DIR/route_localnet" ] || sysctl -n net.ipv4.conf.all.route_localnet >"$RUN_DIR/route_localnet"
 	start_process kube-proxy kube-proxy --config "$RUN_DIR/kube-proxy.yaml" --v 1
 }
 
@@ -147,6 +150,9 @@ remove_stock_network() {
 			fi
 		done
 	done
+	if [ -f "$RUN_DIR/route_localnet" ]; then
+		sysctl -qw "net.ipv4.conf.all.route_localnet=$(cat "$RUN_DIR/route_localnet")"
+	fi
 	rm -f "$CNI_CONF_DIR/10-stock.conflist" /var/lib/cni/results/stock-* 2>/dev/null || true
 	return 0
 }

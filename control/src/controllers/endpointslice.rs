@@ -27,6 +27,8 @@ pub(crate) mod desired;
 pub(crate) mod fixtures;
 pub(crate) mod plan;
 
+pub mod writes;
+
 pub use desired::{AddressType, Desired, NodeInfo, Skipped, desired, selector, selects};
 pub use plan::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY, MAX_ENDPOINTS, Plan, plan};
 
@@ -39,7 +41,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher::watcher};
@@ -49,6 +50,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::writes::{WriteError, Written, met};
 use super::chain;
 
 /// Services reconciled at once; each is a handful of sequential API calls.
@@ -103,35 +105,13 @@ pub enum Error {
     WatchEnded { resource: &'static str },
     #[error(transparent)]
     Plan(#[from] plan::Error),
-    #[error("creating an EndpointSlice for service {service}")]
-    Create {
-        service: ServiceKey,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("updating EndpointSlice {namespace}/{name}")]
-    Update {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting EndpointSlice {namespace}/{name}")]
-    Delete {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    /// The slice changed or went since the store showed it: the watch brings the news, and
-    /// the Service is reconciled again without backing off.
-    #[error("EndpointSlice {namespace}/{name} changed since it was read")]
-    Stale { namespace: String, name: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 impl Error {
     fn backs_off(&self) -> bool {
-        !matches!(self, Error::Stale { .. })
+        !matches!(self, Error::Write(w) if w.is_stale())
     }
 }
 
@@ -327,37 +307,10 @@ impl Queue {
     }
 }
 
-/// A write of this controller the slice store must show before the Service is reconciled
-/// again (the mirroring controller tracks its writes the same way).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Written {
-    /// Created or updated: present with at least this generation (the API server bumps it
-    /// on every change of an EndpointSlice).
-    Present {
-        name: String,
-        generation: i64,
-    },
-    Gone {
-        name: String,
-    },
-}
-
 #[derive(Debug)]
 struct Expectation {
     since: Instant,
     writes: Vec<Written>,
-}
-
-/// Whether the slice store shows `write` (of a slice in `namespace`).
-pub(crate) fn met(store: &Store<EndpointSlice>, namespace: &str, write: &Written) -> bool {
-    match write {
-        Written::Present { name, generation } => store
-            .get(&ObjectRef::new(name).within(namespace))
-            .is_some_and(|s| s.metadata.generation.unwrap_or(0) >= *generation),
-        Written::Gone { name } => store
-            .get(&ObjectRef::new(name).within(namespace))
-            .is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
-    }
 }
 
 /// What one reconcile's task reports.
@@ -688,105 +641,19 @@ impl Controller {
     }
 }
 
-/// Upstream ignores creates refused because the namespace is being deleted: its slices go
-/// with it.
-fn namespace_terminating(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status
-        .details
-        .as_ref()
-        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
-}
-
-/// A conflict or a missing object: the store was behind.
-fn stale(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.is_conflict() || status.is_not_found())
-}
-
 /// Makes the plan's writes in order (creates, updates, deletes), stopping at the first
 /// failure: the next reconcile recomputes from what the watch then shows.
 async fn apply(api: Api<EndpointSlice>, key: ServiceKey, plan: Plan) -> Outcome {
     let mut writes = Vec::new();
-    let result = write(&api, &key, plan, &mut writes).await;
+    let owner = format!("service {key}");
+    let result = writes::write(&api, &key.namespace, &owner, plan, &mut writes)
+        .await
+        .map_err(Error::from);
     Outcome {
         key,
         writes,
         result,
     }
-}
-
-async fn write(
-    api: &Api<EndpointSlice>,
-    key: &ServiceKey,
-    plan: Plan,
-    writes: &mut Vec<Written>,
-) -> Result<(), Error> {
-    let (created, updated, deleted) = (plan.create.len(), plan.update.len(), plan.delete.len());
-    let present = |slice: &EndpointSlice| Written::Present {
-        name: slice.name_any(),
-        generation: slice.metadata.generation.unwrap_or(0),
-    };
-    for slice in &plan.create {
-        match api.create(&PostParams::default(), slice).await {
-            Ok(made) => writes.push(present(&made)),
-            Err(err) if namespace_terminating(&err) => {
-                debug!(service = %key, "namespace is being deleted; no EndpointSlices for it");
-                return Ok(());
-            }
-            Err(source) => {
-                return Err(Error::Create {
-                    service: key.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    for slice in &plan.update {
-        // The slice carries the resourceVersion the store showed: the write is conditional.
-        let name = slice.name_any();
-        match api.replace(&name, &PostParams::default(), slice).await {
-            Ok(made) => writes.push(present(&made)),
-            Err(err) if stale(&err) => {
-                return Err(Error::Stale {
-                    namespace: key.namespace.clone(),
-                    name,
-                });
-            }
-            Err(source) => {
-                return Err(Error::Update {
-                    namespace: key.namespace.clone(),
-                    name,
-                    source,
-                });
-            }
-        }
-    }
-    for doomed in &plan.delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: doomed.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&doomed.name, &params).await {
-            Ok(_) => {}
-            // Already gone (or replaced by another of the same name, which a watch event
-            // brings back here): either way, not ours to delete now.
-            Err(err) if stale(&err) => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    namespace: key.namespace.clone(),
-                    name: doomed.name.clone(),
-                    source,
-                });
-            }
-        }
-        writes.push(Written::Gone {
-            name: doomed.name.clone(),
-        });
-    }
-    debug!(service = %key, created, updated, deleted, "EndpointSlices written");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -833,10 +700,10 @@ mod tests {
 
     #[test]
     fn errors_name_what_they_are_about_and_only_stale_skips_backoff() {
-        let stale = Error::Stale {
+        let stale = Error::Write(WriteError::Stale {
             namespace: "ns".into(),
             name: "web-abc".into(),
-        };
+        });
         assert_eq!(
             stale.to_string(),
             "EndpointSlice ns/web-abc changed since it was read"

@@ -41,7 +41,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -53,10 +52,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use self::desired::MAX_ENDPOINTS_PER_SUBSET;
-use super::endpointslice::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Plan, Written, met};
+use super::chain;
+use super::endpointslice::writes::{self, WriteError, Written, met};
+use super::endpointslice::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Plan};
 use super::owner::ObjectKey;
 use super::queue::{Backoff, Queue};
-use super::{chain, namespace_terminating};
 
 /// The name events are reported under, as upstream's controller.
 pub const REPORTER: &str = "endpoint-slice-mirroring-controller";
@@ -82,35 +82,13 @@ pub enum Error {
     WatchEnded { resource: &'static str },
     #[error(transparent)]
     Plan(#[from] plan::Error),
-    #[error("creating an EndpointSlice mirroring Endpoints {key}")]
-    Create {
-        key: ObjectKey,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("updating EndpointSlice {namespace}/{name}")]
-    Update {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting EndpointSlice {namespace}/{name}")]
-    Delete {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    /// The slice changed or went since the store showed it: the watch brings the news, and
-    /// the object is reconciled again without backing off.
-    #[error("EndpointSlice {namespace}/{name} changed since it was read")]
-    Stale { namespace: String, name: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 impl Error {
     fn backs_off(&self) -> bool {
-        !matches!(self, Error::Stale { .. })
+        !matches!(self, Error::Write(w) if w.is_stale())
     }
 }
 
@@ -518,11 +496,6 @@ impl Controller {
     }
 }
 
-/// A conflict or a missing object: the store was behind.
-fn stale(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.is_conflict() || status.is_not_found())
-}
-
 /// Records the warnings, then makes the plan's writes in order (creates, updates, deletes),
 /// stopping at the first failure: the next reconcile recomputes from what the watch shows.
 async fn apply(
@@ -537,88 +510,15 @@ async fn apply(
     }
     let api: Api<EndpointSlice> = Api::namespaced(client, &key.namespace);
     let mut writes = Vec::new();
-    let result = write(&api, &key, plan, &mut writes).await;
+    let owner = format!("Endpoints {key}");
+    let result = writes::write(&api, &key.namespace, &owner, plan, &mut writes)
+        .await
+        .map_err(Error::from);
     Outcome {
         key,
         writes,
         result,
     }
-}
-
-async fn write(
-    api: &Api<EndpointSlice>,
-    key: &ObjectKey,
-    plan: Plan,
-    writes: &mut Vec<Written>,
-) -> Result<(), Error> {
-    let (created, updated, deleted) = (plan.create.len(), plan.update.len(), plan.delete.len());
-    let present = |slice: &EndpointSlice| Written::Present {
-        name: slice.name_any(),
-        generation: slice.metadata.generation.unwrap_or(0),
-    };
-    for slice in &plan.create {
-        match api.create(&PostParams::default(), slice).await {
-            Ok(made) => writes.push(present(&made)),
-            // Upstream drops the object then: its slices would go with the namespace.
-            Err(err) if namespace_terminating(&err) => {
-                debug!(endpoints = %key, "namespace is being deleted; no EndpointSlices for it");
-                return Ok(());
-            }
-            Err(source) => {
-                return Err(Error::Create {
-                    key: key.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    for slice in &plan.update {
-        // The slice carries the resourceVersion the store showed: the write is conditional.
-        let name = slice.name_any();
-        match api.replace(&name, &PostParams::default(), slice).await {
-            Ok(made) => writes.push(present(&made)),
-            Err(err) if stale(&err) => {
-                return Err(Error::Stale {
-                    namespace: key.namespace.clone(),
-                    name,
-                });
-            }
-            Err(source) => {
-                return Err(Error::Update {
-                    namespace: key.namespace.clone(),
-                    name,
-                    source,
-                });
-            }
-        }
-    }
-    for doomed in &plan.delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: doomed.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&doomed.name, &params).await {
-            Ok(_) => {}
-            // Already gone (or replaced by another of the same name, whose watch event brings
-            // the object back here): either way not this one to delete now.
-            Err(err) if stale(&err) => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    namespace: key.namespace.clone(),
-                    name: doomed.name.clone(),
-                    source,
-                });
-            }
-        }
-        writes.push(Written::Gone {
-            name: doomed.name.clone(),
-        });
-    }
-    debug!(endpoints = %key, created, updated, deleted, "mirrored EndpointSlices written");
-    Ok(())
 }
 
 /// Records a warning on the Endpoints object `key`; a failure is logged, never retried. A
@@ -779,7 +679,7 @@ mod tests {
         )
         .await;
         let err = outcome.result.expect_err("stale");
-        assert!(matches!(err, Error::Stale { .. }), "{err}");
+        assert!(matches!(&err, Error::Write(w) if w.is_stale()), "{err}");
         assert!(!err.backs_off());
 
         let refused = Double::new(|_, _, _, _| failure(500, "InternalError", "etcd is down"));
@@ -791,7 +691,7 @@ mod tests {
         let err = outcome.result.expect_err("refused");
         assert!(err.backs_off());
         assert!(
-            chain(&err).starts_with("creating an EndpointSlice mirroring Endpoints shop/web: "),
+            chain(&err).starts_with("creating an EndpointSlice for Endpoints shop/web: "),
             "{}",
             chain(&err)
         );

@@ -12,15 +12,16 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The fields of `/proc/PID/stat` after the command name: index 0 is field 3 (the state).
+pub fn stat_fields(pid: i32) -> Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, after_name) = stat.rsplit_once(')').context("stat")?;
+    Ok(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
 /// CPU time (user + system) of a process, from /proc.
 pub fn cpu_time(pid: i32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid)?;
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     // USER_HZ is 100 on Linux.
     Ok(Duration::from_millis(ticks * 10))

@@ -36,7 +36,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use nodus_e2e::measure::{percentile, record};
+use nodus_e2e::measure::{percentile, record, stat_fields};
 use nodus_e2e::{Cluster, poll};
 use serde_json::json;
 
@@ -279,14 +279,7 @@ fn uptime() -> Result<f64> {
 
 /// When process `pid` started, in seconds since boot (field 22 of `/proc/PID/stat`).
 fn start_time(pid: i32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[19].parse()?;
+    let ticks: f64 = stat_fields(pid)?[19].parse()?;
     // USER_HZ is 100 on Linux.
     Ok(ticks / 100.0)
 }

@@ -50,7 +50,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use self::writes::{WriteError, Written, met};
+use self::writes::{Expectation, WriteError, Written, met};
 use super::chain;
 
 /// Services reconciled at once; each is a handful of sequential API calls.
@@ -305,12 +305,6 @@ impl Queue {
         *failures = failures.saturating_add(1);
         delay
     }
-}
-
-#[derive(Debug)]
-struct Expectation {
-    since: Instant,
-    writes: Vec<Written>,
 }
 
 /// What one reconcile's task reports.

@@ -53,7 +53,7 @@ use tracing::{debug, error, info, warn};
 
 use self::desired::MAX_ENDPOINTS_PER_SUBSET;
 use super::chain;
-use super::endpointslice::writes::{self, WriteError, Written, met};
+use super::endpointslice::writes::{self, Expectation, WriteError, Written, met};
 use super::endpointslice::{LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Plan};
 use super::owner::ObjectKey;
 use super::queue::{Backoff, Queue};
@@ -185,12 +185,6 @@ impl Listed {
     fn all(&self) -> bool {
         self.endpoints && self.services && self.slices
     }
-}
-
-#[derive(Debug)]
-struct Expectation {
-    since: Instant,
-    writes: Vec<Written>,
 }
 
 /// A Warning event to record on the Endpoints object before writing.

@@ -25,6 +25,14 @@ pub(crate) enum Written {
     },
 }
 
+/// The writes of an owner's last reconcile, which the store must show (or time must pass)
+/// before it is reconciled again.
+#[derive(Debug)]
+pub(crate) struct Expectation {
+    pub since: tokio::time::Instant,
+    pub writes: Vec<Written>,
+}
+
 /// Whether the slice store shows `write` (of a slice in `namespace`).
 pub(crate) fn met(store: &Store<EndpointSlice>, namespace: &str, write: &Written) -> bool {
     match write {

@@ -52,6 +52,42 @@ pub fn parse(raw: &str) -> Option<Milli> {
     Some(Milli(value))
 }
 
+/// Whether a quantity was written with a binary suffix (`Ki`, `Mi`, …): sums keep the
+/// notation of what they add up, as the API's `Quantity.Add` keeps its operand's format.
+pub fn is_binary(raw: &str) -> bool {
+    raw.trim().ends_with('i')
+}
+
+/// The canonical text of `value`, as the API server writes a quantity it computed: in
+/// binary notation the largest power-of-1024 suffix that keeps the number whole (values
+/// below 1024 or with a fraction fall back to decimal), in decimal notation the largest
+/// power-of-1000 suffix that keeps it whole (`1500m`, `2k`, `1536`).
+pub fn format(value: Milli, binary: bool) -> String {
+    let Milli(milli) = value;
+    if milli == 0 {
+        return "0".to_owned();
+    }
+    if binary && milli % 1000 == 0 && milli.abs() >= 1024 * 1000 {
+        const SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+        let mut units = milli / 1000;
+        let mut step = 0;
+        while step + 1 < SUFFIXES.len() && units % 1024 == 0 {
+            units /= 1024;
+            step += 1;
+        }
+        return format!("{units}{}", SUFFIXES[step]);
+    }
+    // Decimal: the exponent of ten, counted from milli-units, in steps of three.
+    const SUFFIXES: [&str; 8] = ["m", "", "k", "M", "G", "T", "P", "E"];
+    let mut mantissa = milli;
+    let mut step = 0;
+    while step + 1 < SUFFIXES.len() && mantissa % 1000 == 0 {
+        mantissa /= 1000;
+        step += 1;
+    }
+    format!("{mantissa}{}", SUFFIXES[step])
+}
+
 /// `1.25` as (125, 2).
 fn decimal(number: &str) -> Option<(i128, i32)> {
     let number = number.strip_prefix('+').unwrap_or(number);
@@ -102,6 +138,31 @@ mod tests {
         for bad in ["", "abc", "1Xi", "1.2.3", "m"] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn formats_as_the_api_server_canonicalises() {
+        let cases = [
+            ("0", false, "0"),
+            ("500m", false, "500m"),
+            ("1.5", false, "1500m"),
+            ("1500", false, "1500"),
+            ("2000", false, "2k"),
+            ("3", false, "3"),
+            ("-2", false, "-2"),
+            ("1Gi", true, "1Gi"),
+            ("1536Mi", true, "1536Mi"),
+            ("1025", true, "1025"),
+            ("1000", true, "1k"),
+            ("512", true, "512"),
+            ("2Gi", false, "2147483648"),
+        ];
+        for (raw, binary, want) in cases {
+            let value = parse(raw).expect("parses");
+            assert_eq!(format(value, binary), want, "{raw} binary={binary}");
+            assert_eq!(parse(want), Some(value), "{want} reads back");
+        }
+        assert!(is_binary("128Mi") && !is_binary("128M") && !is_binary("1"));
     }
 
     #[test]

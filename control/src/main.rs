@@ -72,6 +72,9 @@ struct Flags {
     /// How often node health is checked.
     #[arg(long, default_value = "5s", value_parser = controllers::node_lifecycle::parse_duration)]
     node_monitor_period: std::time::Duration,
+    /// How often every ResourceQuota's usage is recomputed, changes seen or not.
+    #[arg(long, default_value = "5m", value_parser = controllers::node_lifecycle::parse_duration)]
+    resource_quota_sync_period: std::time::Duration,
     /// The CA certificate (PEM) that signs kubelet certificates from CSRs.
     #[arg(long)]
     cluster_signing_cert_file: Option<PathBuf>,
@@ -295,6 +298,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         "daemonset-controller",
         quiet(Box::pin(controllers::daemonset::run(
             c(),
+            work.child_token(),
+        ))),
+    );
+    let quota = controllers::resource_quota::Config {
+        sync_period: flags.resource_quota_sync_period,
+    };
+    start(
+        "resourcequota-controller",
+        quiet(Box::pin(controllers::resource_quota::run(
+            c(),
+            quota,
             work.child_token(),
         ))),
     );

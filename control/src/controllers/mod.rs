@@ -3,10 +3,10 @@
 //! finished ones), the garbage collector, node IPAM, node lifecycle (health, NoExecute
 //! taints and taint-based eviction), CSR approval and signing, the node taints that follow
 //! node conditions, the EndpointSlices and legacy Endpoints of Services with selectors, the
-//! EndpointSlices mirroring the custom Endpoints of Services without one, the
-//! `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of every namespace, the emptying
-//! of namespaces being deleted, and (off by default, as upstream) the bootstrap signer and
-//! token cleaner.
+//! EndpointSlices mirroring the custom Endpoints of Services without one, the usage in
+//! ResourceQuota statuses, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of
+//! every namespace, the emptying of namespaces being deleted, and (off by default, as
+//! upstream) the bootstrap signer and token cleaner.
 
 pub mod bootstrap_signer;
 pub mod csr;
@@ -25,6 +25,7 @@ pub mod owner;
 pub mod per_namespace;
 pub mod queue;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod root_ca;
 pub mod service_account;
 pub mod token_cleaner;

@@ -162,9 +162,21 @@ fn max_into(total: &mut Amounts, other: &Amounts) {
     }
 }
 
-/// Upstream's `PodRequests`: app containers plus sidecars (restartable init containers),
-/// or the peak of the init phase if higher, plus the pod overhead.
+/// Upstream's `PodRequests`: [`containers_total`] plus the pod overhead.
 fn pod_total(spec: &PodSpec, of: impl Fn(&Container) -> Amounts) -> Amounts {
+    let mut total = containers_total(spec, of);
+    for (name, q) in spec.overhead.iter().flatten() {
+        if let Some(m) = quantity::parse(&q.0).map(|m| m.0) {
+            *total.entry(name.clone()).or_default() += m;
+        }
+    }
+    total
+}
+
+/// What the containers of a pod take at their peak, by `of` (requests or limits): app
+/// containers plus sidecars (restartable init containers), or the peak of the init phase if
+/// higher — upstream's `AggregateContainerRequests` / `AggregateContainerLimits`.
+pub fn containers_total(spec: &PodSpec, of: impl Fn(&Container) -> Amounts) -> Amounts {
     let mut apps = Amounts::new();
     for container in &spec.containers {
         add_into(&mut apps, &of(container));
@@ -185,11 +197,6 @@ fn pod_total(spec: &PodSpec, of: impl Fn(&Container) -> Amounts) -> Amounts {
     }
     add_into(&mut apps, &sidecars);
     max_into(&mut apps, &init_peak);
-    for (name, q) in spec.overhead.iter().flatten() {
-        if let Some(m) = quantity::parse(&q.0).map(|m| m.0) {
-            *apps.entry(name.clone()).or_default() += m;
-        }
-    }
     apps
 }
 

@@ -24,6 +24,8 @@ pub const CONTROLLERS: &[&str] = &[
     "node-ipam-controller",
     "node-lifecycle-controller",
     "replicaset-controller",
+    "replicationcontroller-controller",
+    "resourcequota-controller",
     "root-ca-certificate-publisher-controller",
     "serviceaccount-controller",
     "token-cleaner-controller",

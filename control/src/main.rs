@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::ReplicationController;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use nodus_control::components::Selection;
 use nodus_control::{controllers, leader, scheduler, serve};
@@ -252,10 +254,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     );
     start(
         "replicaset-controller",
-        quiet(Box::pin(controllers::replicaset::run(
+        quiet(Box::pin(controllers::replicaset::run::<ReplicaSet>(
             c(),
             work.child_token(),
         ))),
+    );
+    start(
+        "replicationcontroller-controller",
+        quiet(Box::pin(controllers::replicaset::run::<
+            ReplicationController,
+        >(c(), work.child_token()))),
     );
     start(
         "deployment-controller",

@@ -1,5 +1,7 @@
 //! ReplicaSet controller: every ReplicaSet keeps `spec.replicas` active pods made from its
-//! template, claims the pods its selector picks, and reports their counts in its status.
+//! template, claims the pods its selector picks, and reports their counts in its status. The
+//! same controller runs ReplicationControllers, each seen as the ReplicaSet it stands for
+//! ([`Replicated`]), as upstream's replication controller does.
 //!
 //! Invariants: level-triggered — events only name ReplicaSets, and each sync recomputes from
 //! the stores; nothing syncs before the ReplicaSet and Pod watches have listed once; one
@@ -23,6 +25,7 @@
 pub(crate) mod api_double;
 pub mod expectations;
 pub mod pods;
+pub mod replicated;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -41,7 +44,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +52,7 @@ use tracing::{debug, error, info, warn};
 
 use self::expectations::{Expectations, Seen};
 use self::pods::{is_active, is_terminating};
+pub use self::replicated::Replicated;
 use super::owner::{self, ClaimError, ObjectKey, claim_all, controlled_by, controller_of, selects};
 use super::queue::{Backoff, Queue};
 use super::{chain, namespace_terminating};
@@ -57,8 +61,6 @@ use super::{chain, namespace_terminating};
 pub const BURST: usize = 500;
 /// Upstream's `SlowStartInitialBatchSize`.
 pub const SLOW_START_INITIAL: usize = 1;
-/// The name events are reported under, as upstream's controller.
-pub const REPORTER: &str = "replicaset-controller";
 /// ReplicaSets synced at once (upstream's `--concurrent-replicaset-syncs` is 5).
 const WORKERS: usize = 4;
 /// How soon a ReplicaSet that changed under a write is looked at again (its watch event
@@ -69,43 +71,65 @@ const BACKOFF: Backoff = Backoff {
     max: Duration::from_secs(300),
 };
 
+/// A replicated object as errors and logs name it: `ReplicaSet shop/web`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: &'static str,
+    pub key: ObjectKey,
+}
+
+impl Owner {
+    fn of<K: Replicated>(object: &K) -> Self {
+        Owner {
+            kind: K::KIND,
+            key: ObjectKey::of(object),
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.key)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// kube-runtime's watcher retries by itself and never ends; if it does, syncing from a
     /// frozen view would be wrong, so the controller stops.
     #[error("the {resource} watch ended")]
     WatchEnded { resource: &'static str },
-    #[error("claiming pods for ReplicaSet {rs}")]
+    #[error("claiming pods for {rs}")]
     Claim {
-        rs: ObjectKey,
+        rs: Owner,
         #[source]
         source: ClaimError,
     },
-    #[error("ReplicaSet {rs} has no pod template")]
-    NoTemplate { rs: ObjectKey },
-    #[error("creating a pod for ReplicaSet {rs}")]
+    #[error("{rs} has no pod template")]
+    NoTemplate { rs: Owner },
+    #[error("creating a pod for {rs}")]
     Create {
-        rs: ObjectKey,
+        rs: Owner,
         #[source]
         source: kube::Error,
     },
-    #[error("deleting pod {pod} of ReplicaSet {rs}")]
+    #[error("deleting pod {pod} of {rs}")]
     Delete {
-        rs: ObjectKey,
+        rs: Owner,
         pod: String,
         #[source]
         source: kube::Error,
     },
-    #[error("writing the status of ReplicaSet {rs}")]
+    #[error("writing the status of {rs}")]
     Status {
-        rs: ObjectKey,
+        rs: Owner,
         #[source]
         source: kube::Error,
     },
     /// The ReplicaSet changed or went since the store showed it: its watch event brings the
     /// news, and it is synced again without backing off.
-    #[error("ReplicaSet {rs} changed since it was read")]
-    Stale { rs: ObjectKey },
+    #[error("{rs} changed since it was read")]
+    Stale { rs: Owner },
 }
 
 impl Error {
@@ -144,24 +168,21 @@ pub fn slow_start(count: usize, initial: usize) -> Vec<usize> {
     batches
 }
 
-/// Runs the controller until cancelled; a watch that ends stops it, logged here.
-pub async fn run(client: Client, cancel: CancellationToken) {
-    info!("ReplicaSet controller starting");
-    match run_until(client, cancel).await {
-        Ok(()) => info!("ReplicaSet controller stopped"),
-        Err(err) => error!(error = %chain(&err), "the ReplicaSet controller stopped"),
+/// Runs the controller of `K` until cancelled; a watch that ends stops it, logged here.
+pub async fn run<K: Replicated>(client: Client, cancel: CancellationToken) {
+    info!(kind = K::KIND, "replica controller starting");
+    match run_until::<K>(client, cancel).await {
+        Ok(()) => info!(kind = K::KIND, "replica controller stopped"),
+        Err(err) => error!(kind = K::KIND, error = %chain(&err), "the replica controller stopped"),
     }
 }
 
-async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Error> {
-    let (replicasets, rs_writer) = reflector::store::<ReplicaSet>();
+async fn run_until<K: Replicated>(client: Client, cancel: CancellationToken) -> Result<(), Error> {
+    let (replicasets, rs_writer) = reflector::store::<K>();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let rs_events = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(rs_writer);
+    let rs_events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(rs_writer);
     // Terminal pods count for nothing here: not holding them saves memory, and a pod that
     // finishes arrives as a deletion.
     let pod_events = watcher(
@@ -176,7 +197,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
     let mut c = Controller {
         ctx: Arc::new(Ctx {
             client,
-            reporter: Reporter::from(REPORTER),
+            reporter: Reporter::from(K::REPORTER),
         }),
         replicasets,
         pods,
@@ -197,8 +218,8 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             _ = cancel.cancelled() => break Ok(()),
             event = rs_events.next() => match event {
                 Some(Ok(event)) => c.on_replicaset(event),
-                Some(Err(err)) => warn!(error = %chain(&err), "ReplicaSet watch failed; retrying with backoff"),
-                None => break Err(Error::WatchEnded { resource: "ReplicaSet" }),
+                Some(Err(err)) => warn!(kind = K::KIND, error = %chain(&err), "watch failed; retrying with backoff"),
+                None => break Err(Error::WatchEnded { resource: K::KIND }),
             },
             event = pod_events.next() => match event {
                 Some(Ok(event)) => c.on_pod(event),
@@ -210,7 +231,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    super::drain(&mut c.tasks, "ReplicaSet syncs").await;
+    super::drain(&mut c.tasks, "replica syncs").await;
     result
 }
 
@@ -222,9 +243,9 @@ struct Ctx {
 
 impl Ctx {
     /// Records an event on `rs`; a failure is logged, never retried.
-    async fn event(
+    async fn event<K: Replicated>(
         &self,
-        rs: &ReplicaSet,
+        rs: &K,
         type_: EventType,
         reason: &str,
         action: &str,
@@ -248,8 +269,10 @@ impl Ctx {
 }
 
 /// One sync, with everything it reads taken from the stores when it started.
-struct Job {
+struct Job<K> {
     key: ObjectKey,
+    /// The object synced, and the ReplicaSet it stands for.
+    owner: Arc<K>,
     rs: Arc<ReplicaSet>,
     selector: Selector,
     /// The non-terminal pods of the namespace.
@@ -284,9 +307,9 @@ impl Outcome {
     }
 }
 
-struct Controller {
+struct Controller<K: Replicated> {
     ctx: Arc<Ctx>,
-    replicasets: Store<ReplicaSet>,
+    replicasets: Store<K>,
     pods: Store<Pod>,
     /// Whether the ReplicaSet and Pod watches have listed once.
     listed: (bool, bool),
@@ -301,10 +324,11 @@ struct Controller {
     running: HashMap<tokio::task::Id, ObjectKey>,
 }
 
-/// The ReplicaSet controlling the pod, if its controller is one.
-fn rs_of(pod: &Pod) -> Option<ObjectKey> {
+/// The `K` controlling the pod, if its controller is one.
+fn rs_of<K: Replicated>(pod: &Pod) -> Option<ObjectKey> {
     let reference = controller_of(&pod.metadata)?;
-    (reference.kind == "ReplicaSet" && reference.api_version == "apps/v1").then(|| {
+    let api_version = K::api_version(&());
+    (reference.kind == K::KIND && reference.api_version == api_version).then(|| {
         ObjectKey::new(
             pod.metadata.namespace.as_deref().unwrap_or_default(),
             &reference.name,
@@ -323,14 +347,14 @@ pub(crate) fn seen(pods: &Store<Pod>, namespace: &str, name: &str) -> Seen {
     }
 }
 
-impl Controller {
+impl<K: Replicated> Controller<K> {
     fn mark_all(&mut self) {
         for rs in self.replicasets.state() {
             self.queue.add(ObjectKey::of(rs.as_ref()));
         }
     }
 
-    fn on_replicaset(&mut self, event: Event<ReplicaSet>) {
+    fn on_replicaset(&mut self, event: Event<K>) {
         match event {
             Event::Apply(rs) | Event::InitApply(rs) => self.queue.add(ObjectKey::of(&rs)),
             Event::Delete(rs) => {
@@ -352,9 +376,9 @@ impl Controller {
         self.replicasets
             .state()
             .iter()
-            .filter(|rs| rs.metadata.namespace.as_deref() == namespace)
+            .filter(|rs| rs.meta().namespace.as_deref() == namespace)
             .filter(|rs| {
-                owner::selector(&rs.spec.selector)
+                owner::selector(&rs.replica_set().spec.selector)
                     .is_ok_and(|s| !s.selects_all() && selects(&s, pod.metadata.labels.as_ref()))
             })
             .map(|rs| ObjectKey::of(rs.as_ref()))
@@ -365,7 +389,7 @@ impl Controller {
         match event {
             Event::Apply(pod) | Event::InitApply(pod) => {
                 let pod_key = ObjectKey::of(&pod);
-                let owner = rs_of(&pod);
+                let owner = rs_of::<K>(&pod);
                 let before = match &owner {
                     Some(owner) => self.pod_owners.insert(pod_key, owner.clone()),
                     None => self.pod_owners.remove(&pod_key),
@@ -386,7 +410,7 @@ impl Controller {
             Event::Delete(pod) => {
                 let pod_key = ObjectKey::of(&pod);
                 let before = self.pod_owners.remove(&pod_key);
-                for owner in before.into_iter().chain(rs_of(&pod)) {
+                for owner in before.into_iter().chain(rs_of::<K>(&pod)) {
                     self.expectations.observe_gone(&owner, &pod_key.name);
                     self.queue.add(owner);
                 }
@@ -398,7 +422,7 @@ impl Controller {
                     .pods
                     .state()
                     .iter()
-                    .filter_map(|p| Some((ObjectKey::of(p.as_ref()), rs_of(p)?)))
+                    .filter_map(|p| Some((ObjectKey::of(p.as_ref()), rs_of::<K>(p)?)))
                     .collect();
                 self.mark_all();
             }
@@ -409,7 +433,7 @@ impl Controller {
         let Some(key) = self.queue.pop(now) else {
             return;
         };
-        let Some(rs) = self
+        let Some(owner) = self
             .replicasets
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
         else {
@@ -420,6 +444,7 @@ impl Controller {
             self.queue.forget(&key);
             return;
         };
+        let rs = Arc::new(owner.replica_set());
         let selector = match owner::selector(&rs.spec.selector) {
             // The API server refuses an empty selector for apps/v1; one that slipped through
             // would adopt every pod of the namespace.
@@ -433,7 +458,7 @@ impl Controller {
                 s
             }
             Err(why) => {
-                self.skip(key, rs, why);
+                self.skip(key, owner, why);
                 return;
             }
         };
@@ -453,6 +478,7 @@ impl Controller {
         let related = self.related(&rs, &pods);
         let job = Job {
             key: key.clone(),
+            owner,
             rs,
             selector,
             pods,
@@ -472,9 +498,9 @@ impl Controller {
                 self.replicasets
                     .state()
                     .iter()
-                    .filter(|s| s.metadata.namespace == rs.metadata.namespace)
-                    .filter(|s| controlled_by(&s.metadata, Some(&controller.uid)))
-                    .filter_map(|s| s.metadata.uid.clone()),
+                    .filter(|s| s.meta().namespace == rs.metadata.namespace)
+                    .filter(|s| controlled_by(s.meta(), Some(&controller.uid)))
+                    .filter_map(|s| s.meta().uid.clone()),
             );
         }
         pods.iter()
@@ -485,20 +511,26 @@ impl Controller {
 
     /// A ReplicaSet whose selector cannot be used: said once per generation, then left alone
     /// until it changes.
-    fn skip(&mut self, key: ObjectKey, rs: Arc<ReplicaSet>, why: String) {
+    fn skip(&mut self, key: ObjectKey, rs: Arc<K>, why: String) {
         self.queue.done(&key);
         self.queue.forget(&key);
-        let generation = rs.metadata.generation;
+        let generation = rs.meta().generation;
         if self.bad_selectors.insert(key.clone(), generation) == Some(generation) {
             return;
         }
-        warn!(replicaset = %key, "skipping ReplicaSet: its selector is invalid: {why}");
+        warn!(kind = K::KIND, replicaset = %key, "skipping it: its selector is invalid: {why}");
         // Not in `running`: the event task holds no claim on the ReplicaSet.
         let ctx = self.ctx.clone();
         let _ = self.tasks.spawn(async move {
             let note = format!("invalid selector, no pods are managed: {why}");
-            ctx.event(&rs, EventType::Warning, "InvalidSelector", "Sync", note)
-                .await;
+            ctx.event(
+                rs.as_ref(),
+                EventType::Warning,
+                "InvalidSelector",
+                "Sync",
+                note,
+            )
+            .await;
             Outcome::new(key)
         });
     }
@@ -517,7 +549,7 @@ impl Controller {
                 let Some(key) = self.running.remove(&err.id()) else {
                     return;
                 };
-                warn!(replicaset = %key, error = %err, "ReplicaSet sync task failed");
+                warn!(kind = K::KIND, replicaset = %key, error = %err, "sync task failed");
                 self.queue.done(&key);
                 let delay = self.queue.backoff(&key);
                 self.queue.add_after(key, now + delay);
@@ -557,14 +589,14 @@ impl Controller {
             }
             Err(err) => {
                 let delay = self.queue.backoff(&key);
-                warn!(replicaset = %key, error = %chain(&err), retry_in = ?delay, "syncing ReplicaSet failed");
+                warn!(kind = K::KIND, replicaset = %key, error = %chain(&err), retry_in = ?delay, "syncing failed");
                 self.queue.add_after(key, now + delay);
             }
         }
     }
 }
 
-async fn sync(ctx: Arc<Ctx>, job: Job) -> Outcome {
+async fn sync<K: Replicated>(ctx: Arc<Ctx>, job: Job<K>) -> Outcome {
     let mut outcome = Outcome::new(job.key.clone());
     outcome.result = reconcile(&ctx, job, &mut outcome).await;
     outcome
@@ -572,9 +604,10 @@ async fn sync(ctx: Arc<Ctx>, job: Job) -> Outcome {
 
 /// One sync of one ReplicaSet: claim its pods, create or delete the difference if allowed,
 /// write its status.
-async fn reconcile(ctx: &Ctx, job: Job, out: &mut Outcome) -> Result<(), Error> {
+async fn reconcile<K: Replicated>(ctx: &Ctx, job: Job<K>, out: &mut Outcome) -> Result<(), Error> {
     let Job {
         key,
+        owner,
         rs,
         selector,
         pods,
@@ -582,13 +615,13 @@ async fn reconcile(ctx: &Ctx, job: Job, out: &mut Outcome) -> Result<(), Error> 
         manage,
     } = job;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let owner_api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let uid = rs.metadata.uid.as_deref();
     let candidates: Vec<Arc<Pod>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
-    let claimed = claim_all(&pods_api, &rs_api, rs.as_ref(), &selector, candidates)
+    let claimed = claim_all(&pods_api, &owner_api, owner.as_ref(), &selector, candidates)
         .await
         .map_err(|source| Error::Claim {
-            rs: key.clone(),
+            rs: Owner::of(owner.as_ref()),
             source,
         })?;
     // Upstream's FilterClaimedPods: terminating pods it controls that still match.
@@ -599,7 +632,7 @@ async fn reconcile(ctx: &Ctx, job: Job, out: &mut Outcome) -> Result<(), Error> 
         .count();
 
     let failure = if manage && rs.metadata.deletion_timestamp.is_none() {
-        manage_replicas(ctx, &pods_api, &rs, &claimed, &related, out)
+        manage_replicas(ctx, &pods_api, owner.as_ref(), &rs, &claimed, &related, out)
             .await
             .err()
     } else {
@@ -610,20 +643,22 @@ async fn reconcile(ctx: &Ctx, job: Job, out: &mut Outcome) -> Result<(), Error> 
     let active: Vec<&Pod> = claimed.iter().map(AsRef::as_ref).collect();
     let message = failure.as_ref().map(Error::condition_message);
     let new_status = status::calculate(&rs, &active, terminating, message.as_deref(), now);
-    if !status::unchanged(&rs, &new_status) {
-        let mut updated = rs.as_ref().clone();
-        updated.status = Some(new_status);
+    let updated = owner.with_status(new_status);
+    // Compared as its kind keeps it: a field it lacks is not a change.
+    let shown = updated.replica_set().status.unwrap_or_default();
+    if !status::unchanged(&rs, &shown) {
         // The resourceVersion read makes the write conditional: a status computed from a
         // stale ReplicaSet never lands.
-        match rs_api
+        let rs = Owner::of(owner.as_ref());
+        match owner_api
             .replace_status(&key.name, &PostParams::default(), &updated)
             .await
         {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
-                return Err(Error::Stale { rs: key });
+                return Err(Error::Stale { rs });
             }
-            Err(source) => return Err(Error::Status { rs: key, source }),
+            Err(source) => return Err(Error::Status { rs, source }),
         }
     }
     out.recheck_at = status::next_available(&rs, &active, now);
@@ -632,9 +667,10 @@ async fn reconcile(ctx: &Ctx, job: Job, out: &mut Outcome) -> Result<(), Error> 
 
 /// Upstream's `manageReplicas`: creates or deletes the difference between the active pods
 /// and `spec.replicas`, up to [`BURST`], recording in `out` what the API server accepted.
-async fn manage_replicas(
+async fn manage_replicas<K: Replicated>(
     ctx: &Ctx,
     api: &Api<Pod>,
+    owner: &K,
     rs: &ReplicaSet,
     active: &[Arc<Pod>],
     related: &[Arc<Pod>],
@@ -646,10 +682,13 @@ async fn manage_replicas(
     if have < want {
         let diff = (want - have).min(BURST);
         info!(replicaset = %key, want, have, creating = diff, "too few replicas");
-        let template =
-            pods::from_template(rs).ok_or_else(|| Error::NoTemplate { rs: key.clone() })?;
+        let template = owner::controller_ref(owner)
+            .and_then(|reference| pods::from_template(rs, reference))
+            .ok_or_else(|| Error::NoTemplate {
+                rs: Owner::of(owner),
+            })?;
         for batch in slow_start(diff, SLOW_START_INITIAL) {
-            let results = join_all((0..batch).map(|_| create(ctx, api, rs, &template))).await;
+            let results = join_all((0..batch).map(|_| create(ctx, api, owner, &template))).await;
             let mut first_error = None;
             for result in results {
                 match result {
@@ -671,7 +710,7 @@ async fn manage_replicas(
         let candidates: Vec<&Pod> = active.iter().map(AsRef::as_ref).collect();
         let related: Vec<&Pod> = related.iter().map(AsRef::as_ref).collect();
         let doomed = pods::to_delete(&candidates, &related, diff, Timestamp::now());
-        let results = join_all(doomed.iter().map(|pod| delete(ctx, api, rs, pod))).await;
+        let results = join_all(doomed.iter().map(|pod| delete(ctx, api, owner, pod))).await;
         let mut first_error = None;
         for (pod, result) in doomed.iter().zip(results) {
             match result {
@@ -692,10 +731,10 @@ async fn manage_replicas(
 
 /// Creates one pod from the template; None when the namespace is being deleted (every create
 /// would fail, and the pods would go with it anyway).
-async fn create(
+async fn create<K: Replicated>(
     ctx: &Ctx,
     api: &Api<Pod>,
-    rs: &ReplicaSet,
+    rs: &K,
     template: &Pod,
 ) -> Result<Option<String>, Error> {
     match api.create(&PostParams::default(), template).await {
@@ -712,7 +751,7 @@ async fn create(
             ctx.event(rs, EventType::Warning, "FailedCreate", "Create", note)
                 .await;
             Err(Error::Create {
-                rs: ObjectKey::of(rs),
+                rs: Owner::of(rs),
                 source,
             })
         }
@@ -720,7 +759,7 @@ async fn create(
 }
 
 /// Deletes one pod, that very one (its uid): one already gone, or replaced, needs nothing.
-async fn delete(ctx: &Ctx, api: &Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result<(), Error> {
+async fn delete<K: Replicated>(ctx: &Ctx, api: &Api<Pod>, rs: &K, pod: &Pod) -> Result<(), Error> {
     let name = pod.name_any();
     let params = DeleteParams {
         preconditions: Some(Preconditions {
@@ -742,7 +781,7 @@ async fn delete(ctx: &Ctx, api: &Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result
             ctx.event(rs, EventType::Warning, "FailedDelete", "Delete", note)
                 .await;
             Err(Error::Delete {
-                rs: ObjectKey::of(rs),
+                rs: Owner::of(rs),
                 pod: name,
                 source,
             })
@@ -845,15 +884,16 @@ mod tests {
         let client = Client::new(double.clone(), "shop");
         Ctx {
             client,
-            reporter: Reporter::from(REPORTER),
+            reporter: Reporter::from(ReplicaSet::REPORTER),
         }
     }
 
-    fn job(rs: ReplicaSet, pods: Vec<Pod>) -> Job {
+    fn job(rs: ReplicaSet, pods: Vec<Pod>) -> Job<ReplicaSet> {
         let selector = owner::selector(&rs.spec.selector).expect("valid");
         let pods: Vec<Arc<Pod>> = pods.into_iter().map(Arc::new).collect();
         Job {
             key: ObjectKey::new("shop", "web"),
+            owner: Arc::new(rs.clone()),
             rs: Arc::new(rs),
             selector,
             related: pods.clone(),
@@ -1008,7 +1048,10 @@ mod tests {
         )
         .with_code(403);
         let err = Error::Create {
-            rs: ObjectKey::new("shop", "web"),
+            rs: Owner {
+                kind: "ReplicaSet",
+                key: ObjectKey::new("shop", "web"),
+            },
             source: kube::Error::Api(quota.boxed()),
         };
         assert_eq!(
@@ -1019,7 +1062,10 @@ mod tests {
         assert!(err.backs_off());
         assert!(
             !Error::Stale {
-                rs: ObjectKey::new("shop", "web")
+                rs: Owner {
+                    kind: "ReplicaSet",
+                    key: ObjectKey::new("shop", "web"),
+                }
             }
             .backs_off()
         );
@@ -1028,7 +1074,7 @@ mod tests {
     #[test]
     fn pods_name_their_replicaset_only_through_an_apps_v1_controller_ref() {
         let mut pod = pods::tests::pod("web-a", "n1", "Running", None, 0);
-        assert_eq!(rs_of(&pod), None);
+        assert_eq!(rs_of::<ReplicaSet>(&pod), None);
         pod.metadata.owner_references = Some(vec![
             k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
                 api_version: "apps/v1".into(),
@@ -1039,6 +1085,9 @@ mod tests {
                 block_owner_deletion: Some(true),
             },
         ]);
-        assert_eq!(rs_of(&pod), Some(ObjectKey::new("shop", "web")));
+        assert_eq!(
+            rs_of::<ReplicaSet>(&pod),
+            Some(ObjectKey::new("shop", "web"))
+        );
     }
 }

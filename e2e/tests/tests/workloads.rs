@@ -4,7 +4,8 @@
 //! ReplicaSets and pods (background, foreground), and orphaning leaves the pods behind; a
 //! Job completes (`kubectl wait --for=condition=complete`), a failing one stops at its
 //! backoffLimit, a finished one goes after its TTL; a DaemonSet runs one pod on the node
-//! and rolls out a new template.
+//! and rolls out a new template; a ReplicationController scales and shows a quota refusal
+//! as its ReplicaFailure condition.
 
 use std::time::Duration;
 
@@ -488,5 +489,101 @@ async fn bad_workloads_are_refused_and_the_rest_carry_on() -> Result<()> {
         SERVE,
     ])?;
     k.run(&["rollout", "status", "deployment/fine", "--timeout=120s"])?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_replication_controller_scales_and_surfaces_a_quota_refusal() -> Result<()> {
+    use k8s_openapi::api::core::v1::{ReplicationController, ResourceQuota};
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "rc").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "two-pods" }, "spec": { "hard": { "pods": "2" } },
+    }))?;
+    quotas.create(&Default::default(), &quota).await?;
+    poll(WAIT, "the quota's status", || async {
+        let status = quotas.get("two-pods").await?.status;
+        Ok(status.and_then(|s| s.hard).map(|_| ()))
+    })
+    .await?;
+    // Three replicas against a quota of two pods.
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "ReplicationController",
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 3,
+            "selector": { "app": "web" },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE],
+                    }],
+                },
+            },
+        },
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest.to_string())?;
+    k.run(&["apply", "-f", &file.path().to_string_lossy()])?;
+    let rcs: Api<ReplicationController> = Api::namespaced(client.clone(), &ns.name);
+    let failure = poll(WAIT, "a ReplicaFailure condition on the RC", || async {
+        let status = rcs.get("web").await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True"))
+    })
+    .await?;
+    ensure!(
+        failure.reason.as_deref() == Some("FailedCreate")
+            && failure
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("exceeded quota: two-pods")),
+        "{failure:?}"
+    );
+    // Scaled to what the quota allows, the condition goes and both pods become ready.
+    k.run(&["scale", "rc", "web", "--replicas=2"])?;
+    poll(WAIT, "the RC to be ready without a failure", || async {
+        let status = rcs.get("web").await?.status.unwrap_or_default();
+        let failing = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "ReplicaFailure");
+        Ok((status.ready_replicas == Some(2) && !failing).then_some(()))
+    })
+    .await?;
+    // Its pods name it as their controller; one deleted is replaced.
+    let pods = live_pods(&ns).await?;
+    ensure!(pods.len() == 2, "{pods:?}");
+    let owner = ns.pods().get(&pods[0].0).await?.metadata.owner_references;
+    let owner = owner
+        .into_iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    ensure!(
+        owner.as_ref().map(|o| (o.kind.as_str(), o.name.as_str()))
+            == Some(("ReplicationController", "web")),
+        "{owner:?}"
+    );
+    ns.pods().delete(&pods[0].0, &Default::default()).await?;
+    poll(WAIT, "a replacement pod", || async {
+        let now = live_pods(&ns).await?;
+        Ok((now.len() == 2 && !now.iter().any(|(n, _)| *n == pods[0].0)).then_some(()))
+    })
+    .await?;
+    k.run(&["delete", "rc", "web", "--wait=true"])?;
+    ns.delete_pods().await?;
     Ok(())
 }

@@ -95,9 +95,7 @@ pub(crate) fn from_template<K: Resource<DynamicType = ()>>(
         },
         status: None,
     };
-    let mut pod = rs_pods::from_template(&stand_in)?;
-    pod.metadata.owner_references = Some(vec![controller_ref(owner)?]);
-    Some(pod)
+    rs_pods::from_template(&stand_in, controller_ref(owner)?)
 }
 
 /// What a run of creates did: the pods made (by name) and the first refusal, if any.

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::ObjectMeta;
 
-use crate::controllers::owner::controller_ref;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// The annotation that makes a pod cheaper (lower) or dearer to delete than its siblings.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -86,9 +86,9 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 }
 
 /// The pod `rs` creates: its template's labels, annotations, finalizers and spec, named
-/// `<rs>-<random>` by the API server, controlled by `rs`. None for a ReplicaSet without a
-/// template or a uid (not read from the API server).
-pub fn from_template(rs: &ReplicaSet) -> Option<Pod> {
+/// `<rs>-<random>` by the API server, controlled by `owner` (a reference to `rs`, or to the
+/// ReplicationController it stands for). None for a ReplicaSet without a template.
+pub fn from_template(rs: &ReplicaSet, owner: OwnerReference) -> Option<Pod> {
     let template = rs.spec.template.as_ref()?;
     let meta = template.metadata.clone().unwrap_or_default();
     let name = rs.metadata.name.as_deref().unwrap_or_default();
@@ -106,7 +106,7 @@ pub fn from_template(rs: &ReplicaSet) -> Option<Pod> {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![controller_ref(rs)?]),
+            owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
         spec: template.spec.clone(),
@@ -360,7 +360,8 @@ pub(crate) mod tests {
             },
             status: None,
         };
-        let made = from_template(&rs).expect("a template and a uid");
+        let reference = crate::controllers::owner::controller_ref(&rs).expect("a uid");
+        let made = from_template(&rs, reference).expect("a template");
         assert_eq!(
             made.metadata.generate_name.as_deref(),
             Some("web-5d4b8c9f7-")

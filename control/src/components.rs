@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 pub const CONTROLLERS: &[&str] = &[
     "bootstrap-signer-controller",
     "certificatesigningrequest-signing-controller",
+    "cronjob-controller",
     "daemonset-controller",
     "deployment-controller",
     "endpoints-controller",

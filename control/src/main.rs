@@ -299,6 +299,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ))),
     );
     start(
+        "cronjob-controller",
+        quiet(Box::pin(controllers::cronjob::run(c(), work.child_token()))),
+    );
+    start(
         "job-controller",
         quiet(Box::pin(controllers::job::run(c(), work.child_token()))),
     );

@@ -5,6 +5,8 @@ PACKAGES=(
 	containerd runc containernetworking-plugins nftables conntrack iproute2
 	busybox-static etcd-server protobuf-compiler gcc libc6-dev curl openssl python3 kmod procps iptables
 	netcat-openbsd bind9-dnsutils
+	# The zoneinfo nodus-control reads for CronJob time zones.
+	tzdata
 )
 
 # install_packages [PACKAGE]...: PACKAGES and any given (what one command alone needs).

@@ -1,6 +1,6 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
-//! one module each. Today: ReplicaSets, Deployments, DaemonSets and Jobs (with the TTL of
-//! finished ones), the garbage collector, node IPAM, node lifecycle (health, NoExecute
+//! one module each. Today: ReplicaSets (and ReplicationControllers), Deployments,
+//! DaemonSets, Jobs (with the TTL of finished ones) and CronJobs, the garbage collector, node IPAM, node lifecycle (health, NoExecute
 //! taints and taint-based eviction), CSR approval and signing, the node taints that follow
 //! node conditions, the EndpointSlices and legacy Endpoints of Services with selectors, the
 //! EndpointSlices mirroring the custom Endpoints of Services without one, the usage in
@@ -9,6 +9,7 @@
 //! upstream) the bootstrap signer and token cleaner.
 
 pub mod bootstrap_signer;
+pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;

@@ -5,7 +5,8 @@
 //! Job completes (`kubectl wait --for=condition=complete`), a failing one stops at its
 //! backoffLimit, a finished one goes after its TTL; a DaemonSet runs one pod on the node
 //! and rolls out a new template; a ReplicationController scales and shows a quota refusal
-//! as its ReplicaFailure condition.
+//! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
+//! keeps only its history.
 
 use std::time::Duration;
 
@@ -585,5 +586,83 @@ async fn a_replication_controller_scales_and_surfaces_a_quota_refusal() -> Resul
     .await?;
     k.run(&["delete", "rc", "web", "--wait=true"])?;
     ns.delete_pods().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_cron_job_runs_on_schedule_records_its_runs_and_keeps_its_history() -> Result<()> {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "cron").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let manifest = serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": { "name": "tick" },
+        "spec": {
+            "schedule": "*/1 * * * *",
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 1,
+            "jobTemplate": { "spec": { "template": { "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["true"] }],
+            }}}},
+        },
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest.to_string())?;
+    k.run(&["apply", "-f", &file.path().to_string_lossy()])?;
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // A run a minute: wait for two, the first one's Job gone by the history limit.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    poll(Duration::from_secs(200), "two runs, one kept", || async {
+        let list = jobs.list(&ListParams::default()).await?.items;
+        let runs = {
+            let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            seen.extend(list.iter().filter_map(|j| j.metadata.name.clone()));
+            seen.len()
+        };
+        let status = cronjobs.get("tick").await?.status.unwrap_or_default();
+        let succeeded = status.last_successful_time.is_some();
+        Ok((runs >= 2 && list.len() == 1 && succeeded).then_some(()))
+    })
+    .await?;
+    let job = jobs.list(&ListParams::default()).await?.items.remove(0);
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let scheduled = job
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| {
+            a.get("batch.kubernetes.io/cronjob-scheduled-timestamp")
+                .cloned()
+        })
+        .context("the scheduled-time annotation")?;
+    // Named after its scheduled minute, which the annotation says in RFC 3339.
+    let minute: i64 = name.trim_start_matches("tick-").parse()?;
+    let at: k8s_openapi::jiff::Timestamp = scheduled.parse()?;
+    ensure!(at.as_second() == minute * 60, "{name} vs {scheduled}");
+    let owner = job.metadata.owner_references.unwrap_or_default();
+    ensure!(
+        owner
+            .iter()
+            .any(|o| o.kind == "CronJob" && o.name == "tick" && o.controller == Some(true)),
+        "{owner:?}"
+    );
+    let listed = k.run(&[
+        "get",
+        "cronjob",
+        "tick",
+        "-o",
+        "jsonpath={.status.lastScheduleTime}",
+    ])?;
+    ensure!(!listed.is_empty(), "kubectl shows when it last ran");
+    k.run(&["delete", "cronjob", "tick", "--wait=true"])?;
     Ok(())
 }

@@ -7,7 +7,8 @@
 //!                             kubernetes.io~configmap/<name>    atomic writer (..data swap)
 //!                             kubernetes.io~downward-api/<name>
 //!                             kubernetes.io~secret/<name>       tmpfs + atomic writer
-//!                             kubernetes.io~projected/<name>    tmpfs + atomic writer (tokens)
+//!                             kubernetes.io~projected/<name>    tmpfs + atomic writer (tokens,
+//!                                                               trust bundles)
 //!   <root>/pods/<uid>/volume-subpaths/<volume>/<container>/<i>  bind mounts of subPaths
 //!   hostPath volumes are used where they are, after their type check
 //! ```
@@ -24,6 +25,7 @@ pub mod mounts;
 pub mod projection;
 pub mod subpath;
 pub mod token;
+pub mod trust_bundle;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -97,14 +99,7 @@ impl Kind {
         if volume.downward_api.is_some() {
             return files("downward-api", false);
         }
-        if let Some(p) = &volume.projected {
-            if p.sources
-                .iter()
-                .flatten()
-                .any(|s| s.cluster_trust_bundle.is_some())
-            {
-                return Err("clusterTrustBundle projections are not supported by nodus".into());
-            }
+        if volume.projected.is_some() {
             return files("projected", true);
         }
         Err(format!(
@@ -240,7 +235,8 @@ impl PodVolumes {
         Ok(())
     }
 
-    /// Fetches the ConfigMaps and Secrets the volumes name and the tokens they project.
+    /// Fetches the ConfigMaps and Secrets the volumes name and the tokens and trust bundles
+    /// they project.
     async fn fetch(
         &mut self,
         ctx: &Context,
@@ -251,6 +247,7 @@ impl PodVolumes {
         let mut config_maps = BTreeSet::new();
         let mut secrets = BTreeSet::new();
         let mut wanted_tokens = Vec::new();
+        let mut wanted_bundles = Vec::new();
         for volume in volumes {
             if let Some(cm) = &volume.config_map {
                 config_maps.insert((cm.name.clone(), volume.name.clone()));
@@ -274,6 +271,9 @@ impl PodVolumes {
                 }
                 if let Some(t) = &source.service_account_token {
                     wanted_tokens.push((volume.name.clone(), t.clone()));
+                }
+                if let Some(b) = &source.cluster_trust_bundle {
+                    wanted_bundles.push((volume.name.clone(), b.clone()));
                 }
             }
         }
@@ -337,6 +337,15 @@ impl PodVolumes {
             kept.insert(key, token);
         }
         self.tokens = kept;
+        for (volume, projection) in wanted_bundles {
+            let pem = trust_bundle::fetch(&ctx.client, &projection)
+                .await
+                .map_err(|err| SetUpError {
+                    volume,
+                    message: err.to_string(),
+                })?;
+            objects.trust_bundles.insert(projection.path.clone(), pem);
+        }
         Ok(objects)
     }
 

@@ -1,5 +1,5 @@
-//! Projection: the files of configMap, secret, downwardAPI and projected volumes, computed from
-//! the objects they name. Pure: the caller fetches the objects and writes the files.
+//! Projection: the files of configMap, secret, downwardAPI and projected volumes (with their
+//! service account tokens and cluster trust bundles), computed from the objects they name. Pure: the caller fetches the objects and writes the files.
 //!
 //! Semantics as upstream's volume plugins: without `items` every key becomes a file named after
 //! it; with `items` only those keys, at their paths, and a missing key is an error unless the
@@ -25,6 +25,8 @@ pub struct Objects {
     pub secrets: HashMap<String, Secret>,
     /// Service account tokens, by the projection's path.
     pub tokens: HashMap<String, String>,
+    /// ClusterTrustBundle PEM files, by the projection's path.
+    pub trust_bundles: HashMap<String, Vec<u8>>,
 }
 
 /// Why a volume's files cannot be made; the message is what the FailedMount event says.
@@ -48,6 +50,8 @@ pub enum Error {
     Downward(String),
     #[error("no service account token for {0:?}")]
     Token(String),
+    #[error("no trust bundle for {0:?}")]
+    TrustBundle(String),
 }
 
 fn mode_of(path: &str, mode: Option<i32>, default_mode: Option<i32>) -> Result<u32, Error> {
@@ -327,7 +331,21 @@ pub fn projected(
                 },
             )?;
         }
-        // clusterTrustBundle projections are refused before this point (see `super::plan`).
+        if let Some(bundle) = &source.cluster_trust_bundle {
+            let data = objects
+                .trust_bundles
+                .get(&bundle.path)
+                .ok_or_else(|| Error::TrustBundle(bundle.path.clone()))?;
+            let mode = mode_of(&bundle.path, None, default_mode)?;
+            insert(
+                files,
+                bundle.path.clone(),
+                File {
+                    data: data.clone(),
+                    mode,
+                },
+            )?;
+        }
     }
     Ok(())
 }
@@ -337,8 +355,8 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{
-        ConfigMapProjection, DownwardAPIProjection, ObjectFieldSelector, SecretProjection,
-        ServiceAccountTokenProjection,
+        ClusterTrustBundleProjection, ConfigMapProjection, DownwardAPIProjection,
+        ObjectFieldSelector, SecretProjection, ServiceAccountTokenProjection,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -361,6 +379,7 @@ mod tests {
             config_maps: HashMap::from([("cfg".to_owned(), cm)]),
             secrets: HashMap::from([("creds".to_owned(), secret)]),
             tokens: HashMap::from([("token".to_owned(), "jwt".to_owned())]),
+            trust_bundles: HashMap::from([("ca.pem".to_owned(), b"PEM".to_vec())]),
         }
     }
 
@@ -481,6 +500,14 @@ mod tests {
                 }),
                 ..VolumeProjection::default()
             },
+            VolumeProjection {
+                cluster_trust_bundle: Some(ClusterTrustBundleProjection {
+                    path: "ca.pem".into(),
+                    signer_name: Some("example.com/signer".into()),
+                    ..ClusterTrustBundleProjection::default()
+                }),
+                ..VolumeProjection::default()
+            },
         ];
         let mut files = Files::new();
         projected(
@@ -493,6 +520,8 @@ mod tests {
         )
         .expect("projected");
         assert_eq!(text(&files, "token"), "jwt");
+        assert_eq!(text(&files, "ca.pem"), "PEM");
+        assert_eq!(files["ca.pem"].mode, 0o640);
         assert_eq!(text(&files, "ca.crt"), "x=1");
         assert_eq!(text(&files, "namespace"), "prod");
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Volumes as a pod sees them: every test's container checks its own files and reports through
 //! its exit code and termination message, so what is asserted is what a process in the pod
-//! reads, not only what the API says.
+//! reads, not only what the API says. Cluster trust bundles project by name and by signer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -452,4 +452,106 @@ async fn cluster_ip_of_kubernetes(ns: &TestNamespace) -> Result<String> {
         .spec
         .and_then(|s| s.cluster_ip)
         .context("the kubernetes Service's cluster IP")
+}
+
+/// A self-signed CA certificate in PEM, made by openssl.
+fn ca_certificate(subject: &str) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={subject}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl")?;
+    ensure!(status.success(), "openssl req failed");
+    Ok(std::fs::read_to_string(cert)?)
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn cluster_trust_bundles_project_by_name_and_by_signer_and_selector() -> Result<()> {
+    use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
+    let (cluster, ns, node) = setup("vol-ctb").await?;
+    let bundles: Api<ClusterTrustBundle> = Api::all(cluster.admin().await?);
+    let (a, b) = (
+        ca_certificate("nodus-e2e-a")?,
+        ca_certificate("nodus-e2e-b")?,
+    );
+    // Cluster-scoped: named after the test's namespace, deleted at the end.
+    let signer = format!("example.com/{}", ns.name);
+    let prefix = signer.replace('/', ":");
+    let unsigned = format!("{}-plain", ns.name);
+    let made = [
+        (unsigned.clone(), None, json!({}), a.clone()),
+        (
+            format!("{prefix}:alive"),
+            Some(&signer),
+            json!({ "alive": "true" }),
+            b.clone(),
+        ),
+        (
+            format!("{prefix}:dead"),
+            Some(&signer),
+            json!({ "alive": "false" }),
+            format!("{a}{b}"),
+        ),
+    ];
+    for (name, signer, labels, pem) in &made {
+        let bundle: ClusterTrustBundle = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": labels },
+            "spec": { "signerName": signer, "trustBundle": pem },
+        }))?;
+        bundles.create(&PostParams::default(), &bundle).await?;
+    }
+    let script = format!(
+        "{CHECK}\
+         check \"$(grep -c BEGIN /ctb/by-name.pem)\" 1 by-name; \
+         check \"$(grep -c BEGIN /ctb/alive.pem)\" 1 alive-only; \
+         check \"$(grep -c BEGIN /ctb/all.pem)\" 2 each-certificate-once; \
+         check \"$(stat -c %s /ctb/none.pem)\" 0 optional-and-none-selected; \
+         check \"$(stat -L -c %a /ctb/all.pem)\" 644 mode; \
+         echo ok > /dev/termination-log"
+    );
+    let mut spec = pod("trust", "Never", json!([sh("app", &script)]));
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "ctb", "mountPath": "/ctb" }]);
+    spec["spec"]["volumes"] = json!([{ "name": "ctb", "projected": { "sources": [
+        { "clusterTrustBundle": { "name": unsigned, "path": "by-name.pem" } },
+        { "clusterTrustBundle": { "signerName": signer, "labelSelector": { "matchLabels": { "alive": "true" } }, "path": "alive.pem" } },
+        { "clusterTrustBundle": { "signerName": signer, "labelSelector": {}, "path": "all.pem" } },
+        { "clusterTrustBundle": { "signerName": signer, "optional": true, "path": "none.pem" } },
+    ]}}]);
+    ns.create_pod(&node, spec).await?;
+    let outcome = succeeds(&ns, "trust", "app").await;
+
+    // One that is not optional and names no bundle waits, saying why.
+    let mut missing = pod("missing", "Never", json!([sh("app", "true")]));
+    missing["spec"]["containers"][0]["volumeMounts"] =
+        json!([{ "name": "ctb", "mountPath": "/ctb" }]);
+    missing["spec"]["volumes"] = json!([{ "name": "ctb", "projected": { "sources": [
+        { "clusterTrustBundle": { "name": "nodus-e2e-does-not-exist", "path": "ca.pem" } },
+    ]}}]);
+    ns.create_pod(&node, missing).await?;
+    let waited = wait_event(&ns, "missing", "FailedMount", |m| {
+        m.ends_with("while getting ClusterTrustBundle nodus-e2e-does-not-exist: not found")
+    })
+    .await;
+    for (name, ..) in &made {
+        bundles.delete(name, &Default::default()).await?;
+    }
+    assert_eq!(outcome?, "ok");
+    waited?;
+    ns.delete_pods().await
 }

@@ -798,9 +798,10 @@ impl Worker {
         for condition in status.conditions.iter_mut().flatten() {
             condition.observed_generation = generation;
         }
-        // Conditions other agents own (scheduler, disruption, readiness gates) are kept.
+        // Conditions other agents own (scheduler, readiness gates, the eviction API's
+        // DisruptionTarget) are kept; a DisruptionTarget of nodus's own replaces theirs, as
+        // the kubelet's "shared" condition.
         let ours = [
-            "DisruptionTarget",
             "PodReadyToStartContainers",
             "Initialized",
             "Ready",
@@ -811,9 +812,11 @@ impl Worker {
             status.conditions.as_mut(),
             api_status.as_ref().and_then(|s| s.conditions.as_ref()),
         ) {
+            let disrupted_here = conditions.iter().any(|c| c.type_ == "DisruptionTarget");
             conditions.extend(
                 api.iter()
                     .filter(|c| !ours.contains(&c.type_.as_str()))
+                    .filter(|c| !(disrupted_here && c.type_ == "DisruptionTarget"))
                     .cloned(),
             );
         }

@@ -16,6 +16,7 @@ pub const CONTROLLERS: &[&str] = &[
     "cronjob-controller",
     "daemonset-controller",
     "deployment-controller",
+    "disruption-controller",
     "endpoints-controller",
     "endpointslice-controller",
     "endpointslice-mirroring-controller",

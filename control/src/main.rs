@@ -299,6 +299,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ))),
     );
     start(
+        "disruption-controller",
+        quiet(Box::pin(controllers::disruption::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
         "cronjob-controller",
         quiet(Box::pin(controllers::cronjob::run(c(), work.child_token()))),
     );

@@ -1,11 +1,12 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
 //! one module each. Today: ReplicaSets (and ReplicationControllers), Deployments,
-//! DaemonSets, Jobs (with the TTL of finished ones) and CronJobs, the garbage collector, node IPAM, node lifecycle (health, NoExecute
-//! taints and taint-based eviction), CSR approval and signing, the node taints that follow
-//! node conditions, the EndpointSlices and legacy Endpoints of Services with selectors, the
-//! EndpointSlices mirroring the custom Endpoints of Services without one, the usage in
-//! ResourceQuota statuses, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount of
-//! every namespace, the emptying of namespaces being deleted, and (off by default, as
+//! DaemonSets, Jobs (with the TTL of finished ones) and CronJobs, the garbage collector,
+//! node IPAM, node lifecycle (health, NoExecute taints and taint-based eviction), CSR
+//! approval and signing, the node taints that follow node conditions, the EndpointSlices
+//! and legacy Endpoints of Services with selectors, the EndpointSlices mirroring the custom
+//! Endpoints of Services without one, the usage in ResourceQuota statuses, the
+//! PodDisruptionBudget counts, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount
+//! of every namespace, the emptying of namespaces being deleted, and (off by default, as
 //! upstream) the bootstrap signer and token cleaner.
 
 pub mod bootstrap_signer;
@@ -13,6 +14,7 @@ pub mod cronjob;
 pub mod csr;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod endpointslice_mirroring;

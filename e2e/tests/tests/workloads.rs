@@ -7,7 +7,7 @@
 //! and rolls out a new template; a ReplicationController scales and shows a quota refusal
 //! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
 //! keeps only its history; an evicted Job pod keeps the eviction's DisruptionTarget
-//! condition.
+//! condition; a PodDisruptionBudget refuses an eviction until its counts allow one.
 
 use std::time::Duration;
 
@@ -729,5 +729,99 @@ async fn an_evicted_job_pod_keeps_its_disruption_condition_and_the_failure_polic
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_disruption_budget_blocks_evictions_until_it_allows_them() -> Result<()> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "pdb").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    k.run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        SERVE,
+    ])?;
+    k.run(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    k.run(&[
+        "create",
+        "pdb",
+        "web",
+        "--selector=app=web",
+        "--min-available=2",
+    ])?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let counts = |want: (i32, i32, i32, i32)| {
+        let budgets = budgets.clone();
+        async move {
+            let what = format!("PDB (expected, healthy, desired, allowed) = {want:?}");
+            poll(WAIT, &what, || async {
+                let s = budgets.get("web").await?.status.unwrap_or_default();
+                let got = (
+                    s.expected_pods.unwrap_or(-1),
+                    s.current_healthy.unwrap_or(-1),
+                    s.desired_healthy.unwrap_or(-1),
+                    s.disruptions_allowed.unwrap_or(-1),
+                );
+                Ok((got == want).then_some(()))
+            })
+            .await
+        }
+    };
+    counts((2, 2, 2, 0)).await?;
+    let victim = live_pods(&ns).await?.remove(0).0;
+    let refused = ns
+        .pods()
+        .evict(&victim, &kube::api::EvictParams::default())
+        .await;
+    match refused {
+        Err(kube::Error::Api(status)) => ensure!(
+            status.code == 429 && status.message.contains("disruption budget"),
+            "{status:?}"
+        ),
+        other => anyhow::bail!("the eviction was not refused: {other:?}"),
+    }
+    // A percentage counts against the Deployment's scale: 50% of 2 may go.
+    k.run(&[
+        "patch", "pdb", "web", "--type=json",
+        "-p", r#"[{"op":"remove","path":"/spec/minAvailable"},{"op":"add","path":"/spec/maxUnavailable","value":"50%"}]"#,
+    ])?;
+    counts((2, 2, 1, 1)).await?;
+    ns.pods()
+        .evict(&victim, &kube::api::EvictParams::default())
+        .await?;
+    poll(WAIT, "the evicted pod to go and be replaced", || async {
+        let pods = live_pods(&ns).await?;
+        Ok((pods.len() == 2 && !pods.iter().any(|(n, _)| *n == victim)).then_some(()))
+    })
+    .await?;
+    counts((2, 2, 1, 1)).await?;
+    let condition = budgets
+        .get("web")
+        .await?
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionAllowed");
+    ensure!(
+        condition
+            .as_ref()
+            .map(|c| (c.status.as_str(), c.reason.as_str()))
+            == Some(("True", "SufficientPods")),
+        "{condition:?}"
+    );
     Ok(())
 }

@@ -29,7 +29,6 @@
 //!                                                                  └─ status
 //! ```
 
-pub mod history;
 pub mod placement;
 pub mod rolling;
 pub mod status;
@@ -57,10 +56,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use self::history::{GENERATION_LABEL, HASH_LABEL};
 use self::placement::{FailedBackoff, Placement, Rollout};
 use super::chain;
 use super::deployment::arithmetic::ArithmeticError;
+use super::history::{self, GENERATION_LABEL, HASH_LABEL};
 use super::job::pod_control::{self, Notes};
 use super::job::retry;
 use super::owner::{self, ClaimError, ObjectKey, claim_all, controller_of, selects};
@@ -1131,9 +1130,9 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::Value;
 
-    use super::history::tests::daemonset;
     use super::placement::tests::node;
     use super::*;
+    use crate::controllers::history::tests::daemonset;
     use crate::controllers::replicaset::api_double::Double;
     use crate::controllers::replicaset::pods::tests::pod;
 

@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::jiff::Timestamp;
 use nodus_api::selection;
 
-use super::history::{GENERATION_LABEL, HASH_LABEL};
+use crate::controllers::history::{GENERATION_LABEL, HASH_LABEL};
 use crate::controllers::replicaset::pods::{is_available, is_ready};
 
 /// The only field a node selector may select on.

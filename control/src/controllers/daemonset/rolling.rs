@@ -225,9 +225,9 @@ mod tests {
 
     use k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy;
 
-    use super::super::history::HASH_LABEL;
-    use super::super::history::tests::daemonset;
     use super::*;
+    use crate::controllers::history::HASH_LABEL;
+    use crate::controllers::history::tests::daemonset;
     use crate::controllers::replicaset::pods::tests::{NOW, pod};
 
     fn strategy(surge: Option<&str>, unavailable: Option<&str>) -> DaemonSet {

@@ -120,9 +120,9 @@ pub fn next_available(
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::HASH_LABEL;
-    use super::super::history::tests::daemonset;
     use super::*;
+    use crate::controllers::history::HASH_LABEL;
+    use crate::controllers::history::tests::daemonset;
     use crate::controllers::replicaset::pods::tests::{NOW, at, pod};
 
     fn hashed(mut p: Pod, hash: &str) -> Pod {

@@ -1,22 +1,26 @@
-//! History: the ControllerRevisions that record each template a DaemonSet has had, named
-//! `<daemonset>-<hash>` and labelled `controller-revision-hash: <hash>` like the pods made
-//! from them, so that `kubectl rollout history` and `rollout undo` work.
+//! History: the ControllerRevisions that record each template a DaemonSet or StatefulSet
+//! has had ([`Versioned`]), named `<owner>-<hash>` and labelled
+//! `controller-revision-hash: <hash>`, so that `kubectl rollout history` and `rollout undo`
+//! work.
 //!
 //! Invariants: a revision's data is the strategic merge patch that puts its template back
 //! (`{"spec":{"template":{…,"$patch":"replace"}}}`, upstream's `getPatch`); the current
-//! revision is one whose template equals the DaemonSet's (compared as objects, not bytes:
-//! nodus cannot reproduce Go's JSON byte for byte), numbered above every old one; of several
+//! revision is one whose template equals the owner's (compared as objects, not bytes: nodus
+//! cannot reproduce Go's JSON byte for byte), numbered above every old one; of several
 //! current ones the highest numbered is kept; the hash is the Deployment controller's
-//! template hash with the DaemonSet's collisionCount; old revisions beyond
-//! `revisionHistoryLimit` (default 10) go lowest number first, except those a pod still
-//! carries. Upstream: `pkg/controller/daemon/update.go` (`constructHistory`,
-//! `cleanupHistory`, `dedupCurHistories`, `Match`, `getPatch`, `snapshot`).
+//! template hash with the owner's collisionCount; old revisions beyond
+//! `revisionHistoryLimit` (default 10) go lowest number first, except those still live
+//! (a pod carries them, or the owner's status names them). Upstream:
+//! `pkg/controller/daemon/update.go` (`constructHistory`, `cleanupHistory`,
+//! `dedupCurHistories`, `Match`, `getPatch`, `snapshot`) and
+//! `pkg/controller/history/controller_history.go`.
 
 use std::collections::{BTreeMap, HashSet};
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -31,8 +35,39 @@ pub const GENERATION_LABEL: &str = "pod-template-generation";
 pub const GENERATION_ANNOTATION: &str = "deprecated.daemonset.template.generation";
 const DEFAULT_HISTORY_LIMIT: i32 = 10;
 
-fn template(ds: &DaemonSet) -> PodTemplateSpec {
-    ds.spec.template.clone()
+/// An owner of revisions: what it records and how many old ones it keeps.
+pub trait Versioned: Resource<DynamicType = ()> {
+    fn template(&self) -> PodTemplateSpec;
+    fn collision_count(&self) -> Option<i32>;
+    fn history_limit(&self) -> Option<i32>;
+}
+
+impl Versioned for DaemonSet {
+    fn template(&self) -> PodTemplateSpec {
+        self.spec.template.clone()
+    }
+    fn collision_count(&self) -> Option<i32> {
+        self.status.as_ref().and_then(|s| s.collision_count)
+    }
+    fn history_limit(&self) -> Option<i32> {
+        self.spec.revision_history_limit
+    }
+}
+
+impl Versioned for StatefulSet {
+    fn template(&self) -> PodTemplateSpec {
+        self.spec.template.clone()
+    }
+    fn collision_count(&self) -> Option<i32> {
+        self.status.as_ref().and_then(|s| s.collision_count)
+    }
+    fn history_limit(&self) -> Option<i32> {
+        self.spec.revision_history_limit
+    }
+}
+
+fn template<K: Versioned>(owner: &K) -> PodTemplateSpec {
+    owner.template()
 }
 
 /// Upstream's `GetTemplateGeneration`; an unparsable one is ignored, as upstream does.
@@ -46,13 +81,12 @@ pub fn template_generation(ds: &DaemonSet) -> Option<i64> {
 }
 
 /// The hash naming the current template's revision.
-pub fn hash(ds: &DaemonSet) -> String {
-    let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
-    template_hash(&template(ds), collisions)
+pub fn hash<K: Versioned>(ds: &K) -> String {
+    template_hash(&template(ds), ds.collision_count())
 }
 
 /// Upstream's `getPatch`.
-pub fn patch(ds: &DaemonSet) -> Value {
+pub fn patch<K: Versioned>(ds: &K) -> Value {
     let mut template = serde_json::to_value(template(ds)).unwrap_or_else(|_| json!({}));
     if let Some(object) = template.as_object_mut() {
         object.insert("$patch".into(), json!("replace"));
@@ -60,14 +94,15 @@ pub fn patch(ds: &DaemonSet) -> Value {
     json!({ "spec": { "template": template } })
 }
 
-fn recorded_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
+/// The template a revision records.
+pub fn recorded_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
     let mut recorded = revision.data.0.pointer("/spec/template")?.clone();
     recorded.as_object_mut()?.remove("$patch");
     serde_json::from_value(recorded).ok()
 }
 
-/// Upstream's `Match`: the revision records the DaemonSet's current template.
-pub fn matches(ds: &DaemonSet, revision: &ControllerRevision) -> bool {
+/// Upstream's `Match`: the revision records the owner's current template.
+pub fn matches<K: Versioned>(ds: &K, revision: &ControllerRevision) -> bool {
     recorded_template(revision).is_some_and(|t| equal_ignore_hash(&t, &template(ds)))
 }
 
@@ -85,10 +120,11 @@ pub fn hash_of(revision: &ControllerRevision) -> Option<&str> {
 }
 
 /// Upstream's `snapshot`: the revision recording the current template, numbered `number`;
-/// None for a DaemonSet not read from the API server.
-pub fn snapshot(ds: &DaemonSet, number: i64) -> Option<ControllerRevision> {
+/// None for an owner not read from the API server.
+pub fn snapshot<K: Versioned>(ds: &K, number: i64) -> Option<ControllerRevision> {
     let hash = hash(ds);
-    let name = format!("{}-{hash}", ds.metadata.name.as_deref().unwrap_or_default());
+    let meta = ds.meta();
+    let name = format!("{}-{hash}", meta.name.as_deref().unwrap_or_default());
     let mut labels = template(ds)
         .metadata
         .and_then(|m| m.labels)
@@ -97,9 +133,9 @@ pub fn snapshot(ds: &DaemonSet, number: i64) -> Option<ControllerRevision> {
     Some(ControllerRevision {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: ds.metadata.namespace.clone(),
+            namespace: meta.namespace.clone(),
             labels: Some(labels),
-            annotations: ds.metadata.annotations.clone(),
+            annotations: meta.annotations.clone(),
             owner_references: Some(vec![controller_ref(ds)?]),
             ..ObjectMeta::default()
         },
@@ -108,9 +144,9 @@ pub fn snapshot(ds: &DaemonSet, number: i64) -> Option<ControllerRevision> {
     })
 }
 
-/// The DaemonSet's revisions split into those recording its template and the old ones.
-pub fn split<'a>(
-    ds: &DaemonSet,
+/// The owner's revisions split into those recording its template and the old ones.
+pub fn split<'a, K: Versioned>(
+    ds: &K,
     revisions: &[&'a ControllerRevision],
 ) -> (Vec<&'a ControllerRevision>, Vec<&'a ControllerRevision>) {
     revisions.iter().partition(|r| matches(ds, r))
@@ -131,15 +167,12 @@ pub fn next_number(old: &[&ControllerRevision]) -> i64 {
 
 /// Upstream's `cleanupHistory`: the old revisions to delete, lowest number first, keeping
 /// `revisionHistoryLimit` of them and any whose hash a pod still carries.
-pub fn to_clean(
-    ds: &DaemonSet,
+pub fn to_clean<K: Versioned>(
+    ds: &K,
     old: &[&ControllerRevision],
     live_hashes: &HashSet<String>,
 ) -> Vec<String> {
-    let limit = ds
-        .spec
-        .revision_history_limit
-        .unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let limit = ds.history_limit().unwrap_or(DEFAULT_HISTORY_LIMIT);
     let surplus = old
         .len()
         .saturating_sub(usize::try_from(limit).unwrap_or(0));

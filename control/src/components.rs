@@ -30,6 +30,7 @@ pub const CONTROLLERS: &[&str] = &[
     "resourcequota-controller",
     "root-ca-certificate-publisher-controller",
     "serviceaccount-controller",
+    "statefulset-controller",
     "token-cleaner-controller",
 ];
 

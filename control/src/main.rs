@@ -299,6 +299,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ))),
     );
     start(
+        "statefulset-controller",
+        quiet(Box::pin(controllers::statefulset::run(
+            c(),
+            work.child_token(),
+        ))),
+    );
+    start(
         "disruption-controller",
         quiet(Box::pin(controllers::disruption::run(
             c(),

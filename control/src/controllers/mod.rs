@@ -1,6 +1,6 @@
 //! Controllers: the level-triggered reconcilers nodus-control runs beside the scheduler,
 //! one module each. Today: ReplicaSets (and ReplicationControllers), Deployments,
-//! DaemonSets, Jobs (with the TTL of finished ones) and CronJobs, the garbage collector,
+//! StatefulSets, DaemonSets, Jobs (with the TTL of finished ones) and CronJobs, the garbage collector,
 //! node IPAM, node lifecycle (health, NoExecute taints and taint-based eviction), CSR
 //! approval and signing, the node taints that follow node conditions, the EndpointSlices
 //! and legacy Endpoints of Services with selectors, the EndpointSlices mirroring the custom
@@ -32,6 +32,7 @@ pub mod replicaset;
 pub mod resource_quota;
 pub mod root_ca;
 pub mod service_account;
+pub mod statefulset;
 pub mod token_cleaner;
 
 /// How long a controller's writes in flight get to finish at shutdown.

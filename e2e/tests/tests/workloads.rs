@@ -7,7 +7,8 @@
 //! and rolls out a new template; a ReplicationController scales and shows a quota refusal
 //! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
 //! keeps only its history; an evicted Job pod keeps the eviction's DisruptionTarget
-//! condition; a PodDisruptionBudget refuses an eviction until its counts allow one.
+//! condition; a PodDisruptionBudget refuses an eviction until its counts allow one; a
+//! StatefulSet makes its pods in order, rolls a new template out in reverse and rolls back.
 
 use std::time::Duration;
 
@@ -823,5 +824,140 @@ async fn a_disruption_budget_blocks_evictions_until_it_allows_them() -> Result<(
             == Some(("True", "SufficientPods")),
         "{condition:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_stateful_set_keeps_ordered_identities_rolls_out_in_reverse_and_rolls_back() -> Result<()>
+{
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "sts").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    k.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--clusterip=None",
+        "--tcp=80:80",
+    ])?;
+    let manifest = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 3,
+            "serviceName": "web",
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE] }],
+                },
+            },
+        },
+    });
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), manifest.to_string())?;
+    k.run(&["apply", "-f", &file.path().to_string_lossy()])?;
+    k.run(&["rollout", "status", "statefulset/web", "--timeout=120s"])?;
+    let find = |pods: &[k8s_openapi::api::core::v1::Pod], name: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .cloned()
+    };
+    let created = |pods: &[k8s_openapi::api::core::v1::Pod], name: &str| {
+        find(pods, name)
+            .and_then(|p| p.metadata.creation_timestamp)
+            .map(|t| t.0)
+    };
+    let ready = |pods: &[k8s_openapi::api::core::v1::Pod], name: &str| {
+        find(pods, name)
+            .and_then(|p| p.status?.conditions)
+            .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_transition_time)
+            .map(|t| t.0)
+    };
+    // `later` was made once `earlier` was ready (times have whole seconds).
+    let after_ready = |pods: &[k8s_openapi::api::core::v1::Pod], earlier: &str, later: &str| {
+        let (ready, made) = (ready(pods, earlier), created(pods, later));
+        ready.is_some() && made.is_some() && made >= ready
+    };
+    let pods = ns.pods().list(&ListParams::default()).await?.items;
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    ensure!(names == ["web-0", "web-1", "web-2"], "{names:?}");
+    // In order: each made after the one before it was ready.
+    ensure!(after_ready(&pods, "web-0", "web-1"), "in order");
+    ensure!(after_ready(&pods, "web-1", "web-2"), "in order");
+    // Each knows its stable name, under the headless Service.
+    let hostname = k.run(&["exec", "web-1", "--", "hostname"])?;
+    ensure!(hostname.trim() == "web-1", "{hostname}");
+    let spec = pods[1].spec.clone().unwrap_or_default();
+    ensure!(spec.subdomain.as_deref() == Some("web"), "{spec:?}");
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let first = sets.get("web").await?.status.unwrap_or_default();
+    let first_revision = first.update_revision.clone().unwrap_or_default();
+    ensure!(first.current_revision == first.update_revision, "{first:?}");
+
+    // A new template rolls out from the highest ordinal down.
+    k.run(&["set", "env", "statefulset/web", "VERSION=2"])?;
+    k.run(&["rollout", "status", "statefulset/web", "--timeout=180s"])?;
+    let status = sets.get("web").await?.status.unwrap_or_default();
+    let second_revision = status.update_revision.clone().unwrap_or_default();
+    ensure!(second_revision != first_revision, "{status:?}");
+    ensure!(
+        status.current_revision == status.update_revision,
+        "{status:?}"
+    );
+    ensure!(status.updated_replicas == Some(3), "{status:?}");
+    let pods = ns.pods().list(&ListParams::default()).await?.items;
+    ensure!(
+        created(&pods, "web-2") < created(&pods, "web-1"),
+        "reverse order"
+    );
+    ensure!(
+        created(&pods, "web-1") < created(&pods, "web-0"),
+        "reverse order"
+    );
+    for pod in &pods {
+        let revision = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("controller-revision-hash"));
+        ensure!(
+            revision == Some(&second_revision),
+            "{:?}",
+            pod.metadata.name
+        );
+    }
+
+    // Undoing it goes back to the first revision, not a new one.
+    k.run(&["rollout", "undo", "statefulset/web"])?;
+    k.run(&["rollout", "status", "statefulset/web", "--timeout=180s"])?;
+    let status = sets.get("web").await?.status.unwrap_or_default();
+    ensure!(
+        status.update_revision.as_deref() == Some(first_revision.as_str()),
+        "{status:?}"
+    );
+
+    // Scaled down, the highest ordinals go.
+    k.run(&["scale", "statefulset/web", "--replicas=1"])?;
+    poll(WAIT, "only web-0 to remain", || async {
+        let names: Vec<String> = live_pods(&ns).await?.into_iter().map(|(n, _)| n).collect();
+        Ok((names == ["web-0"]).then_some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 use self::plan::Due;
 use self::schedule::Schedule;
 use super::owner::{ObjectKey, controlled_by, controller_of};
-use super::queue::{Backoff, Queue};
+use super::queue::{Backoff, Ending, Queue};
 use super::replicaset::api_message;
 use super::{chain, namespace_terminating};
 
@@ -242,22 +242,15 @@ impl Controller {
                 return;
             }
         };
-        self.queue.done(&key);
-        match result {
-            Ok(Some(wait)) => {
-                self.queue.forget(&key);
-                self.queue.add_after(key, now + wait);
-            }
-            Ok(None) => self.queue.forget(&key),
-            Err(Error::Stale { .. }) => {
-                debug!(cronjob = %key, "changed under the write; retrying");
-                self.queue.add_after(key, now + STALE_RETRY);
-            }
-            Err(err) => {
-                let delay = self.queue.backoff(&key);
-                warn!(cronjob = %key, error = %chain(&err), retry_in = ?delay, "syncing CronJob failed");
-                self.queue.add_after(key, now + delay);
-            }
+        let ending = match &result {
+            Ok(recheck) => Ending::Done { recheck: *recheck },
+            Err(Error::Stale { .. }) => Ending::Stale { retry: STALE_RETRY },
+            Err(_) => Ending::Failed,
+        };
+        if let Some(delay) = self.queue.settle(key.clone(), ending, now)
+            && let Err(err) = &result
+        {
+            warn!(cronjob = %key, error = %chain(err), retry_in = ?delay, "syncing CronJob failed");
         }
     }
 }

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 use self::status::{Counts, Scale};
 use super::chain;
 use super::owner::{ObjectKey, controller_of, selector, selects};
-use super::queue::{Backoff, Queue};
+use super::queue::{Backoff, Ending, Queue};
 
 /// The name events are reported under, as upstream's controller.
 pub const REPORTER: &str = "controllermanager";
@@ -237,23 +237,15 @@ impl Controller {
                 return;
             }
         };
-        self.queue.done(&key);
-        match result {
-            Ok(recheck) => {
-                self.queue.forget(&key);
-                if let Some(wait) = recheck {
-                    self.queue.add_after(key, now + wait);
-                }
-            }
-            Err(Error::Stale { .. }) => {
-                debug!(pdb = %key, "changed under the write; retrying");
-                self.queue.add_after(key, now + STALE_RETRY);
-            }
-            Err(err) => {
-                let delay = self.queue.backoff(&key);
-                warn!(pdb = %key, error = %chain(&err), retry_in = ?delay, "syncing PodDisruptionBudget failed");
-                self.queue.add_after(key, now + delay);
-            }
+        let ending = match &result {
+            Ok(recheck) => Ending::Done { recheck: *recheck },
+            Err(Error::Stale { .. }) => Ending::Stale { retry: STALE_RETRY },
+            Err(_) => Ending::Failed,
+        };
+        if let Some(delay) = self.queue.settle(key.clone(), ending, now)
+            && let Err(err) = &result
+        {
+            warn!(pdb = %key, error = %chain(err), retry_in = ?delay, "syncing PodDisruptionBudget failed");
         }
     }
 }

@@ -19,6 +19,14 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// How a reconcile ended, for [`Queue::settle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Done { recheck: Option<Duration> },
+    Stale { retry: Duration },
+    Failed,
+}
+
 #[derive(Debug)]
 pub struct Queue<K> {
     dirty: BTreeSet<K>,
@@ -120,6 +128,32 @@ impl<K: Ord + Hash + Clone> Queue<K> {
         self.failures.remove(key);
     }
 
+    /// Ends a reconcile of `key` (handed out by [`Queue::pop`]) by how it went: a success
+    /// forgets its failures and comes back after `recheck` if asked; a write that met a
+    /// newer object comes back after `stale` without counting as a failure; a failure backs
+    /// off, and the delay is returned for the log.
+    pub fn settle(&mut self, key: K, ending: Ending, now: Instant) -> Option<Duration> {
+        self.done(&key);
+        match ending {
+            Ending::Done { recheck } => {
+                self.forget(&key);
+                if let Some(wait) = recheck {
+                    self.add_after(key, now + wait);
+                }
+                None
+            }
+            Ending::Stale { retry } => {
+                self.add_after(key, now + retry);
+                None
+            }
+            Ending::Failed => {
+                let delay = self.backoff(&key);
+                self.add_after(key, now + delay);
+                Some(delay)
+            }
+        }
+    }
+
     /// The key's object is gone: nothing of it stays queued (a running reconcile still ends
     /// with [`Queue::done`]).
     pub fn remove(&mut self, key: &K) {
@@ -196,5 +230,39 @@ mod tests {
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         q.forget(&"a");
         assert_eq!(q.backoff(&"a"), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_a_sync_rechecks_retries_or_backs_off() {
+        let mut q = Queue::new(BACKOFF);
+        let now = Instant::now();
+        q.add("a");
+        assert_eq!(q.pop(now), Some("a"));
+        assert_eq!(
+            q.settle("a", Ending::Failed, now),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(q.next_wakeup(), Some(now + Duration::from_secs(1)));
+        assert_eq!(q.pop(now + Duration::from_secs(1)), Some("a"));
+        let stale = Ending::Stale {
+            retry: Duration::from_millis(10),
+        };
+        assert_eq!(q.settle("a", stale, now), None, "no failure counted");
+        assert_eq!(q.pop(now + Duration::from_secs(1)), Some("a"));
+        assert_eq!(
+            q.settle("a", Ending::Failed, now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(q.pop(now + Duration::from_secs(2)), Some("a"));
+        let done = Ending::Done {
+            recheck: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(q.settle("a", done, now), None);
+        assert_eq!(q.next_wakeup(), Some(now + Duration::from_secs(30)));
+        assert_eq!(
+            q.backoff(&"a"),
+            Duration::from_secs(1),
+            "failures forgotten"
+        );
     }
 }

@@ -48,7 +48,7 @@ use tracing::{debug, error, info, warn};
 use self::plan::{Action, POD_INDEX_LABEL, POD_NAME_LABEL, Revisions, Why};
 use super::history;
 use super::owner::{ObjectKey, claim_all, controlled_by, controller_of, selector, selects};
-use super::queue::{Backoff, Queue};
+use super::queue::{Backoff, Ending, Queue};
 use super::replicaset::api_message;
 use super::{chain, namespace_terminating};
 
@@ -297,23 +297,15 @@ impl Controller {
                 return;
             }
         };
-        self.queue.done(&key);
-        match result {
-            Ok(recheck) => {
-                self.queue.forget(&key);
-                if let Some(wait) = recheck {
-                    self.queue.add_after(key, now + wait);
-                }
-            }
-            Err(Error::Stale { .. }) => {
-                debug!(statefulset = %key, "changed under a write; retrying");
-                self.queue.add_after(key, now + STALE_RETRY);
-            }
-            Err(err) => {
-                let delay = self.queue.backoff(&key);
-                warn!(statefulset = %key, error = %chain(&err), retry_in = ?delay, "syncing StatefulSet failed");
-                self.queue.add_after(key, now + delay);
-            }
+        let ending = match &result {
+            Ok(recheck) => Ending::Done { recheck: *recheck },
+            Err(Error::Stale { .. }) => Ending::Stale { retry: STALE_RETRY },
+            Err(_) => Ending::Failed,
+        };
+        if let Some(delay) = self.queue.settle(key.clone(), ending, now)
+            && let Err(err) = &result
+        {
+            warn!(statefulset = %key, error = %chain(err), retry_in = ?delay, "syncing StatefulSet failed");
         }
     }
 }

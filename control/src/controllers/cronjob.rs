@@ -33,7 +33,6 @@ use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -41,7 +40,7 @@ use tracing::{debug, error, info, warn};
 use self::plan::Due;
 use self::schedule::Schedule;
 use super::owner::{ObjectKey, controlled_by, controller_of};
-use super::queue::{Backoff, Ending, Queue};
+use super::queue::{Backoff, Ending, Queue, Tasks};
 use super::replicaset::api_message;
 use super::{chain, namespace_terminating};
 
@@ -57,6 +56,9 @@ const BACKOFF: Backoff = Backoff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A sync task panicked (a bug): the key is retried with backoff.
+    #[error("the sync task failed")]
+    Task,
     /// kube-runtime's watcher retries by itself and never ends; if it does, syncing from a
     /// frozen view would be wrong, so the controller stops.
     #[error("the {resource} watch ended")]
@@ -112,7 +114,7 @@ fn cronjob_of(job: &Job) -> Option<ObjectKey> {
     })
 }
 
-type Finished = (ObjectKey, Result<Option<Duration>, Error>);
+type Finished = Result<Option<Duration>, Error>;
 
 struct Controller {
     client: Client,
@@ -120,7 +122,7 @@ struct Controller {
     jobs: Store<Job>,
     listed: (bool, bool),
     queue: Queue<ObjectKey>,
-    tasks: JoinSet<Finished>,
+    tasks: Tasks<ObjectKey, Finished>,
 }
 
 async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Error> {
@@ -143,7 +145,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
         jobs,
         listed: (false, false),
         queue: Queue::new(BACKOFF),
-        tasks: JoinSet::new(),
+        tasks: Tasks::default(),
     };
     let result = loop {
         let now = Instant::now();
@@ -162,12 +164,12 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
                 Some(Err(err)) => warn!(error = %chain(&err), "Job watch failed; retrying with backoff"),
                 None => break Err(Error::WatchEnded { resource: "Job" }),
             },
-            Some(done) = c.tasks.join_next(), if !c.tasks.is_empty() => c.finish(done),
+            Some((key, done)) = c.tasks.next(), if !c.tasks.is_empty() => c.finish(key, done),
             _ = sleep_until(wake.unwrap_or(now)), if !ready && wake.is_some() => {}
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    super::drain(&mut c.tasks, "CronJob syncs").await;
+    c.tasks.drain("CronJob syncs").await;
     result
 }
 
@@ -227,19 +229,17 @@ impl Controller {
             .filter(|j| controlled_by(&j.metadata, uid))
             .collect();
         let client = self.client.clone();
-        self.tasks.spawn(async move {
-            let result = sync(&client, &cronjob, &jobs).await;
-            (key, result)
-        });
+        self.tasks
+            .spawn(key, async move { sync(&client, &cronjob, &jobs).await });
     }
 
-    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+    fn finish(&mut self, key: ObjectKey, done: Result<Finished, tokio::task::JoinError>) {
         let now = Instant::now();
-        let (key, result) = match done {
-            Ok(done) => done,
+        let result = match done {
+            Ok(result) => result,
             Err(err) => {
-                warn!(error = %err, "a CronJob sync task failed");
-                return;
+                warn!(cronjob = %key, error = %err, "a CronJob sync task failed");
+                Err(Error::Task)
             }
         };
         let ending = match &result {

@@ -35,7 +35,6 @@ use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource};
-use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -43,7 +42,7 @@ use tracing::{debug, error, info, warn};
 use self::status::{Counts, Scale};
 use super::chain;
 use super::owner::{ObjectKey, controller_of, selector, selects};
-use super::queue::{Backoff, Ending, Queue};
+use super::queue::{Backoff, Ending, Queue, Tasks};
 
 /// The name events are reported under, as upstream's controller.
 pub const REPORTER: &str = "controllermanager";
@@ -56,6 +55,9 @@ const BACKOFF: Backoff = Backoff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A sync task panicked (a bug): the key is retried with backoff.
+    #[error("the sync task failed")]
+    Task,
     /// kube-runtime's watcher retries by itself and never ends; if it does, syncing from a
     /// frozen view would be wrong, so the controller stops.
     #[error("the {resource} watch ended")]
@@ -86,7 +88,7 @@ pub async fn run(client: Client, cancel: CancellationToken) {
     }
 }
 
-type Finished = (ObjectKey, Result<Option<Duration>, Error>);
+type Finished = Result<Option<Duration>, Error>;
 
 struct Controller {
     client: Client,
@@ -96,7 +98,7 @@ struct Controller {
     pods: Store<Pod>,
     listed: (bool, bool),
     queue: Queue<ObjectKey>,
-    tasks: JoinSet<Finished>,
+    tasks: Tasks<ObjectKey, Finished>,
 }
 
 async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Error> {
@@ -120,7 +122,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
         pods,
         listed: (false, false),
         queue: Queue::new(BACKOFF),
-        tasks: JoinSet::new(),
+        tasks: Tasks::default(),
     };
     let result = loop {
         let now = Instant::now();
@@ -139,12 +141,12 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
                 Some(Err(err)) => warn!(error = %chain(&err), "pod watch failed; retrying with backoff"),
                 None => break Err(Error::WatchEnded { resource: "pod" }),
             },
-            Some(done) = c.tasks.join_next(), if !c.tasks.is_empty() => c.finish(done),
+            Some((key, done)) = c.tasks.next(), if !c.tasks.is_empty() => c.finish(key, done),
             _ = sleep_until(wake.unwrap_or(now)), if !ready && wake.is_some() => {}
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    super::drain(&mut c.tasks, "PodDisruptionBudget syncs").await;
+    c.tasks.drain("PodDisruptionBudget syncs").await;
     result
 }
 
@@ -222,19 +224,19 @@ impl Controller {
         };
         let client = self.client.clone();
         let recorder = self.recorder.clone();
-        self.tasks.spawn(async move {
-            let result = sync(&client, &recorder, &pdb, &pods).await;
-            (key, result)
-        });
+        self.tasks.spawn(
+            key,
+            async move { sync(&client, &recorder, &pdb, &pods).await },
+        );
     }
 
-    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+    fn finish(&mut self, key: ObjectKey, done: Result<Finished, tokio::task::JoinError>) {
         let now = Instant::now();
-        let (key, result) = match done {
-            Ok(done) => done,
+        let result = match done {
+            Ok(result) => result,
             Err(err) => {
-                warn!(error = %err, "a PodDisruptionBudget sync task failed");
-                return;
+                warn!(pdb = %key, error = %err, "a PodDisruptionBudget sync task failed");
+                Err(Error::Task)
             }
         };
         let ending = match &result {

@@ -7,9 +7,11 @@
 //! count until [`Queue::forget`], and each doubles its next delay up to the cap.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
 
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
 /// Exponential per-key backoff: `base`, doubled per failure, capped at `max`.
@@ -17,6 +19,56 @@ use tokio::time::Instant;
 pub struct Backoff {
     pub base: Duration,
     pub max: Duration,
+}
+
+/// Reconciles in flight, each under its key: a task that panics still hands its key back,
+/// so that the key is settled (and retried) instead of staying busy for ever.
+#[derive(Debug)]
+pub struct Tasks<K, T> {
+    set: JoinSet<T>,
+    running: HashMap<Id, K>,
+}
+
+impl<K, T: Send + 'static> Default for Tasks<K, T> {
+    fn default() -> Self {
+        Tasks {
+            set: JoinSet::new(),
+            running: HashMap::new(),
+        }
+    }
+}
+
+impl<K, T: Send + 'static> Tasks<K, T> {
+    pub fn spawn(&mut self, key: K, task: impl Future<Output = T> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.running.insert(handle.id(), key);
+    }
+
+    /// The next task to end, with its key; None when none runs.
+    pub async fn next(&mut self) -> Option<(K, Result<T, JoinError>)> {
+        loop {
+            let (id, result) = match self.set.join_next_with_id().await? {
+                Ok((id, value)) => (id, Ok(value)),
+                Err(err) => (err.id(), Err(err)),
+            };
+            if let Some(key) = self.running.remove(&id) {
+                return Some((key, result));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Waits for the tasks still running at shutdown, as [`super::drain`] does.
+    pub async fn drain(&mut self, what: &str) {
+        super::drain(&mut self.set, what).await;
+    }
 }
 
 /// How a reconcile ended, for [`Queue::settle`].

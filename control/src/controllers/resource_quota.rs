@@ -50,7 +50,7 @@ use tracing::{debug, error, info, warn};
 use self::usage::{Objects, Source, source_of};
 use super::chain;
 use super::owner::ObjectKey;
-use super::queue::{Backoff, Queue};
+use super::queue::{Backoff, Ending, Queue, Tasks};
 
 /// Upstream's `--resource-quota-sync-period` default: how often every quota is recomputed
 /// whether or not anything was seen to change.
@@ -70,6 +70,9 @@ const CHANNEL: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A status write task panicked (a bug): the quota is retried with backoff.
+    #[error("the status write task failed")]
+    Task,
     /// kube-runtime's watcher retries by itself and never ends; if it does, syncing from a
     /// frozen view would be wrong, so the controller stops.
     #[error("the ResourceQuota watch ended")]
@@ -156,7 +159,7 @@ struct Controller {
     /// Quotas waiting for a type to list or to be discovered.
     waiting: HashSet<ObjectKey>,
     queue: Queue<ObjectKey>,
-    tasks: JoinSet<(ObjectKey, Result<(), Error>)>,
+    tasks: Tasks<ObjectKey, Result<(), Error>>,
     stop: CancellationToken,
 }
 
@@ -187,7 +190,7 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
         discoveries: JoinSet::new(),
         waiting: HashSet::new(),
         queue: Queue::new(BACKOFF),
-        tasks: JoinSet::new(),
+        tasks: Tasks::default(),
         stop: cancel.child_token(),
     };
     let result = loop {
@@ -210,7 +213,7 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
                 Ok((source, found)) => c.discovered(source, found),
                 Err(err) => warn!(error = %err, "a discovery task failed"),
             },
-            Some(done) = c.tasks.join_next(), if !c.tasks.is_empty() => c.finish(done),
+            Some((key, done)) = c.tasks.next(), if !c.tasks.is_empty() => c.finish(key, done),
             Some(_) = c.watches.join_next(), if !c.watches.is_empty() => {}
             _ = resync.tick() => c.mark_all(),
             _ = sleep_until(wake.unwrap_or(now)), if !ready && wake.is_some() => {}
@@ -218,7 +221,7 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
         }
     };
     c.stop.cancel();
-    super::drain(&mut c.tasks, "ResourceQuota status writes").await;
+    c.tasks.drain("ResourceQuota status writes").await;
     result
 }
 
@@ -473,10 +476,10 @@ impl Controller {
         let api: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &key.namespace);
         let mut updated = quota.as_ref().clone();
         updated.status = Some(status);
-        self.tasks.spawn(async move {
+        self.tasks.spawn(key.clone(), async move {
             // The resourceVersion read makes the write conditional: usage computed from a
             // quota that admission charged since never lands.
-            let result = match api
+            match api
                 .replace_status(&key.name, &PostParams::default(), &updated)
                 .await
             {
@@ -484,12 +487,8 @@ impl Controller {
                 Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                     Err(Error::Stale { quota: key.clone() })
                 }
-                Err(source) => Err(Error::Status {
-                    quota: key.clone(),
-                    source,
-                }),
-            };
-            (key, result)
+                Err(source) => Err(Error::Status { quota: key, source }),
+            }
         });
     }
 
@@ -540,27 +539,24 @@ impl Controller {
         }
     }
 
-    fn finish(&mut self, done: Result<(ObjectKey, Result<(), Error>), tokio::task::JoinError>) {
+    fn finish(&mut self, key: ObjectKey, done: Result<Result<(), Error>, tokio::task::JoinError>) {
         let now = Instant::now();
-        let (key, result) = match done {
-            Ok(done) => done,
+        let result = match done {
+            Ok(result) => result,
             Err(err) => {
-                warn!(error = %err, "a ResourceQuota status write failed to run");
-                return;
+                warn!(quota = %key, error = %err, "a ResourceQuota status write failed to run");
+                Err(Error::Task)
             }
         };
-        self.queue.done(&key);
-        match result {
-            Ok(()) => self.queue.forget(&key),
-            Err(Error::Stale { .. }) => {
-                debug!(quota = %key, "changed under the write; retrying");
-                self.queue.add_after(key, now + STALE_RETRY);
-            }
-            Err(err) => {
-                let delay = self.queue.backoff(&key);
-                warn!(quota = %key, error = %chain(&err), retry_in = ?delay, "writing a ResourceQuota status failed");
-                self.queue.add_after(key, now + delay);
-            }
+        let ending = match &result {
+            Ok(()) => Ending::Done { recheck: None },
+            Err(Error::Stale { .. }) => Ending::Stale { retry: STALE_RETRY },
+            Err(_) => Ending::Failed,
+        };
+        if let Some(delay) = self.queue.settle(key.clone(), ending, now)
+            && let Err(err) = &result
+        {
+            warn!(quota = %key, error = %chain(err), retry_in = ?delay, "writing a ResourceQuota status failed");
         }
     }
 }

@@ -40,7 +40,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -48,7 +47,7 @@ use tracing::{debug, error, info, warn};
 use self::plan::{Action, POD_INDEX_LABEL, POD_NAME_LABEL, Revisions, Why};
 use super::history;
 use super::owner::{ObjectKey, claim_all, controlled_by, controller_of, selector, selects};
-use super::queue::{Backoff, Ending, Queue};
+use super::queue::{Backoff, Ending, Queue, Tasks};
 use super::replicaset::api_message;
 use super::{chain, namespace_terminating};
 
@@ -63,6 +62,9 @@ const BACKOFF: Backoff = Backoff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A sync task panicked (a bug): the key is retried with backoff.
+    #[error("the sync task failed")]
+    Task,
     /// kube-runtime's watcher retries by itself and never ends; if it does, syncing from a
     /// frozen view would be wrong, so the controller stops.
     #[error("the {resource} watch ended")]
@@ -112,7 +114,7 @@ fn set_of(meta: &kube::api::ObjectMeta) -> Option<ObjectKey> {
     })
 }
 
-type Finished = (ObjectKey, Result<Option<Duration>, Error>);
+type Finished = Result<Option<Duration>, Error>;
 
 struct Controller {
     client: Client,
@@ -122,7 +124,7 @@ struct Controller {
     revisions: Store<ControllerRevision>,
     listed: [bool; 3],
     queue: Queue<ObjectKey>,
-    tasks: JoinSet<Finished>,
+    tasks: Tasks<ObjectKey, Finished>,
 }
 
 async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Error> {
@@ -155,7 +157,7 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
         revisions,
         listed: [false; 3],
         queue: Queue::new(BACKOFF),
-        tasks: JoinSet::new(),
+        tasks: Tasks::default(),
     };
     let result = loop {
         let now = Instant::now();
@@ -179,12 +181,12 @@ async fn run_until(client: Client, cancel: CancellationToken) -> Result<(), Erro
                 Some(Err(err)) => warn!(error = %chain(&err), "ControllerRevision watch failed; retrying with backoff"),
                 None => break Err(Error::WatchEnded { resource: "ControllerRevision" }),
             },
-            Some(done) = c.tasks.join_next(), if !c.tasks.is_empty() => c.finish(done),
+            Some((key, done)) = c.tasks.next(), if !c.tasks.is_empty() => c.finish(key, done),
             _ = sleep_until(wake.unwrap_or(now)), if !ready && wake.is_some() => {}
             _ = std::future::ready(()), if ready => c.work_one(now),
         }
     };
-    super::drain(&mut c.tasks, "StatefulSet syncs").await;
+    c.tasks.drain("StatefulSet syncs").await;
     result
 }
 
@@ -276,25 +278,24 @@ impl Controller {
             .collect();
         let client = self.client.clone();
         let recorder = self.recorder.clone();
-        self.tasks.spawn(async move {
+        self.tasks.spawn(key.clone(), async move {
             let sync = Sync {
                 client: &client,
                 recorder: &recorder,
-                key: key.clone(),
+                key,
                 set: &set,
             };
-            let result = sync.run(&pods, &revisions).await;
-            (key, result)
+            sync.run(&pods, &revisions).await
         });
     }
 
-    fn finish(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+    fn finish(&mut self, key: ObjectKey, done: Result<Finished, tokio::task::JoinError>) {
         let now = Instant::now();
-        let (key, result) = match done {
-            Ok(done) => done,
+        let result = match done {
+            Ok(result) => result,
             Err(err) => {
-                warn!(error = %err, "a StatefulSet sync task failed");
-                return;
+                warn!(statefulset = %key, error = %err, "a StatefulSet sync task failed");
+                Err(Error::Task)
             }
         };
         let ending = match &result {

@@ -7,9 +7,9 @@
 //! without error and every listing afterwards came back empty; each pass rereads the
 //! namespace and rediscovers the API (types come and go with CRDs and aggregated API
 //! servers); a namespace is handled by one task at a time, up to [`WORKERS`] at once, each
-//! with its own backoff, so a stuck namespace delays only itself. Pods are deleted gracefully
-//! like any other object: their node stops them, and the namespace waits for that, as
-//! upstream's does.
+//! with its own backoff, so a stuck namespace delays only itself. Pods go first and alone
+//! (upstream's ordered deletion): the rest is deleted only once no pod is left, and pods are
+//! deleted gracefully, their node stopping them while the namespace waits.
 //!
 //! Not done: a namespace's own `metadata.finalizers` (`orphan`, `foregroundDeletion`) are the
 //! garbage collector's, which nodus does not have yet. Upstream: `pkg/controller/namespace/`
@@ -289,9 +289,21 @@ async fn reconcile(client: &Client, name: &str) -> Result<Left, Error> {
     })?;
     let mut tally = Tally::default();
     let mut content_failures = Vec::new();
-    for target in targets(&discovered.resources) {
-        if let Err(err) = empty(client, name, &target, &mut tally).await {
+    // Pods first, and nothing else while any is left (upstream's ordered namespace
+    // deletion): a pod never outlives the ConfigMaps, Secrets and accounts it uses.
+    let (pods, others): (Vec<Target>, Vec<Target>) = targets(&discovered.resources)
+        .into_iter()
+        .partition(Target::is_pods);
+    for target in &pods {
+        if let Err(err) = empty(client, name, target, &mut tally).await {
             content_failures.push(format!("{target}: {}", chain(&err)));
+        }
+    }
+    if tally.is_empty() && content_failures.is_empty() {
+        for target in &others {
+            if let Err(err) = empty(client, name, target, &mut tally).await {
+                content_failures.push(format!("{target}: {}", chain(&err)));
+            }
         }
     }
     let left = tally.left(Timestamp::now());
@@ -501,10 +513,7 @@ mod tests {
             "{left:?}"
         );
         let sent = double.take_sent();
-        assert_eq!(
-            requests(&sent, "DELETE"),
-            vec![CONFIG_MAPS, PODS, DEPLOYMENTS]
-        );
+        assert_eq!(requests(&sent, "DELETE"), vec![PODS], "pods first, alone");
         assert!(
             sent.iter()
                 .filter(|(m, _, _)| m == "DELETE")
@@ -522,13 +531,21 @@ mod tests {
                 "Some resources are remaining: pods. has 1 resource instances".to_owned()
             )
         );
-        assert!(double.with(|s| s.objects.values().filter(|o| !o.is_empty()).count() == 1));
+        assert!(
+            double.with(|s| s.objects.values().filter(|o| !o.is_empty()).count() == 3),
+            "the rest waits for the pod"
+        );
 
-        // The node stops the pod and deletes it for good.
+        // The node stops the pod and deletes it for good: the rest goes.
         double.with(|s| s.objects.insert(PODS, Vec::new()));
         let left = reconcile(&client, NS).await.expect("second pass");
         assert_eq!(left, Left::Nothing);
         let sent = double.take_sent();
+        assert_eq!(
+            requests(&sent, "DELETE"),
+            vec![PODS, CONFIG_MAPS, DEPLOYMENTS, "/api/v1/namespaces/shop"],
+            "then the namespace itself"
+        );
         let finalize = sent
             .iter()
             .find(|(m, p, _)| m == "PUT" && p == "/api/v1/namespaces/shop/finalize")

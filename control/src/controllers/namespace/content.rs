@@ -28,7 +28,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn is_pods(&self) -> bool {
+    pub fn is_pods(&self) -> bool {
         self.resource.group.is_empty() && self.resource.plural == "pods"
     }
 }

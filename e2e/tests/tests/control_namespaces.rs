@@ -1,7 +1,7 @@
 //! nodus-control's namespace controllers on the local cluster: a new namespace gets the
 //! `kube-root-ca.crt` ConfigMap (the cluster CA) and the `default` ServiceAccount, both put
-//! back when deleted or changed; a deleted namespace is emptied — its pods stopped by the
-//! node — and then goes.
+//! back when deleted or changed; a deleted namespace is emptied — its pods first, stopped by
+//! the node, and the rest only once no pod is left — and then goes.
 //!
 //! The namespaces here are created bare, not through `TestNamespace`, which makes the
 //! ServiceAccount itself: the point is that the controller does.
@@ -206,7 +206,8 @@ async fn a_deleted_namespace_is_emptied_and_goes() -> Result<()> {
     pods.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
-            "metadata": { "name": "web", "labels": { "app": "web" } },
+            // Held by a finalizer, so that the namespace's content waits on it.
+            "metadata": { "name": "web", "labels": { "app": "web" }, "finalizers": ["example.com/hold"] },
             "spec": {
                 "nodeName": cluster.node_name(),
                 "automountServiceAccountToken": false,
@@ -226,6 +227,41 @@ async fn a_deleted_namespace_is_emptied_and_goes() -> Result<()> {
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.delete(&ns, &DeleteParams::default()).await?;
+    // Pods go first: while one is left (held here), the rest of the content stays.
+    poll(
+        Duration::from_secs(60),
+        "a pass that finds the pod left",
+        || async {
+            let namespace = namespaces.get(&ns).await?;
+            let conditions = namespace
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default();
+            let waiting = conditions.iter().any(|c| {
+                c.type_ == "NamespaceContentRemaining"
+                    && c.status == "True"
+                    && c.message.as_deref().is_some_and(|m| m.contains("pods"))
+            });
+            Ok(waiting.then_some(()))
+        },
+    )
+    .await?;
+    let pod = pods.get("web").await?;
+    assert!(
+        pod.metadata.deletion_timestamp.is_some(),
+        "the pod is being deleted"
+    );
+    assert!(
+        config_maps.get_opt("settings").await?.is_some(),
+        "ConfigMaps wait for the pods"
+    );
+    assert!(
+        secrets.get_opt("token").await?.is_some(),
+        "Secrets wait for the pods"
+    );
+    let release = json!({ "metadata": { "finalizers": null } });
+    pods.patch("web", &PatchParams::default(), &Patch::Merge(&release))
+        .await?;
     poll(
         Duration::from_secs(90),
         "the namespace to be gone",

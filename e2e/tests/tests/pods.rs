@@ -1336,3 +1336,68 @@ async fn a_pod_with_a_subdomain_has_its_full_name_in_etc_hosts() -> Result<()> {
     );
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_evicted_pod_keeps_the_eviction_apis_disruption_condition() -> Result<()> {
+    let (_cluster, ns, node) = setup("evicted").await?;
+    // The finalizer keeps the stopped pod readable after the eviction deleted it.
+    let mut spec = pod(
+        "evicted",
+        "Never",
+        json!([sh("main", "trap 'exit 0' TERM; sleep 600 & wait")]),
+    );
+    spec["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    spec["spec"]["terminationGracePeriodSeconds"] = json!(2);
+    ns.create_pod(&node, spec).await?;
+    wait_pod(&ns, "evicted", Duration::from_secs(60), "running", |p| {
+        (phase(p) == "Running").then_some(())
+    })
+    .await?;
+    ns.pods()
+        .evict("evicted", &kube::api::EvictParams::default())
+        .await?;
+    // Stopped by nodus, its status keeps what the eviction API said, as the kubelet's does:
+    // a Job's pod failure policy reads it.
+    let condition = wait_pod(
+        &ns,
+        "evicted",
+        Duration::from_secs(60),
+        "the pod to be stopped",
+        |p| {
+            let stopped = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| {
+                    c.iter().all(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .is_some()
+                    })
+                });
+            let condition = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "DisruptionTarget").cloned());
+            stopped.then_some(condition)
+        },
+    )
+    .await?;
+    let condition = condition.context("no DisruptionTarget condition")?;
+    ensure!(
+        condition.status == "True" && condition.reason.as_deref() == Some("EvictionByEvictionAPI"),
+        "{condition:?}"
+    );
+    let release = json!({ "metadata": { "finalizers": null } });
+    ns.pods()
+        .patch(
+            "evicted",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&release),
+        )
+        .await?;
+    ns.delete_pods().await
+}

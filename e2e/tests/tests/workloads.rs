@@ -6,9 +6,9 @@
 //! backoffLimit, a finished one goes after its TTL; a DaemonSet runs one pod on the node
 //! and rolls out a new template; a ReplicationController scales and shows a quota refusal
 //! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
-//! keeps only its history; an evicted Job pod keeps the eviction's DisruptionTarget
-//! condition; a PodDisruptionBudget refuses an eviction until its counts allow one; a
-//! StatefulSet makes its pods in order, rolls a new template out in reverse and rolls back.
+//! keeps only its history; a PodDisruptionBudget refuses an eviction until its counts allow
+//! one; a StatefulSet makes its pods in order, rolls a new template out in reverse and rolls
+//! back.
 
 use std::time::Duration;
 
@@ -666,70 +666,6 @@ async fn a_cron_job_runs_on_schedule_records_its_runs_and_keeps_its_history() ->
     ])?;
     ensure!(!listed.is_empty(), "kubectl shows when it last ran");
     k.run(&["delete", "cronjob", "tick", "--wait=true"])?;
-    Ok(())
-}
-
-#[tokio::test]
-#[ignore = "needs the local cluster: run e2e/test"]
-async fn an_evicted_job_pod_keeps_its_disruption_condition_and_the_failure_policy_ignores_it()
--> Result<()> {
-    use k8s_openapi::api::batch::v1::Job;
-    let cluster = Cluster::from_env()?;
-    let client = cluster.admin().await?;
-    let ns = TestNamespace::create(client.clone(), "evicted-job").await?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
-    let job: Job = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "patient" },
-        "spec": {
-            "backoffLimit": 0,
-            "podFailurePolicy": { "rules": [{
-                "action": "Ignore",
-                "onPodConditions": [{ "type": "DisruptionTarget", "status": "True" }],
-            }]},
-            "template": { "spec": {
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE] }],
-            }},
-        },
-    }))?;
-    jobs.create(&Default::default(), &job).await?;
-    let first = poll(WAIT, "the job's pod to run", || async {
-        let pods = ns.pods().list(&ListParams::default()).await?.items;
-        Ok(pods
-            .into_iter()
-            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
-    })
-    .await?;
-    let name = first.metadata.name.clone().unwrap_or_default();
-    ns.pods()
-        .evict(&name, &kube::api::EvictParams::default())
-        .await?;
-    // The pod's failure is ignored, not counted: a replacement runs and the Job goes on.
-    let replacement = poll(WAIT, "a replacement pod", || async {
-        let pods = ns.pods().list(&ListParams::default()).await?.items;
-        Ok(pods
-            .into_iter()
-            .find(|p| p.metadata.name.as_deref() != Some(name.as_str()))
-            .map(|p| p.metadata.name.unwrap_or_default()))
-    })
-    .await?;
-    let status = jobs.get("patient").await?.status.unwrap_or_default();
-    let failed = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Failed" && c.status == "True");
-    ensure!(!failed && status.failed.unwrap_or(0) == 0, "{status:?}");
-    ensure!(!replacement.is_empty());
-    jobs.delete(
-        "patient",
-        &kube::api::DeleteParams {
-            propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
-            ..Default::default()
-        },
-    )
-    .await?;
     Ok(())
 }
 

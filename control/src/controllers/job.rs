@@ -32,6 +32,7 @@
 //! ```
 
 pub mod backoff;
+pub mod failure_policy;
 pub mod indexes;
 pub mod plan;
 pub(crate) mod pod_control;

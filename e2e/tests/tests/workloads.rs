@@ -8,7 +8,7 @@
 //! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
 //! keeps only its history; a PodDisruptionBudget refuses an eviction until its counts allow
 //! one; a StatefulSet makes its pods in order, rolls a new template out in reverse and rolls
-//! back.
+//! back; a Job's pod failure policy ignores an evicted pod.
 
 use std::time::Duration;
 
@@ -894,6 +894,69 @@ async fn a_stateful_set_keeps_ordered_identities_rolls_out_in_reverse_and_rolls_
         let names: Vec<String> = live_pods(&ns).await?.into_iter().map(|(n, _)| n).collect();
         Ok((names == ["web-0"]).then_some(()))
     })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_job_ignores_an_evicted_pod_by_its_pod_failure_policy() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "evicted-job").await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "patient" },
+        "spec": {
+            "backoffLimit": 0,
+            "podFailurePolicy": { "rules": [{
+                "action": "Ignore",
+                "onPodConditions": [{ "type": "DisruptionTarget", "status": "True" }],
+            }]},
+            "template": { "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE] }],
+            }},
+        },
+    }))?;
+    jobs.create(&Default::default(), &job).await?;
+    let first = poll(WAIT, "the job's pod to run", || async {
+        let pods = ns.pods().list(&ListParams::default()).await?.items;
+        Ok(pods
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
+    })
+    .await?;
+    let name = first.metadata.name.clone().unwrap_or_default();
+    ns.pods()
+        .evict(&name, &kube::api::EvictParams::default())
+        .await?;
+    // The pod's failure is ignored, not counted: a replacement runs and the Job goes on.
+    let replacement = poll(WAIT, "a replacement pod", || async {
+        let pods = ns.pods().list(&ListParams::default()).await?.items;
+        Ok(pods
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+            .map(|p| p.metadata.name.unwrap_or_default()))
+    })
+    .await?;
+    let status = jobs.get("patient").await?.status.unwrap_or_default();
+    let failed = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Failed" && c.status == "True");
+    ensure!(!failed && status.failed.unwrap_or(0) == 0, "{status:?}");
+    ensure!(!replacement.is_empty());
+    jobs.delete(
+        "patient",
+        &kube::api::DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+            ..Default::default()
+        },
+    )
     .await?;
     Ok(())
 }

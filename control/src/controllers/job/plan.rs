@@ -4,7 +4,8 @@
 //!
 //! Invariants, as upstream's 1.37 controller (JobManagedBy, JobPodReplacementPolicy and
 //! JobSuccessPolicy on): a Job that is done first gets an interim condition — FailureTarget
-//! (BackoffLimitExceeded, DeadlineExceeded) or SuccessCriteriaMet (CompletionsReached) — and
+//! (PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded) or SuccessCriteriaMet
+//! (CompletionsReached) — and
 //! only once its uncounted pods are counted and none is terminating the terminal one, Failed
 //! or Complete, copying the interim reason and message: the API server refuses Failed
 //! without FailureTarget and Complete without SuccessCriteriaMet. A terminal Job has
@@ -28,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::backoff::Record;
+use super::failure_policy::{self, Verdict};
 use super::indexes::{self, Intervals, completion_index};
 use super::pods::{self, has_finalizer, is_failed, succeeded};
 use super::tracking::{Uncounted, clean_uncounted};
@@ -347,11 +349,13 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
         .copied()
         .filter(|p| view.counts_as_new(p, &uncounted.succeeded) && succeeded(p))
         .collect();
+    // Failures the pod failure policy ignores count for nothing.
     let new_failed: Vec<&Pod> = view
         .pods
         .iter()
         .copied()
         .filter(|p| view.counts_as_new(p, &uncounted.failed) && is_failed(p, only_failed))
+        .filter(|p| failure_policy::judge(job, p) != Verdict::Ignore)
         .collect();
     let mut succeeded_count = status.succeeded.unwrap_or(0)
         + count(new_succeeded.len())
@@ -389,7 +393,18 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
     };
     if finish.is_none() {
         let deadline = deadline_left(job, status.start_time.as_ref(), view.now);
-        if failed_count > backoff_limit(job) || past_backoff_limit_on_failure(job, view.pods) {
+        let fail_job = view
+            .pods
+            .iter()
+            .filter(|p| is_failed(p, only_failed))
+            .find_map(|p| match failure_policy::judge(job, p) {
+                Verdict::FailJob(message) => Some(message),
+                _ => None,
+            });
+        if let Some(message) = fail_job {
+            finish = Some(Finish::failure(failure_policy::REASON, &message));
+        } else if failed_count > backoff_limit(job) || past_backoff_limit_on_failure(job, view.pods)
+        {
             finish = Some(Finish::failure(
                 BACKOFF_LIMIT_EXCEEDED,
                 BACKOFF_LIMIT_MESSAGE,
@@ -630,6 +645,7 @@ pub fn track<'a>(
         } else if (failed || failing)
             && !uncounted.failed.contains(&uid)
             && (!indexed || index.is_some())
+            && !(failed && failure_policy::judge(job, pod) == Verdict::Ignore)
         {
             // A pod of a failing Job that did not finish counts as failed.
             new_failed.push(uid);
@@ -835,6 +851,86 @@ mod tests {
                 Finish::Failure { reason, .. } | Finish::Success { reason, .. } => reason.clone(),
             });
             assert_eq!(got.as_deref(), reason, "case {i}");
+        }
+    }
+
+    #[test]
+    fn the_pod_failure_policy_ignores_a_disruption_and_fails_the_job_on_an_exit_code() {
+        use k8s_openapi::api::batch::v1::{
+            PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+            PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+        };
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, PodCondition};
+        let none = HashSet::new();
+        let mut j = job(Some(3), 2);
+        if let Some(spec) = j.spec.as_mut() {
+            spec.backoff_limit = Some(0);
+            spec.pod_failure_policy = Some(PodFailurePolicy {
+                rules: vec![
+                    PodFailurePolicyRule {
+                        action: "Ignore".into(),
+                        on_exit_codes: None,
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".into(),
+                            status: Some("True".into()),
+                        }]),
+                    },
+                    PodFailurePolicyRule {
+                        action: "FailJob".into(),
+                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                            container_name: None,
+                            operator: "In".into(),
+                            values: vec![42],
+                        }),
+                        on_pod_conditions: None,
+                    },
+                ],
+            });
+        }
+        let mut evicted = tracked("evicted", "Failed");
+        if let Some(status) = evicted.status.as_mut() {
+            status.conditions = Some(vec![PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                ..PodCondition::default()
+            }]);
+        }
+        let pods = [&evicted];
+        let a = assess(&view(&j, &pods, &none), Record::default());
+        assert_eq!(a.failed, 0, "ignored, not counted against backoffLimit 0");
+        assert!(a.finish.is_none());
+        let mut status = a.status.clone();
+        let t = track(&view(&j, &pods, &none), &mut status, &a, None);
+        assert_eq!(names(&t.remove), ["evicted"], "its finalizer still goes");
+        assert!(
+            Uncounted::of(Some(&status)).is_empty(),
+            "and it is not counted"
+        );
+
+        let mut crashed = tracked("crashed", "Failed");
+        if let Some(status) = crashed.status.as_mut() {
+            status.container_statuses = Some(vec![ContainerStatus {
+                name: "main".into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 42,
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]);
+        }
+        let pods = [&crashed];
+        let a = assess(&view(&j, &pods, &none), Record::default());
+        match &a.finish {
+            Some(Finish::Failure {
+                reason, message, ..
+            }) => {
+                assert_eq!(reason, failure_policy::REASON);
+                assert!(message.contains("failed with exit code 42"), "{message}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -8,7 +8,8 @@
 //! as its ReplicaFailure condition; a CronJob makes a Job a minute, records its runs and
 //! keeps only its history; a PodDisruptionBudget refuses an eviction until its counts allow
 //! one; a StatefulSet makes its pods in order, rolls a new template out in reverse and rolls
-//! back; a Job's pod failure policy ignores an evicted pod.
+//! back; a Job's pod failure policy ignores an evicted pod, and an Indexed Job completes
+//! by its success policy.
 
 use std::time::Duration;
 
@@ -957,6 +958,59 @@ async fn a_job_ignores_an_evicted_pod_by_its_pod_failure_policy() -> Result<()> 
             ..Default::default()
         },
     )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn an_indexed_job_completes_by_its_success_policy_and_stops_the_rest() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "job-success").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // Index 0 finishes at once; the others would run for ten minutes.
+    let script = format!("[ \"$JOB_COMPLETION_INDEX\" = 0 ] && exit 0; {SERVE}");
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "leader" },
+        "spec": {
+            "completionMode": "Indexed", "completions": 3, "parallelism": 3,
+            "successPolicy": { "rules": [{ "succeededIndexes": "0" }] },
+            "template": { "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", script] }],
+            }},
+        },
+    }))?;
+    jobs.create(&Default::default(), &job).await?;
+    k.run(&[
+        "wait",
+        "--for=condition=complete",
+        "job/leader",
+        "--timeout=120s",
+    ])?;
+    let status = jobs.get("leader").await?.status.unwrap_or_default();
+    let complete = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Complete")
+        .and_then(|c| c.reason.clone());
+    ensure!(complete.as_deref() == Some("SuccessPolicy"), "{status:?}");
+    ensure!(
+        status.completed_indexes.as_deref() == Some("0"),
+        "{status:?}"
+    );
+    ensure!(status.active.unwrap_or(0) == 0, "{status:?}");
+    poll(WAIT, "the other indexes' pods to be stopped", || async {
+        Ok(live_pods(&ns).await?.is_empty().then_some(()))
+    })
     .await?;
     Ok(())
 }

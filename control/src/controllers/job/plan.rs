@@ -5,7 +5,7 @@
 //! Invariants, as upstream's 1.37 controller (JobManagedBy, JobPodReplacementPolicy and
 //! JobSuccessPolicy on): a Job that is done first gets an interim condition — FailureTarget
 //! (PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded) or SuccessCriteriaMet
-//! (CompletionsReached) — and
+//! (SuccessPolicy, CompletionsReached) — and
 //! only once its uncounted pods are counted and none is terminating the terminal one, Failed
 //! or Complete, copying the interim reason and message: the API server refuses Failed
 //! without FailureTarget and Complete without SuccessCriteriaMet. A terminal Job has
@@ -54,6 +54,7 @@ pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
 pub const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
 pub const COMPLETIONS_REACHED: &str = "CompletionsReached";
 pub const COMPLETIONS_MESSAGE: &str = "Reached expected number of succeeded pods";
+pub const SUCCESS_POLICY: &str = "SuccessPolicy";
 
 fn spec_of(job: &Job) -> Option<&k8s_openapi::api::batch::v1::JobSpec> {
     job.spec.as_ref()
@@ -331,6 +332,37 @@ fn deadline_left(job: &Job, start: Option<&Time>, now: Timestamp) -> Option<Dura
     Some(Duration::try_from(end.duration_since(now)).unwrap_or(Duration::ZERO))
 }
 
+/// Upstream's `matchSuccessPolicy`: the first rule of an Indexed Job's `successPolicy` that
+/// its succeeded indexes meet — enough of the named indexes (all of them without a count),
+/// or enough indexes at all.
+fn success_rule(job: &Job, succeeded: &Intervals) -> Option<usize> {
+    let policy = spec_of(job)?.success_policy.as_ref()?;
+    if succeeded.is_empty() {
+        return None;
+    }
+    let total = completions(job).unwrap_or_default();
+    policy
+        .rules
+        .iter()
+        .position(|rule| match &rule.succeeded_indexes {
+            Some(text) => {
+                let required = Intervals::parse(text, total);
+                if required.is_empty() {
+                    return false;
+                }
+                let met = (0..total)
+                    .filter(|ix| required.has(*ix) && succeeded.has(*ix))
+                    .count();
+                let met = i32::try_from(met).unwrap_or(i32::MAX);
+                match rule.succeeded_count {
+                    Some(n) => met >= n,
+                    None => met == required.total(),
+                }
+            }
+            None => rule.succeeded_count.is_some_and(|n| succeeded.total() >= n),
+        })
+}
+
 /// Upstream's `syncJob` up to managing pods: counts, startTime, and whether the Job is done.
 pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
     let job = view.job;
@@ -428,6 +460,15 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
         });
         indexes = prev_indexes.with(newly);
         succeeded_count = indexes.total();
+        if finish.is_none()
+            && let Some(rule) = success_rule(job, &indexes)
+        {
+            finish = Some(Finish::Success {
+                reason: SUCCESS_POLICY.into(),
+                message: format!("Matched rules at index {rule}"),
+                written: false,
+            });
+        }
     }
 
     Assessment {
@@ -932,6 +973,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_success_policy_completes_an_indexed_job_by_its_first_met_rule() {
+        use k8s_openapi::api::batch::v1::{SuccessPolicy, SuccessPolicyRule};
+        let mut j = job(Some(5), 5);
+        let rule = |indexes: Option<&str>, count: Option<i32>| SuccessPolicyRule {
+            succeeded_indexes: indexes.map(str::to_owned),
+            succeeded_count: count,
+        };
+        if let Some(spec) = j.spec.as_mut() {
+            spec.completion_mode = Some("Indexed".into());
+            spec.success_policy = Some(SuccessPolicy {
+                rules: vec![
+                    rule(Some("0,4"), None),
+                    rule(Some("1-3"), Some(2)),
+                    rule(None, Some(4)),
+                ],
+            });
+        }
+        let met = |text: &str| success_rule(&j, &Intervals::parse(text, 5));
+        assert_eq!(met(""), None);
+        assert_eq!(met("0"), None, "index 4 is needed too");
+        assert_eq!(met("0,4"), Some(0));
+        assert_eq!(met("1,3"), Some(1), "two of 1-3");
+        assert_eq!(met("0-1,4"), Some(0), "the first met rule");
+        assert_eq!(met("0,1,3"), Some(1));
     }
 
     #[test]

@@ -1009,7 +1009,12 @@ async fn an_indexed_job_completes_by_its_success_policy_and_stops_the_rest() -> 
     );
     ensure!(status.active.unwrap_or(0) == 0, "{status:?}");
     poll(WAIT, "the other indexes' pods to be stopped", || async {
-        Ok(live_pods(&ns).await?.is_empty().then_some(()))
+        let pods = ns.pods().list(&ListParams::default()).await?.items;
+        let running = pods.iter().any(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            p.metadata.deletion_timestamp.is_none() && matches!(phase, Some("Running" | "Pending"))
+        });
+        Ok((!running).then_some(()))
     })
     .await?;
     Ok(())

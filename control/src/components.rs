@@ -25,6 +25,8 @@ pub const CONTROLLERS: &[&str] = &[
     "namespace-controller",
     "node-ipam-controller",
     "node-lifecycle-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
     "replicaset-controller",
     "replicationcontroller-controller",
     "resourcequota-controller",

@@ -338,6 +338,24 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             work.child_token(),
         ))),
     );
+    let protection = controllers::volume_protection::Config {
+        claims: selection.runs("persistentvolumeclaim-protection-controller"),
+        volumes: selection.runs("persistentvolume-protection-controller"),
+    };
+    // One task for both: started under whichever name is selected.
+    let name = if protection.claims {
+        "persistentvolumeclaim-protection-controller"
+    } else {
+        "persistentvolume-protection-controller"
+    };
+    start(
+        name,
+        quiet(Box::pin(controllers::volume_protection::run(
+            c(),
+            protection,
+            work.child_token(),
+        ))),
+    );
     let lifecycle = controllers::node_lifecycle::Config {
         grace_period: flags.node_monitor_grace_period,
         monitor_period: flags.node_monitor_period,

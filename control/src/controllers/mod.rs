@@ -5,7 +5,8 @@
 //! approval and signing, the node taints that follow node conditions, the EndpointSlices
 //! and legacy Endpoints of Services with selectors, the EndpointSlices mirroring the custom
 //! Endpoints of Services without one, the usage in ResourceQuota statuses, the
-//! PodDisruptionBudget counts, the `kube-root-ca.crt` ConfigMap and `default` ServiceAccount
+//! PodDisruptionBudget counts, the protection of claims and volumes in use, the
+//! `kube-root-ca.crt` ConfigMap and `default` ServiceAccount
 //! of every namespace, the emptying of namespaces being deleted, and (off by default, as
 //! upstream) the bootstrap signer and token cleaner.
 
@@ -34,6 +35,7 @@ pub mod root_ca;
 pub mod service_account;
 pub mod statefulset;
 pub mod token_cleaner;
+pub mod volume_protection;
 
 /// How long a controller's writes in flight get to finish at shutdown.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

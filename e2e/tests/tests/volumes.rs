@@ -555,3 +555,57 @@ async fn cluster_trust_bundles_project_by_name_and_by_signer_and_selector() -> R
     waited?;
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_deleted_claim_stays_while_a_pod_uses_it_and_a_volume_goes_once_unbound() -> Result<()> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let (cluster, ns, node) = setup("vol-protect").await?;
+    let client = cluster.admin().await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": { "name": "data" },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "resources": { "requests": { "storage": "1Mi" } },
+        },
+    }))?;
+    claims.create(&PostParams::default(), &claim).await?;
+    let mut user = pod("user", "Never", json!([sh("app", "sleep 600")]));
+    user["spec"]["volumes"] =
+        json!([{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }]);
+    ns.create_pod(&node, user).await?;
+    claims.delete("data", &Default::default()).await?;
+    // Held by kubernetes.io/pvc-protection while the pod exists.
+    let held = claims.get("data").await?;
+    ensure!(held.metadata.deletion_timestamp.is_some(), "being deleted");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        claims.get_opt("data").await?.is_some(),
+        "kept while a pod uses it"
+    );
+    ns.delete_pods().await?;
+    nodus_e2e::poll(Duration::from_secs(30), "the claim to go", || async {
+        Ok(claims.get_opt("data").await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // An unbound volume is released at once (kubernetes.io/pv-protection).
+    let volumes: Api<PersistentVolume> = Api::all(client);
+    let name = format!("{}-pv", ns.name);
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "capacity": { "storage": "1Mi" },
+            "accessModes": ["ReadWriteOnce"],
+            "hostPath": { "path": "/tmp/nodus-e2e-unused" },
+        },
+    }))?;
+    volumes.create(&PostParams::default(), &volume).await?;
+    volumes.delete(&name, &Default::default()).await?;
+    nodus_e2e::poll(Duration::from_secs(30), "the volume to go", || async {
+        Ok(volumes.get_opt(&name).await?.is_none().then_some(()))
+    })
+    .await
+}

@@ -572,19 +572,25 @@ async fn a_deleted_claim_stays_while_a_pod_uses_it_and_a_volume_goes_once_unboun
         },
     }))?;
     claims.create(&PostParams::default(), &claim).await?;
+    let mut scratch = claim.clone();
+    scratch.metadata.name = Some("scratch".into());
+    claims.create(&PostParams::default(), &scratch).await?;
     let mut user = pod("user", "Never", json!([sh("app", "sleep 600")]));
     user["spec"]["volumes"] =
         json!([{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }]);
     ns.create_pod(&node, user).await?;
     claims.delete("data", &Default::default()).await?;
-    // Held by kubernetes.io/pvc-protection while the pod exists.
+    claims.delete("scratch", &Default::default()).await?;
+    // The unused claim going shows the controller has looked at both; the used one is
+    // held by kubernetes.io/pvc-protection while the pod exists.
+    nodus_e2e::poll(
+        Duration::from_secs(30),
+        "the unused claim to go",
+        || async { Ok(claims.get_opt("scratch").await?.is_none().then_some(())) },
+    )
+    .await?;
     let held = claims.get("data").await?;
     ensure!(held.metadata.deletion_timestamp.is_some(), "being deleted");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    ensure!(
-        claims.get_opt("data").await?.is_some(),
-        "kept while a pod uses it"
-    );
     ns.delete_pods().await?;
     nodus_e2e::poll(Duration::from_secs(30), "the claim to go", || async {
         Ok(claims.get_opt("data").await?.is_none().then_some(()))

@@ -34,6 +34,7 @@ pub const CONTROLLERS: &[&str] = &[
     "serviceaccount-controller",
     "statefulset-controller",
     "token-cleaner-controller",
+    "volumeattributesclass-protection-controller",
 ];
 
 /// The ones `*` leaves out, as upstream does (kubeadm names them).

@@ -341,12 +341,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let protection = controllers::volume_protection::Config {
         claims: selection.runs("persistentvolumeclaim-protection-controller"),
         volumes: selection.runs("persistentvolume-protection-controller"),
+        classes: selection.runs("volumeattributesclass-protection-controller"),
     };
-    // One task for both: started under whichever name is selected.
+    // One task for the three: started under whichever name is selected.
     let name = if protection.claims {
         "persistentvolumeclaim-protection-controller"
-    } else {
+    } else if protection.volumes {
         "persistentvolume-protection-controller"
+    } else {
+        "volumeattributesclass-protection-controller"
     };
     start(
         name,

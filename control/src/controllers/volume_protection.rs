@@ -1,9 +1,10 @@
 //! Volume protection: a PersistentVolumeClaim being deleted keeps its
-//! `kubernetes.io/pvc-protection` finalizer while a pod uses it, and a PersistentVolume its
-//! `kubernetes.io/pv-protection` finalizer while it is bound; then the finalizer goes and the
-//! API server removes the object. The API server's StorageObjectInUseProtection admission
-//! adds the finalizers; without this controller deleted claims and volumes never go.
-//! Upstream: `pkg/controller/volume/pvcprotection`, `pkg/controller/volume/pvprotection`.
+//! `kubernetes.io/pvc-protection` finalizer while a pod uses it, a PersistentVolume its
+//! `kubernetes.io/pv-protection` finalizer while it is bound, and a VolumeAttributesClass its
+//! `kubernetes.io/vac-protection` finalizer while a claim or volume names it; then the
+//! finalizer goes and the API server removes the object. The API server's admission adds the
+//! finalizers; without this controller deleted claims, volumes and classes never go.
+//! Upstream: `pkg/controller/volume/{pvcprotection,pvprotection,vacprotection}`.
 //!
 //! Invariants: level-triggered — claims and volumes being deleted are looked at when they or
 //! the pods of their namespace change; a claim's finalizer is removed only when neither the
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::VolumeAttributesClass;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -32,6 +34,7 @@ use super::queue::{Backoff, Ending, Queue, Tasks};
 
 pub const CLAIM_FINALIZER: &str = "kubernetes.io/pvc-protection";
 pub const VOLUME_FINALIZER: &str = "kubernetes.io/pv-protection";
+pub const CLASS_FINALIZER: &str = "kubernetes.io/vac-protection";
 const WORKERS: usize = 2;
 const STALE_RETRY: Duration = Duration::from_secs(1);
 const BACKOFF: Backoff = Backoff {
@@ -61,11 +64,12 @@ pub enum Error {
     Stale { what: String },
 }
 
-/// What is protected: a claim (namespace and name) or a volume (name, no namespace).
+/// What is protected: a claim (namespace and name), a volume or a volume attributes class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Protected {
     Claim(ObjectKey),
     Volume(String),
+    Class(String),
 }
 
 /// Whether a pod that has not finished names the claim among its volumes.
@@ -94,18 +98,49 @@ fn held<K: Resource>(object: &K, finalizer: &str) -> bool {
     meta.deletion_timestamp.is_some() && meta.finalizers.iter().flatten().any(|f| f == finalizer)
 }
 
+/// Whether a claim or volume names the volume attributes class (upstream's vacprotection
+/// reads the spec, the current class and the one a modification is heading for).
+pub fn class_in_use(
+    class: &str,
+    claims: &[&PersistentVolumeClaim],
+    volumes: &[&PersistentVolume],
+) -> bool {
+    let named = |name: Option<&String>| name.is_some_and(|n| n == class);
+    claims.iter().any(|c| {
+        let status = c.status.as_ref();
+        named(
+            c.spec
+                .as_ref()
+                .and_then(|s| s.volume_attributes_class_name.as_ref()),
+        ) || named(status.and_then(|s| s.current_volume_attributes_class_name.as_ref()))
+            || named(
+                status
+                    .and_then(|s| s.modify_volume_status.as_ref())
+                    .and_then(|m| m.target_volume_attributes_class_name.as_ref()),
+            )
+    }) || volumes.iter().any(|v| {
+        named(
+            v.spec
+                .as_ref()
+                .and_then(|s| s.volume_attributes_class_name.as_ref()),
+        )
+    })
+}
+
 /// A volume is in use while bound to a claim.
 pub fn volume_in_use(volume: &PersistentVolume) -> bool {
     volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
 }
 
-/// Which of the two upstream controllers run: claims
+/// Which of the three upstream controllers run: claims
 /// (`persistentvolumeclaim-protection-controller`), volumes
-/// (`persistentvolume-protection-controller`).
+/// (`persistentvolume-protection-controller`) and classes
+/// (`volumeattributesclass-protection-controller`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     pub claims: bool,
     pub volumes: bool,
+    pub classes: bool,
 }
 
 pub async fn run(client: Client, config: Config, cancel: CancellationToken) {
@@ -121,8 +156,9 @@ struct Controller {
     config: Config,
     claims: Store<PersistentVolumeClaim>,
     volumes: Store<PersistentVolume>,
+    classes: Store<VolumeAttributesClass>,
     pods: Store<Pod>,
-    listed: [bool; 3],
+    listed: [bool; 4],
     queue: Queue<Protected>,
     tasks: Tasks<Protected, Result<(), Error>>,
 }
@@ -131,6 +167,13 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
     let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
     let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (classes, class_writer) = reflector::store::<VolumeAttributesClass>();
+    let class_events = watcher(
+        Api::<VolumeAttributesClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(class_writer);
     let claim_events = watcher(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
@@ -149,13 +192,15 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
     let mut claim_events = pin!(claim_events);
     let mut volume_events = pin!(volume_events);
     let mut pod_events = pin!(pod_events);
+    let mut class_events = pin!(class_events);
     let mut c = Controller {
         client,
         config,
         claims,
         volumes,
+        classes,
         pods,
-        listed: [false; 3],
+        listed: [false; 4],
         queue: Queue::new(BACKOFF),
         tasks: Tasks::default(),
     };
@@ -175,6 +220,11 @@ async fn run_until(client: Client, config: Config, cancel: CancellationToken) ->
                 Some(Ok(event)) => c.on_volume(event),
                 Some(Err(err)) => warn!(error = %chain(&err), "PersistentVolume watch failed; retrying with backoff"),
                 None => break Err(Error::WatchEnded { resource: "PersistentVolume" }),
+            },
+            event = class_events.next() => match event {
+                Some(Ok(event)) => c.on_class(event),
+                Some(Err(err)) => warn!(error = %chain(&err), "VolumeAttributesClass watch failed; retrying with backoff"),
+                None => break Err(Error::WatchEnded { resource: "VolumeAttributesClass" }),
             },
             event = pod_events.next() => match event {
                 Some(Ok(event)) => c.on_pod(event),
@@ -203,6 +253,25 @@ impl Controller {
                 self.queue.add(Protected::Volume(volume.name_any()));
             }
         }
+        self.mark_classes();
+    }
+
+    fn mark_classes(&mut self) {
+        for class in self.classes.state() {
+            if self.config.classes && held(class.as_ref(), CLASS_FINALIZER) {
+                self.queue.add(Protected::Class(class.name_any()));
+            }
+        }
+    }
+
+    fn on_class(&mut self, event: Event<VolumeAttributesClass>) {
+        match event {
+            Event::Apply(class) if self.config.classes && held(&class, CLASS_FINALIZER) => {
+                self.queue.add(Protected::Class(class.name_any()));
+            }
+            Event::InitDone => self.listed(3),
+            _ => {}
+        }
     }
 
     fn listed(&mut self, which: usize) {
@@ -212,8 +281,12 @@ impl Controller {
 
     fn on_claim(&mut self, event: Event<PersistentVolumeClaim>) {
         match event {
-            Event::Apply(claim) if self.config.claims && held(&claim, CLAIM_FINALIZER) => {
-                self.queue.add(Protected::Claim(ObjectKey::of(&claim)));
+            Event::Apply(claim) | Event::Delete(claim) => {
+                if self.config.claims && held(&claim, CLAIM_FINALIZER) {
+                    self.queue.add(Protected::Claim(ObjectKey::of(&claim)));
+                }
+                // A claim that goes or changes class may free a class.
+                self.mark_classes();
             }
             Event::InitDone => self.listed(0),
             _ => {}
@@ -222,8 +295,11 @@ impl Controller {
 
     fn on_volume(&mut self, event: Event<PersistentVolume>) {
         match event {
-            Event::Apply(volume) if self.config.volumes && held(&volume, VOLUME_FINALIZER) => {
-                self.queue.add(Protected::Volume(volume.name_any()));
+            Event::Apply(volume) | Event::Delete(volume) => {
+                if self.config.volumes && held(&volume, VOLUME_FINALIZER) {
+                    self.queue.add(Protected::Volume(volume.name_any()));
+                }
+                self.mark_classes();
             }
             Event::InitDone => self.listed(1),
             _ => {}
@@ -297,6 +373,29 @@ impl Controller {
                 self.tasks.spawn(key.clone(), async move {
                     let api: Api<PersistentVolume> = Api::all(client);
                     release(&api, volume.as_ref(), VOLUME_FINALIZER).await
+                });
+            }
+            Protected::Class(name) => {
+                let Some(class) = self
+                    .classes
+                    .get(&ObjectRef::new(name))
+                    .filter(|c| held(c.as_ref(), CLASS_FINALIZER))
+                else {
+                    self.queue.settle(key, Ending::Done { recheck: None }, now);
+                    return;
+                };
+                let claims = self.claims.state();
+                let volumes = self.volumes.state();
+                let claims: Vec<&PersistentVolumeClaim> =
+                    claims.iter().map(AsRef::as_ref).collect();
+                let volumes: Vec<&PersistentVolume> = volumes.iter().map(AsRef::as_ref).collect();
+                if class_in_use(name, &claims, &volumes) {
+                    self.queue.settle(key, Ending::Done { recheck: None }, now);
+                    return;
+                }
+                self.tasks.spawn(key.clone(), async move {
+                    let api: Api<VolumeAttributesClass> = Api::all(client);
+                    release(&api, class.as_ref(), CLASS_FINALIZER).await
                 });
             }
         }
@@ -425,5 +524,13 @@ mod tests {
         };
         assert!(volume_in_use(&bound));
         assert!(!volume_in_use(&PersistentVolume::default()));
+
+        let mut claim = PersistentVolumeClaim::default();
+        claim
+            .spec
+            .get_or_insert_with(Default::default)
+            .volume_attributes_class_name = Some("fast".into());
+        assert!(class_in_use("fast", &[&claim], &[]));
+        assert!(!class_in_use("slow", &[&claim], &[]));
     }
 }

@@ -558,7 +558,7 @@ async fn cluster_trust_bundles_project_by_name_and_by_signer_and_selector() -> R
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
-async fn a_deleted_claim_stays_while_a_pod_uses_it_and_a_volume_goes_once_unbound() -> Result<()> {
+async fn claims_volumes_and_classes_in_use_stay_until_released() -> Result<()> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     let (cluster, ns, node) = setup("vol-protect").await?;
     let client = cluster.admin().await?;
@@ -612,6 +612,40 @@ async fn a_deleted_claim_stays_while_a_pod_uses_it_and_a_volume_goes_once_unboun
     volumes.delete(&name, &Default::default()).await?;
     nodus_e2e::poll(Duration::from_secs(30), "the volume to go", || async {
         Ok(volumes.get_opt(&name).await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // A volume attributes class stays while a claim names it (kubernetes.io/vac-protection).
+    use k8s_openapi::api::storage::v1::VolumeAttributesClass;
+    let classes: Api<VolumeAttributesClass> = Api::all(cluster.admin().await?);
+    let (used, unused) = (format!("{}-used", ns.name), format!("{}-unused", ns.name));
+    for class in [&used, &unused] {
+        let made: VolumeAttributesClass = serde_json::from_value(json!({
+            "metadata": { "name": class }, "driverName": "example.com/csi",
+        }))?;
+        classes.create(&PostParams::default(), &made).await?;
+    }
+    let mut fast = claim.clone();
+    fast.metadata.name = Some("fast".into());
+    if let Some(spec) = fast.spec.as_mut() {
+        spec.volume_attributes_class_name = Some(used.clone());
+    }
+    claims.create(&PostParams::default(), &fast).await?;
+    classes.delete(&used, &Default::default()).await?;
+    classes.delete(&unused, &Default::default()).await?;
+    nodus_e2e::poll(
+        Duration::from_secs(30),
+        "the unused class to go",
+        || async { Ok(classes.get_opt(&unused).await?.is_none().then_some(())) },
+    )
+    .await?;
+    ensure!(
+        classes.get_opt(&used).await?.is_some(),
+        "kept while a claim names it"
+    );
+    claims.delete("fast", &Default::default()).await?;
+    nodus_e2e::poll(Duration::from_secs(30), "the class to go", || async {
+        Ok(classes.get_opt(&used).await?.is_none().then_some(()))
     })
     .await
 }

@@ -322,11 +322,13 @@ pub fn plan(set: &StatefulSet, pods: &[&Pod], revisions: &Revisions, now: Timest
         }
     }
     condemned.sort_by_key(|(o, _)| std::cmp::Reverse(*o));
+    // Upstream's firstUnhealthyPod: among the kept pods in order, then the condemned ones
+    // from the lowest ordinal, so that a scale-down of unhealthy pods halts.
     let first_unhealthy = slots
         .values()
         .flatten()
         .copied()
-        .chain(condemned.iter().map(|(_, p)| *p))
+        .chain(condemned.iter().rev().map(|(_, p)| *p))
         .find(|p| !healthy(p))
         .and_then(|p| p.metadata.name.clone());
 
@@ -597,6 +599,32 @@ mod tests {
                 &[pod(0, "db-2", true), failed, pod(2, "db-2", true)]
             )),
             ["delete db-1 Failed"]
+        );
+    }
+
+    #[test]
+    fn an_ordered_scale_down_halts_while_pods_are_unhealthy() {
+        let unhealthy = [
+            pod(0, "db-2", false),
+            pod(1, "db-2", false),
+            pod(2, "db-2", false),
+        ];
+        assert!(described(&run(&set(0), &unhealthy)).is_empty());
+        // Only the lowest condemned pod may go while unhealthy; the highest goes first.
+        let one_bad = [pod(0, "db-2", false), pod(1, "db-2", true)];
+        assert_eq!(
+            described(&run(&set(0), &one_bad)),
+            ["delete db-1 ScaleDown"]
+        );
+        let mut parallel = set(0);
+        parallel.spec.pod_management_policy = Some("Parallel".into());
+        assert_eq!(
+            described(&run(&parallel, &unhealthy)),
+            [
+                "delete db-2 ScaleDown",
+                "delete db-1 ScaleDown",
+                "delete db-0 ScaleDown"
+            ]
         );
     }
 

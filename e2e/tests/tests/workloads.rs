@@ -23,6 +23,8 @@ use nodus_e2e::{Cluster, TestNamespace, poll};
 const WAIT: Duration = Duration::from_secs(120);
 /// Ends at once on SIGTERM, so rollouts and deletions do not wait out grace periods.
 const SERVE: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+/// Fails at once on SIGTERM: an evicted pod of it ends Failed, not Succeeded.
+const FAIL_ON_TERM: &str = "trap 'exit 1' TERM; while true; do sleep 1; done";
 
 struct Kubectl<'a> {
     cluster: &'a Cluster,
@@ -918,7 +920,7 @@ async fn a_job_ignores_an_evicted_pod_by_its_pod_failure_policy() -> Result<()> 
             "template": { "spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 1,
-                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", SERVE] }],
+                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", FAIL_ON_TERM] }],
             }},
         },
     }))?;

@@ -521,7 +521,7 @@ async fn cluster_trust_bundles_project_by_name_and_by_signer_and_selector() -> R
          check \"$(grep -c BEGIN /ctb/by-name.pem)\" 1 by-name; \
          check \"$(grep -c BEGIN /ctb/alive.pem)\" 1 alive-only; \
          check \"$(grep -c BEGIN /ctb/all.pem)\" 2 each-certificate-once; \
-         check \"$(stat -c %s /ctb/none.pem)\" 0 optional-and-none-selected; \
+         check \"$(stat -L -c %s /ctb/none.pem)\" 0 optional-and-none-selected; \
          check \"$(stat -L -c %a /ctb/all.pem)\" 644 mode; \
          echo ok > /dev/termination-log"
     );
@@ -622,6 +622,7 @@ async fn claims_volumes_and_classes_in_use_stay_until_released() -> Result<()> {
     for class in [&used, &unused] {
         let made: VolumeAttributesClass = serde_json::from_value(json!({
             "metadata": { "name": class }, "driverName": "example.com/csi",
+            "parameters": { "iops": "100" },
         }))?;
         classes.create(&PostParams::default(), &made).await?;
     }

@@ -66,10 +66,6 @@ impl Versioned for StatefulSet {
     }
 }
 
-fn template<K: Versioned>(owner: &K) -> PodTemplateSpec {
-    owner.template()
-}
-
 /// Upstream's `GetTemplateGeneration`; an unparsable one is ignored, as upstream does.
 pub fn template_generation(ds: &DaemonSet) -> Option<i64> {
     ds.metadata
@@ -82,12 +78,12 @@ pub fn template_generation(ds: &DaemonSet) -> Option<i64> {
 
 /// The hash naming the current template's revision.
 pub fn hash<K: Versioned>(ds: &K) -> String {
-    template_hash(&template(ds), ds.collision_count())
+    template_hash(&ds.template(), ds.collision_count())
 }
 
 /// Upstream's `getPatch`.
 pub fn patch<K: Versioned>(ds: &K) -> Value {
-    let mut template = serde_json::to_value(template(ds)).unwrap_or_else(|_| json!({}));
+    let mut template = serde_json::to_value(ds.template()).unwrap_or_else(|_| json!({}));
     if let Some(object) = template.as_object_mut() {
         object.insert("$patch".into(), json!("replace"));
     }
@@ -103,7 +99,7 @@ pub fn recorded_template(revision: &ControllerRevision) -> Option<PodTemplateSpe
 
 /// Upstream's `Match`: the revision records the owner's current template.
 pub fn matches<K: Versioned>(ds: &K, revision: &ControllerRevision) -> bool {
-    recorded_template(revision).is_some_and(|t| equal_ignore_hash(&t, &template(ds)))
+    recorded_template(revision).is_some_and(|t| equal_ignore_hash(&t, &ds.template()))
 }
 
 pub fn number(revision: &ControllerRevision) -> i64 {
@@ -125,7 +121,8 @@ pub fn snapshot<K: Versioned>(ds: &K, number: i64) -> Option<ControllerRevision>
     let hash = hash(ds);
     let meta = ds.meta();
     let name = format!("{}-{hash}", meta.name.as_deref().unwrap_or_default());
-    let mut labels = template(ds)
+    let mut labels = ds
+        .template()
         .metadata
         .and_then(|m| m.labels)
         .unwrap_or_default();

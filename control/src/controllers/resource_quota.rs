@@ -514,7 +514,6 @@ impl Controller {
                 objects.pods = pods
                     .filter(|p| here(p.metadata.namespace.as_ref()))
                     .collect();
-                objects.counts.insert(source.clone(), objects.pods.len());
             }
             Held::Services(store) => {
                 let services = store.state().into_iter();

@@ -457,38 +457,41 @@ fn terminating(pod: &Pod) -> bool {
         .is_some_and(|d| d >= 0)
 }
 
+/// The required and preferred terms of an affinity or an anti-affinity (the same two lists).
+fn affinity_terms<'a>(
+    required: Option<&'a Vec<k8s_openapi::api::core::v1::PodAffinityTerm>>,
+    preferred: Option<&'a Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>,
+) -> impl Iterator<Item = &'a k8s_openapi::api::core::v1::PodAffinityTerm> {
+    let preferred = preferred
+        .into_iter()
+        .flatten()
+        .map(|w| &w.pod_affinity_term);
+    required.into_iter().flatten().chain(preferred)
+}
+
 fn cross_namespace_affinity(pod: &Pod) -> bool {
     let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
         return false;
     };
-    let cross = |t: &k8s_openapi::api::core::v1::PodAffinityTerm| {
+    let affinity_side = affinity.pod_affinity.iter().flat_map(|a| {
+        affinity_terms(
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref(),
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref(),
+        )
+    });
+    let anti_side = affinity.pod_anti_affinity.iter().flat_map(|a| {
+        affinity_terms(
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref(),
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref(),
+        )
+    });
+    affinity_side.chain(anti_side).any(|t| {
         t.namespaces.as_ref().is_some_and(|n| !n.is_empty()) || t.namespace_selector.is_some()
-    };
-    let affinity_terms = affinity.pod_affinity.iter().flat_map(|a| {
-        let required = a
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten();
-        let preferred = a
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|w| &w.pod_affinity_term);
-        required.chain(preferred)
-    });
-    let anti_terms = affinity.pod_anti_affinity.iter().flat_map(|a| {
-        let required = a
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten();
-        let preferred = a
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|w| &w.pod_affinity_term);
-        required.chain(preferred)
-    });
-    affinity_terms.chain(anti_terms).any(cross)
+    })
 }
 
 /// A requirement on a value the object may lack (its priority class, its volume attributes
@@ -810,6 +813,21 @@ mod tests {
             assert_eq!(pod_in_scope(&best_effort, &s), want_best_effort, "{s:?}");
             assert_eq!(pod_in_scope(&burstable, &s), want_burstable, "{s:?}");
         }
+        // An anti-affinity preference across namespaces counts as much as a requirement.
+        let mut spread = best_effort.clone();
+        spread.spec.as_mut().expect("spec").affinity = Some(
+            serde_json::from_value(serde_json::json!({
+                "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 1,
+                    "podAffinityTerm": { "topologyKey": "zone", "namespaceSelector": {} },
+                }]},
+            }))
+            .expect("affinity"),
+        );
+        assert!(pod_in_scope(
+            &spread,
+            &scope("CrossNamespacePodAffinity", "Exists", &[])
+        ));
     }
 
     #[test]

@@ -861,14 +861,10 @@ async fn a_stateful_set_keeps_ordered_identities_rolls_out_in_reverse_and_rolls_
     );
     ensure!(status.updated_replicas == Some(3), "{status:?}");
     let pods = ns.pods().list(&ListParams::default()).await?.items;
-    ensure!(
-        created(&pods, "web-2") < created(&pods, "web-1"),
-        "reverse order"
-    );
-    ensure!(
-        created(&pods, "web-1") < created(&pods, "web-0"),
-        "reverse order"
-    );
+    // From the top down, each remade once the one above it was ready again. Times have
+    // whole seconds, so two pods remade within one second compare equal, not less.
+    ensure!(after_ready(&pods, "web-2", "web-1"), "reverse order");
+    ensure!(after_ready(&pods, "web-1", "web-0"), "reverse order");
     for pod in &pods {
         let revision = pod
             .metadata

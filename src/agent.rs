@@ -176,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         metrics: metrics.clone(),
         static_pods: config.static_pods.clone(),
         sysctls: config.sysctls.clone(),
+        holdings: pods::resize::Holdings::default(),
     });
     let runtime = pods.runtime.clone();
     tasks.spawn(pods::dispatch::run(pods, shutdown.child_token()));

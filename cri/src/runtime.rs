@@ -18,12 +18,13 @@ use crate::api::{
     AttachRequest, AuthConfig, Container, ContainerConfig, ContainerFilter, ContainerState,
     ContainerStats, ContainerStatsFilter, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecRequest, ExecSyncRequest, FilesystemUsage, Image,
-    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListContainerStatsRequest,
-    ListContainersRequest, ListPodSandboxRequest, NetworkConfig, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PortForwardRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
-    RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StatusRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
+    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, LinuxContainerResources,
+    ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, NetworkConfig,
+    PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest,
+    PortForwardRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    ReopenContainerLogRequest, RunPodSandboxRequest, RuntimeConfig, StartContainerRequest,
+    StatusRequest, StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    UpdateRuntimeConfigRequest, VersionRequest,
 };
 use crate::metered::{Metered, Observer};
 use crate::{Endpoint, Error};
@@ -352,6 +353,29 @@ impl Runtime {
             .stop_container(request)
             .await
             .map_err(self.call_error("StopContainer"))?;
+        Ok(())
+    }
+
+    /// Changes a running container's cpu and memory in place (an in-place pod resize). Zero
+    /// fields are left as they are; -1 lifts a limit.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> Result<(), Error> {
+        let request = Self::request(
+            UpdateContainerResourcesRequest {
+                container_id: id.to_owned(),
+                linux: Some(linux),
+                ..UpdateContainerResourcesRequest::default()
+            },
+            Some(CALL_TIMEOUT),
+        );
+        self.runtime
+            .clone()
+            .update_container_resources(request)
+            .await
+            .map_err(self.call_error("UpdateContainerResources"))?;
         Ok(())
     }
 

@@ -55,7 +55,18 @@ pub fn host_ports(spec: &PodSpec) -> Vec<(String, String, i32)> {
 
 impl Usage {
     pub fn add(&mut self, spec: &PodSpec) {
-        for (name, value) in requests(spec) {
+        self.add_holding(spec, None);
+    }
+
+    /// Adds a pod whose granted cpu and memory (`held`, after an in-place resize) may
+    /// differ from what its spec asks.
+    pub fn add_holding(&mut self, spec: &PodSpec, held: Option<&BTreeMap<String, i128>>) {
+        let mut counted = requests(spec);
+        if let Some(held) = held {
+            counted.retain(|name, _| name != "cpu" && name != "memory");
+            counted.extend(held.iter().map(|(name, value)| (name.clone(), *value)));
+        }
+        for (name, value) in counted {
             *self.requests.entry(name).or_default() += value;
         }
         self.pods += 1;
@@ -68,6 +79,33 @@ fn rejected(reason: &str, message: String) -> Rejection {
         reason: reason.to_owned(),
         message,
     }
+}
+
+/// The first resource of `requests` that does not fit beside `used` in `allocatable` (all
+/// in milli-units), with the kubelet's message for it.
+pub fn insufficient(
+    requests: &BTreeMap<String, i128>,
+    used: &BTreeMap<String, i128>,
+    allocatable: &BTreeMap<String, i128>,
+) -> Option<(String, String)> {
+    requests.iter().find_map(|(name, &requested)| {
+        let used_now = used.get(name).copied().unwrap_or(0);
+        let capacity = allocatable.get(name).copied().unwrap_or(0);
+        if requested == 0 || used_now + requested <= capacity {
+            return None;
+        }
+        // cpu is reported in milli-cores, everything else in whole units.
+        let shown = |v: i128| if name == "cpu" { v } else { v / 1000 };
+        Some((
+            name.clone(),
+            format!(
+                "Node didn't have enough resource: {name}, requested: {}, used: {}, capacity: {}",
+                shown(requested),
+                shown(used_now),
+                shown(capacity)
+            ),
+        ))
+    })
 }
 
 /// Checks a pod against the node and what admitted pods use.
@@ -125,25 +163,11 @@ pub fn admit(spec: &PodSpec, node: &Node, used: &Usage) -> Result<(), Rejection>
             ),
         ));
     }
-    for (name, requested) in requests(spec) {
-        if requested == 0 {
-            continue;
-        }
-        let used_now = used.requests.get(&name).copied().unwrap_or(0);
-        let capacity = allocatable.get(&name).copied().unwrap_or(0);
-        if used_now + requested > capacity {
-            // cpu is reported in milli-cores, everything else in whole units.
-            let shown = |v: i128| if name == "cpu" { v } else { v / 1000 };
-            return Err(rejected(
-                &format!("OutOf{name}"),
-                format!(
-                    "Pod was rejected: Node didn't have enough resource: {name}, requested: {}, used: {}, capacity: {}",
-                    shown(requested),
-                    shown(used_now),
-                    shown(capacity)
-                ),
-            ));
-        }
+    if let Some((name, message)) = insufficient(&requests(spec), &used.requests, &allocatable) {
+        return Err(rejected(
+            &format!("OutOf{name}"),
+            format!("Pod was rejected: {message}"),
+        ));
     }
     let wanted = host_ports(spec);
     let conflict = wanted.iter().any(|(proto, ip, port)| {

@@ -68,6 +68,28 @@ pub fn configure_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io
     Ok(())
 }
 
+/// Brings an existing pod cgroup to new totals (an in-place resize); a limit the totals
+/// lack is lifted.
+pub fn update_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io::Result<()> {
+    if qos_class == "BestEffort" {
+        return Ok(());
+    }
+    let cgroup = pod_cgroup(qos_class, uid);
+    let shares = super::container::cpu_shares(Some(resources.milli_cpu_request));
+    write("cpu", &cgroup, "cpu.shares", &shares.to_string())?;
+    let quota = resources
+        .milli_cpu_limit
+        .map_or(-1, super::container::cpu_quota);
+    write("cpu", &cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
+    let memory = resources.memory_limit.unwrap_or(-1);
+    write(
+        "memory",
+        &cgroup,
+        "memory.limit_in_bytes",
+        &memory.to_string(),
+    )
+}
+
 /// Every directory that holds `cgroup` in the mounted hierarchies (one per cgroup v1
 /// controller, or the single v2 tree).
 fn directories(cgroup: &str) -> Vec<PathBuf> {

@@ -11,7 +11,7 @@ use nodus_cri::api::{
 };
 
 use super::metadata::{
-    CONTAINER_NAME, CONTAINER_RESTART_COUNT, PodKey, TERMINATION_GRACE_PERIOD,
+    CONTAINER_NAME, CONTAINER_RESOURCES, CONTAINER_RESTART_COUNT, PodKey, TERMINATION_GRACE_PERIOD,
     TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_POLICY,
 };
 use super::sandbox::namespace_options;
@@ -68,7 +68,8 @@ pub fn cpu_quota(milli: i128) -> i64 {
     ((milli * i128::from(CPU_PERIOD) / 1000) as i64).max(1000)
 }
 
-fn resources(container: &Container) -> LinuxContainerResources {
+/// The cgroup values of a container's requests and limits (zero: none set).
+pub fn linux_resources(container: &Container) -> LinuxContainerResources {
     let (requests, limits) = super::qos::requirements(container);
     let milli = |map: &std::collections::BTreeMap<
         String,
@@ -179,7 +180,10 @@ pub fn config(
         .termination_message_path
         .clone()
         .unwrap_or_else(|| "/dev/termination-log".to_owned());
+    let created_with =
+        serde_json::to_string(&super::resize::requirements(container)).unwrap_or_default();
     let annotations = HashMap::from([
+        (CONTAINER_RESOURCES.to_owned(), created_with),
         (CONTAINER_RESTART_COUNT.to_owned(), attempt.to_string()),
         (TERMINATION_MESSAGE_PATH.to_owned(), message_path.clone()),
         (
@@ -237,7 +241,7 @@ pub fn config(
         stdin_once: container.stdin_once == Some(true),
         tty: container.tty == Some(true),
         linux: Some(LinuxContainerConfig {
-            resources: Some(resources(container)),
+            resources: Some(linux_resources(container)),
             security_context: Some(security_context(spec, container)),
         }),
         ..ContainerConfig::default()
@@ -301,11 +305,11 @@ mod tests {
 
     #[test]
     fn resources_map_to_shares_quota_and_memory_limit() {
-        let r = resources(&container());
+        let r = linux_resources(&container());
         assert_eq!(r.cpu_shares, 256);
         assert_eq!((r.cpu_period, r.cpu_quota), (100_000, 50_000));
         assert_eq!(r.memory_limit_in_bytes, 64 << 20);
-        let none = resources(&Container::default());
+        let none = linux_resources(&Container::default());
         assert_eq!(
             (none.cpu_shares, none.cpu_quota, none.memory_limit_in_bytes),
             (2, 0, 0)

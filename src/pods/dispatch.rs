@@ -148,8 +148,10 @@ impl Dispatcher {
         for pod in pending {
             let key = PodKey::of(&pod);
             let mut used = Usage::default();
-            for other in self.admitted.values() {
-                used.add(&other.spec.clone().unwrap_or_default());
+            for (uid, other) in &self.admitted {
+                // A pod's granted resize counts, not one its spec asks for and waits on.
+                let held = self.shared.holdings.get(uid);
+                used.add_holding(&other.spec.clone().unwrap_or_default(), held.as_ref());
             }
             let spec = pod.spec.clone().unwrap_or_default();
             let rejection = match &node {

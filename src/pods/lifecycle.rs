@@ -462,6 +462,7 @@ mod tests {
             created_at: i64::from(attempt),
             image: "busybox".into(),
             image_id: "sha256:1".into(),
+            created_with: None,
         }
     }
 

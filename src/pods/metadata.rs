@@ -15,6 +15,9 @@ pub const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount"
 pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 pub const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
 pub const TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// The requests and limits a container was created with, as JSON: where an in-place resize
+/// starts from.
+pub const CONTAINER_RESOURCES: &str = "nodus.dev/resources";
 /// Marks the objects nodus created, so that garbage collection never touches others'.
 pub const MANAGED_BY: &str = "nodus.dev/managed-by";
 pub const MANAGED_BY_VALUE: &str = "nodus";

@@ -34,6 +34,7 @@ pub mod probe_tls;
 pub mod probes;
 pub mod pull_secrets;
 pub mod qos;
+pub mod resize;
 pub mod sandbox;
 pub mod service_env;
 pub mod static_pods;

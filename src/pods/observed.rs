@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use nodus_cri::Runtime;
 use nodus_cri::api::{ContainerFilter, ContainerStatus, PodSandboxFilter};
 
-use super::metadata::{CONTAINER_NAME, POD_UID, PodKey};
+use super::metadata::{CONTAINER_NAME, CONTAINER_RESOURCES, POD_UID, PodKey};
 
 /// A pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct ContainerRecord {
     pub created_at: i64,
     pub image: String,
     pub image_id: String,
+    /// The requests and limits it was created with (JSON), when nodus recorded them.
+    pub created_with: Option<String>,
 }
 
 /// Everything the runtime holds for one pod.
@@ -133,6 +135,7 @@ pub fn container_record(status: ContainerStatus) -> ContainerRecord {
         .get(CONTAINER_NAME)
         .cloned()
         .unwrap_or(metadata.name);
+    let created_with = status.annotations.get(CONTAINER_RESOURCES).cloned();
     ContainerRecord {
         id: status.id,
         name,
@@ -142,6 +145,7 @@ pub fn container_record(status: ContainerStatus) -> ContainerRecord {
         created_at: status.created_at,
         image: status.image.map(|i| i.image).unwrap_or_default(),
         image_id: status.image_ref,
+        created_with,
     }
 }
 
@@ -250,6 +254,7 @@ mod tests {
             created_at: i64::from(attempt),
             image: String::new(),
             image_id: String::new(),
+            created_with: None,
         };
         let runtime = PodRuntime {
             sandboxes: vec![],

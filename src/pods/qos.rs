@@ -105,6 +105,18 @@ pub struct PodResources {
     pub memory_limit: Option<i128>,
 }
 
+impl PodResources {
+    /// Room for both: the larger request, and a limit only where both have one.
+    pub fn covering(self, other: Self) -> Self {
+        let larger = |a: Option<i128>, b: Option<i128>| a.zip(b).map(|(a, b)| a.max(b));
+        Self {
+            milli_cpu_request: self.milli_cpu_request.max(other.milli_cpu_request),
+            milli_cpu_limit: larger(self.milli_cpu_limit, other.milli_cpu_limit),
+            memory_limit: larger(self.memory_limit, other.memory_limit),
+        }
+    }
+}
+
 pub fn pod_resources(spec: &PodSpec) -> PodResources {
     let requests = pod_totals(spec, Side::Requests);
     let limits = pod_totals(spec, Side::Limits);

@@ -4,9 +4,12 @@
 //! Reasons, messages and orderings are the kubelet's (`generateAPIPodStatus`, `getPhase`,
 //! `GenerateContainersReadyCondition`), since users and tools read them.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, HostIP, PodCondition, PodIP, PodSpec, PodStatus,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -63,10 +66,16 @@ pub struct Context<'a> {
     pub now: Timestamp,
     /// The probes' verdicts, by container ID (see `super::probes`).
     pub probes: &'a Verdicts,
+    /// What running containers run with, by container ID, where it differs from the
+    /// allotment in the spec (an in-place resize under way; see `super::resize`).
+    pub running_with: &'a BTreeMap<String, ResourceRequirements>,
 }
 
 /// No probe results: what a container without probes, or not yet probed, has.
 pub static NO_PROBES: std::sync::LazyLock<Verdicts> = std::sync::LazyLock::new(Verdicts::new);
+
+/// No container runs with other resources than its allotment.
+pub static NOT_RESIZED: BTreeMap<String, ResourceRequirements> = BTreeMap::new();
 
 fn time(t: Option<Timestamp>) -> Option<Time> {
     t.map(Time)
@@ -162,6 +171,20 @@ fn container_status(
         return status;
     };
     status.container_id = Some(format!("{}://{}", ctx.runtime_name, latest.id));
+    if role != Role::Ephemeral {
+        // As the kubelet: the allotment (the spec here carries it), and for a running
+        // container what its cgroups were given.
+        let allotted = container.resources.clone().unwrap_or_default();
+        status.allocated_resources = allotted.requests.clone().filter(|r| !r.is_empty());
+        let mut resources = allotted;
+        if let (RunState::Running { .. }, Some(current)) =
+            (&latest.state, ctx.running_with.get(&latest.id))
+        {
+            resources.requests = current.requests.clone();
+            resources.limits = current.limits.clone();
+        }
+        status.resources = Some(resources);
+    }
     if !latest.image.is_empty() {
         status.image = latest.image.clone();
     }
@@ -430,6 +453,7 @@ pub fn phase(spec: &PodSpec, runtime: &PodRuntime, attempts: &Attempts, now: Tim
         host_network: false,
         now,
         probes: &NO_PROBES,
+        running_with: &NOT_RESIZED,
     };
     let Statuses { init, apps, .. } = container_statuses(spec, runtime, attempts, &ctx);
     phase_of(spec, &init, &apps)
@@ -596,6 +620,7 @@ mod tests {
             host_network: false,
             now: at(100),
             probes: &NO_PROBES,
+            running_with: &NOT_RESIZED,
         }
     }
 
@@ -623,6 +648,7 @@ mod tests {
             created_at: i64::from(attempt),
             image: "docker.io/library/busybox:latest".into(),
             image_id: "sha256:abc".into(),
+            created_with: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! task alone, so one pod never delays another; a deletion aborts the waits of a start in
 //! progress (pulls, postStart hooks), never a runtime call.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +37,11 @@ use super::images::{self, Images, Presence};
 use super::lifecycle::{self, Action, Desire, Stage};
 use super::metadata::PodKey;
 use super::observed::{self, PodRuntime, RunState, Sandbox};
+use super::resize::{self, Allocation};
 use super::sandbox::{self, NodeDns};
 use super::status::{self, Context};
 use super::{
-    cgroups, ephemeral, hooks, host_files, probes, pull_secrets, service_env, static_pods,
+    cgroups, ephemeral, hooks, host_files, probes, pull_secrets, qos, service_env, static_pods,
 };
 use crate::backoff::Backoff;
 use crate::node::runtime::{RuntimeState, error_chain};
@@ -106,6 +108,8 @@ pub struct Shared {
     pub static_pods: Option<(PathBuf, Duration)>,
     /// Which sysctls pods may set (admission).
     pub sysctls: super::sysctls::Allowlist,
+    /// What each admitted pod holds of the node's cpu and memory (in-place resize).
+    pub holdings: resize::Holdings,
 }
 
 impl std::fmt::Debug for Shared {
@@ -159,6 +163,11 @@ struct Worker {
     volume_retry_at: Option<Timestamp>,
     /// When this worker first saw the pod: the start of its start-up duration.
     seen_at: std::time::Instant,
+    /// What the node granted the pod's containers (in-place resize), once read or made.
+    allocation: Option<Allocation>,
+    /// Whether `allocation` is in the pod's directory as it is.
+    allocation_saved: bool,
+    resize: resize::Progress,
 }
 
 /// Runs one pod's worker until the pod is gone from both the runtime and the API.
@@ -183,6 +192,9 @@ pub async fn run(key: PodKey, shared: Arc<Shared>, mut inbox: Inbox, cancel: Can
         volume_retry: Backoff::new(VOLUME_RETRY_INITIAL, VOLUME_RETRY_MAX),
         volume_retry_at: None,
         seen_at: std::time::Instant::now(),
+        allocation: None,
+        allocation_saved: false,
+        resize: resize::Progress::default(),
     };
     if let Some(rejection) = worker.rejection.clone() {
         // Nothing of a rejected pod ever runs; it only reports its failure.
@@ -307,7 +319,10 @@ impl Worker {
             let runtime = observed::observe(&self.shared.runtime, &self.key).await?;
             return self.remove_orphan(runtime).await;
         };
-        let spec = pod.spec.clone().unwrap_or_default();
+        let mut spec = pod.spec.clone().unwrap_or_default();
+        // Containers run with what the node granted, which a waiting resize leaves
+        // behind the spec.
+        self.allocate(desired, &mut spec);
         let mut runtime = observed::observe(&self.shared.runtime, &self.key).await?;
         self.read_termination_messages(&spec, &mut runtime);
         self.mark_startup_pending(&spec, &mut runtime);
@@ -344,6 +359,7 @@ impl Worker {
         {
             self.volumes_pass(pod, &mut plan, now).await;
             self.probes_pass(pod, &spec, &runtime, &mut plan);
+            self.actuate(pod, &spec, &runtime, &mut plan).await;
         } else {
             // Probes run only while the pod runs.
             self.prober = None;
@@ -356,6 +372,9 @@ impl Worker {
         }
         if plan.actions.is_empty() {
             self.last_actions.clear();
+            if matches!(self.stage, Stage::Terminated { .. }) {
+                self.shared.holdings.remove(&self.key.uid);
+            }
             if matches!(self.stage, Stage::Terminated { .. })
                 && desired.is_none()
                 && runtime.is_empty()
@@ -405,6 +424,224 @@ impl Worker {
             work.await;
         }
         Ok(Pass::Again)
+    }
+
+    /// In-place resize, first half: grants a change of the spec's resources when it fits
+    /// beside the other pods, and puts the allotment in `spec` for this pass.
+    fn allocate(&mut self, desired: Option<&Pod>, spec: &mut PodSpec) {
+        let dir = self.pod_dir();
+        let mut allocation = self.allocation.take().unwrap_or_else(|| {
+            match Allocation::load(&dir) {
+                Ok(Some(allocation)) => {
+                    self.allocation_saved = true;
+                    allocation
+                }
+                Ok(None) => Allocation::of(spec),
+                Err(err) => {
+                    warn!(pod = %self.key, error = %err, "unreadable resource allocation; taking the spec's");
+                    Allocation::of(spec)
+                }
+            }
+        });
+        let running = desired.filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && self.stage == Stage::Syncing
+                && self.rejection.is_none()
+                && self.stopped.is_none()
+        });
+        if let Some(pod) = running {
+            let generation = pod.metadata.generation.unwrap_or(0);
+            if !allocation.differs(spec) {
+                self.resize.pending = None;
+            } else {
+                let others = self.shared.holdings.others(&self.key.uid);
+                let allocatable = BTreeMap::from([
+                    ("cpu".to_owned(), self.shared.allocatable_milli_cpu),
+                    ("memory".to_owned(), self.shared.allocatable_memory * 1000),
+                ]);
+                match resize::fits(spec, &others, &allocatable) {
+                    Ok(()) => {
+                        allocation.grant(spec);
+                        self.allocation_saved = false;
+                        self.resize.pending = None;
+                        info!(pod = %self.key, generation, "pod resize granted");
+                        self.shared.events.normal(
+                            events::reference(pod, None),
+                            "ResizeStarted",
+                            resize::summary("Pod resize started", spec, generation, None),
+                        );
+                    }
+                    Err(pending) => {
+                        let again =
+                            self.resize.pending.as_ref().is_some_and(|(g, p)| {
+                                *g == generation && p.reason == pending.reason
+                            });
+                        if !again {
+                            let prefix = format!("Pod resize {}", pending.reason);
+                            self.shared.events.warning(
+                                events::reference(pod, None),
+                                &format!("Resize{}", pending.reason),
+                                resize::summary(&prefix, spec, generation, Some(&pending.message)),
+                            );
+                        }
+                        self.resize.pending = Some((generation, pending));
+                    }
+                }
+            }
+            if !self.allocation_saved {
+                match allocation.save(&dir) {
+                    Ok(()) => self.allocation_saved = true,
+                    Err(err) => {
+                        warn!(pod = %self.key, error = %err, "saving the resource allocation failed")
+                    }
+                }
+            }
+        }
+        allocation.apply(spec);
+        if running.is_some() {
+            self.shared.holdings.set(&self.key.uid, resize::held(spec));
+        }
+        self.allocation = Some(allocation);
+    }
+
+    /// In-place resize, second half: brings the running containers to their allotment,
+    /// updating their cgroups through CRI or restarting them as their resize policy says.
+    async fn actuate(
+        &mut self,
+        pod: &Pod,
+        spec: &PodSpec,
+        runtime: &PodRuntime,
+        plan: &mut lifecycle::Plan,
+    ) {
+        let (Some(mut allocation), Some(sandbox)) = (self.allocation.take(), runtime.sandbox())
+        else {
+            return;
+        };
+        let running: Vec<&observed::ContainerRecord> = runtime
+            .containers
+            .iter()
+            .filter(|c| c.sandbox_id == sandbox.id && matches!(c.state, RunState::Running { .. }))
+            .collect();
+        let ids: HashSet<&str> = running.iter().map(|c| c.id.as_str()).collect();
+        let mut changed = resize::forget_gone(&mut allocation, &ids);
+        let current: Vec<resize::Running<'_>> = running
+            .iter()
+            .map(|c| resize::Running {
+                id: &c.id,
+                name: &c.name,
+                current: allocation.updated.get(&c.id).cloned().or_else(|| {
+                    c.created_with
+                        .as_deref()
+                        .and_then(|json| serde_json::from_str(json).ok())
+                }),
+            })
+            .collect();
+        let steps = resize::steps(spec, &current);
+        let generation = pod.metadata.generation.unwrap_or(0);
+        let find = |name: &str| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .find(|c| c.name == name)
+        };
+        let class = qos::class(spec);
+        let after = qos::pod_resources(spec);
+        let actuating = steps
+            .iter()
+            .any(|s| !matches!(s, resize::Step::Record { .. }));
+        if actuating {
+            // The pod's cgroup first makes room for both the old and the new amounts: a
+            // cgroup v1 parent may not have a smaller cpu quota than a child.
+            let mut before_spec = spec.clone();
+            let before_allocation = resize::Allocation {
+                containers: current
+                    .iter()
+                    .filter_map(|c| Some((c.name.to_owned(), c.current.clone()?)))
+                    .collect(),
+                updated: Default::default(),
+            };
+            before_allocation.apply(&mut before_spec);
+            let room = qos::pod_resources(&before_spec).covering(after);
+            if let Err(err) = cgroups::update_pod(class, &self.key.uid, &room) {
+                warn!(pod = %self.key, error = %err, "resizing the pod cgroup failed");
+            }
+        }
+        let mut error = None;
+        let mut restarting = false;
+        for step in &steps {
+            match step {
+                resize::Step::Record { id } | resize::Step::Update { id, .. } => {
+                    let Some(container) = current
+                        .iter()
+                        .find(|c| c.id == id)
+                        .and_then(|c| find(c.name))
+                    else {
+                        continue;
+                    };
+                    if let resize::Step::Update { name, .. } = step {
+                        let linux = container::linux_resources(container);
+                        if let Err(err) = self
+                            .shared
+                            .runtime
+                            .update_container_resources(id, linux)
+                            .await
+                        {
+                            warn!(pod = %self.key, container = %name, error = %err, "resizing a container failed");
+                            error = Some(err.runtime_message());
+                            continue;
+                        }
+                        debug!(pod = %self.key, container = %name, "container resized in place");
+                    }
+                    allocation
+                        .updated
+                        .insert(id.clone(), resize::requirements(container));
+                    changed = true;
+                }
+                resize::Step::Restart { id, name } => {
+                    restarting = true;
+                    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+                    plan.actions.push(Action::KillContainer {
+                        id: id.clone(),
+                        name: name.clone(),
+                        grace: Duration::from_secs(grace.max(0) as u64),
+                    });
+                }
+            }
+        }
+        if let Some(message) = &error
+            && self.resize.error.as_ref() != Some(message)
+        {
+            self.shared.events.warning(
+                events::reference(pod, None),
+                "ResizeError",
+                resize::summary("Pod resize error", spec, generation, Some(message)),
+            );
+        }
+        let was_in_progress = self.resize.in_progress;
+        self.resize.in_progress = error.is_some() || restarting;
+        if (!steps.is_empty() || was_in_progress) && !self.resize.in_progress {
+            // Every container has its new amounts: the pod's cgroup takes the new totals.
+            if let Err(err) = cgroups::update_pod(class, &self.key.uid, &after) {
+                warn!(pod = %self.key, error = %err, "resizing the pod cgroup failed");
+            }
+            info!(pod = %self.key, generation, "pod resize completed");
+            self.shared.events.normal(
+                events::reference(pod, None),
+                "ResizeCompleted",
+                resize::summary("Pod resize completed", spec, generation, None),
+            );
+        }
+        self.resize.error = error;
+        if changed {
+            match allocation.save(&self.pod_dir()) {
+                Ok(()) => self.allocation_saved = true,
+                Err(err) => {
+                    warn!(pod = %self.key, error = %err, "saving the resource allocation failed")
+                }
+            }
+        }
+        self.allocation = Some(allocation);
     }
 
     /// Keeps the prober told which containers run (starting it for a pod with probes), and
@@ -755,6 +992,10 @@ impl Worker {
             host_network: spec.host_network == Some(true),
             now,
             probes: &verdicts,
+            running_with: self
+                .allocation
+                .as_ref()
+                .map_or(&status::NOT_RESIZED, |a| &a.updated),
         };
         let mut status = status::pod_status(spec, runtime, &self.attempts, previous.as_ref(), &ctx);
         if let Some(failure) = self
@@ -787,6 +1028,13 @@ impl Worker {
                     ..PodCondition::default()
                 });
         }
+        let resizing = resize::conditions(&self.resize, previous.as_ref(), now);
+        if !resizing.is_empty() {
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .extend(resizing);
+        }
         // The spec generation this status reflects, on the status and on the conditions
         // nodus owns, as the kubelet reports it (KEP-5067): clients wait on it after an update.
         let generation = if static_pods::is_static(pod) {
@@ -807,6 +1055,8 @@ impl Worker {
             "Ready",
             "ContainersReady",
             "PodScheduled",
+            resize::PENDING,
+            resize::IN_PROGRESS,
         ];
         if let (Some(conditions), Some(api)) = (
             status.conditions.as_mut(),

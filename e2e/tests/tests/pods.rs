@@ -1401,3 +1401,173 @@ async fn an_evicted_pod_keeps_the_eviction_apis_disruption_condition() -> Result
         .await?;
     ns.delete_pods().await
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_running_pod_is_resized_in_place_or_told_why_not() -> Result<()> {
+    let (cluster, ns, node) = setup("resize").await?;
+    let mut cpu = sh("cpu", "sleep 3600");
+    cpu["resources"] = json!({
+        "requests": { "cpu": "100m", "memory": "32Mi" },
+        "limits": { "cpu": "200m", "memory": "64Mi" },
+    });
+    let mut memory = sh("memory", "sleep 3600");
+    memory["resources"] =
+        json!({ "requests": { "memory": "32Mi" }, "limits": { "memory": "64Mi" } });
+    memory["resizePolicy"] =
+        json!([{ "resourceName": "memory", "restartPolicy": "RestartContainer" }]);
+    ns.create_pod(&node, pod("sized", "Always", json!([cpu, memory])))
+        .await?;
+    let running = wait_pod(&ns, "sized", Duration::from_secs(60), "sized to run", |p| {
+        (phase(p) == "Running" && container(p, "memory").is_some_and(|c| c.ready))
+            .then(|| p.clone())
+    })
+    .await?;
+    // The status carries what each container was given: the API server refuses resizes
+    // of a pod whose running containers report none.
+    let first = container(&running, "cpu").context("cpu status")?;
+    let quantity =
+        |list: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >,
+         name: &str| { list.and_then(|l| l.get(name)).map(|q| q.0.clone()) };
+    let resources = first.resources.clone().context("status resources")?;
+    assert_eq!(
+        quantity(resources.limits.as_ref(), "cpu").as_deref(),
+        Some("200m")
+    );
+    assert_eq!(
+        quantity(first.allocated_resources.as_ref(), "cpu").as_deref(),
+        Some("100m")
+    );
+    let read = |container: &str, file: &str| -> Result<String> {
+        Ok(cluster
+            .kubectl(&[
+                "exec", "-n", &ns.name, "sized", "-c", container, "--", "cat", file,
+            ])?
+            .trim()
+            .to_owned())
+    };
+    assert_eq!(read("cpu", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")?, "20000");
+
+    // More cpu in place: the cgroup changes, the container keeps running.
+    let resize = |patch: serde_json::Value| {
+        cluster.kubectl(&[
+            "patch",
+            "pod",
+            "sized",
+            "-n",
+            &ns.name,
+            "--subresource",
+            "resize",
+            "--type",
+            "strategic",
+            "-p",
+            &patch.to_string(),
+        ])
+    };
+    resize(
+        json!({ "spec": { "containers": [{ "name": "cpu", "resources": {
+        "requests": { "cpu": "150m" }, "limits": { "cpu": "300m" } } }] } }),
+    )?;
+    let resized = wait_pod(
+        &ns,
+        "sized",
+        Duration::from_secs(60),
+        "the cpu resize to be done",
+        |p| {
+            let done = p.status.as_ref()?.observed_generation >= p.metadata.generation
+                && !p
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_.starts_with("PodResize"));
+            let limit = quantity(
+                container(p, "cpu")?.resources.as_ref()?.limits.as_ref(),
+                "cpu",
+            );
+            (done && limit.as_deref() == Some("300m")).then(|| p.clone())
+        },
+    )
+    .await?;
+    assert_eq!(read("cpu", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")?, "30000");
+    assert_eq!(read("cpu", "/sys/fs/cgroup/cpu/cpu.shares")?, "153");
+    assert_eq!(container(&resized, "cpu").map(|c| c.restart_count), Some(0));
+    wait_event(&ns, "sized", "ResizeCompleted", |m| {
+        m.starts_with("Pod resize completed")
+    })
+    .await?;
+
+    // A memory limit under a RestartContainer policy: the container starts again with it.
+    resize(
+        json!({ "spec": { "containers": [{ "name": "memory", "resources": {
+        "limits": { "memory": "96Mi" } } }] } }),
+    )?;
+    wait_pod(
+        &ns,
+        "sized",
+        Duration::from_secs(60),
+        "memory to restart with its new limit",
+        |p| {
+            let status = container(p, "memory")?;
+            let limit = quantity(status.resources.as_ref()?.limits.as_ref(), "memory");
+            (status.restart_count == 1 && status.ready && limit.as_deref() == Some("96Mi"))
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        read("memory", "/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+        (96u64 << 20).to_string()
+    );
+
+    // More cpu than the node has: the resize waits, saying why, and nothing changes.
+    resize(
+        json!({ "spec": { "containers": [{ "name": "cpu", "resources": {
+        "requests": { "cpu": "500" }, "limits": { "cpu": "500" } } }] } }),
+    )?;
+    let message = wait_pod(
+        &ns,
+        "sized",
+        Duration::from_secs(60),
+        "the resize to be deferred",
+        |p| {
+            let pending = p.status.as_ref()?.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Deferred")
+            })?;
+            pending.message.clone()
+        },
+    )
+    .await?;
+    ensure!(
+        message.starts_with("Node didn't have enough resource: cpu"),
+        "{message}"
+    );
+    wait_event(&ns, "sized", "ResizeDeferred", |m| {
+        m.contains("Node didn't have enough resource: cpu")
+    })
+    .await?;
+    assert_eq!(read("cpu", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")?, "30000");
+    // Asking again for what it has clears the condition.
+    resize(
+        json!({ "spec": { "containers": [{ "name": "cpu", "resources": {
+        "requests": { "cpu": "150m" }, "limits": { "cpu": "300m" } } }] } }),
+    )?;
+    wait_pod(
+        &ns,
+        "sized",
+        Duration::from_secs(60),
+        "the pending condition to clear",
+        |p| {
+            let conditions = p.status.as_ref()?.conditions.clone().unwrap_or_default();
+            (!conditions.iter().any(|c| c.type_ == "PodResizePending")).then_some(())
+        },
+    )
+    .await?;
+    ns.delete_pods().await
+}

@@ -34,6 +34,7 @@
 pub mod backoff;
 pub mod failure_policy;
 pub mod indexes;
+pub mod per_index;
 pub mod plan;
 pub(crate) mod pod_control;
 pub mod pods;
@@ -787,11 +788,19 @@ async fn reconcile(notes: &Notes, work: Work, out: &mut Outcome) -> Result<(), E
                     ready -= deletes.ready;
                     failure = deletes.error;
                 }
-                Manage::Create { count, indexes } => {
+                Manage::Create {
+                    count,
+                    indexes,
+                    failure_counts,
+                } => {
                     info!(job = %key, creating = count, "creating pods");
+                    let batch = Batch {
+                        count,
+                        indexes: &indexes,
+                        failure_counts: &failure_counts,
+                    };
                     let (created, err) =
-                        create_pods(notes, &pods_api, &owner, &job, &key, count, &indexes, out)
-                            .await;
+                        create_pods(notes, &pods_api, &owner, &job, &key, batch, out).await;
                     active += created;
                     failure = err;
                 }
@@ -987,28 +996,41 @@ async fn delete_pods(
     deletes
 }
 
-/// Creates `count` pods (one per index for an Indexed Job) in slow-start batches; returns
-/// how many were made.
-#[allow(clippy::too_many_arguments)]
+/// The pods one sync creates: `count` of them, or one per index for an Indexed Job, with
+/// the failure counts of their index where the Job has per-index backoff limits.
+struct Batch<'a> {
+    count: usize,
+    indexes: &'a [i32],
+    failure_counts: &'a [(i32, i32)],
+}
+
+/// Creates a batch of pods in slow-start batches; returns how many were made.
 async fn create_pods(
     notes: &Notes,
     api: &Api<Pod>,
     owner: &ObjectReference,
     job: &Job,
     key: &ObjectKey,
-    count: usize,
-    indexes: &[i32],
+    batch: Batch<'_>,
     out: &mut Outcome,
 ) -> (i32, Option<Error>) {
     let Some(base) = pods::template(job) else {
         return (0, Some(Error::NoTemplate { job: key.clone() }));
     };
-    let batch: Vec<Pod> = if indexes.is_empty() {
-        vec![base; count]
+    let batch: Vec<Pod> = if batch.indexes.is_empty() {
+        vec![base; batch.count]
     } else {
-        indexes
+        batch
+            .indexes
             .iter()
-            .map(|ix| pods::for_index(&base, &key.name, *ix))
+            .enumerate()
+            .map(|(i, ix)| {
+                let mut pod = pods::for_index(&base, &key.name, *ix);
+                if let Some(counts) = batch.failure_counts.get(i) {
+                    per_index::annotate(&mut pod, *counts);
+                }
+                pod
+            })
             .collect()
     };
     let creation = pod_control::create_all(api, notes, owner, batch).await;

@@ -962,6 +962,90 @@ async fn a_job_ignores_an_evicted_pod_by_its_pod_failure_policy() -> Result<()> 
 
 #[tokio::test]
 #[ignore = "needs the local cluster: run e2e/test"]
+async fn indexes_with_their_own_backoff_limit_fail_alone_then_fail_the_job() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let cluster = Cluster::from_env()?;
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "job-per-index").await?;
+    let k = Kubectl {
+        cluster: &cluster,
+        ns: &ns.name,
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // Odd indexes fail with exit code 3 and are tried twice; index 2 fails with exit code
+    // 42, which a FailIndex rule turns into a failed index at once; index 0 succeeds.
+    let script = "case $JOB_COMPLETION_INDEX in 0) exit 0;; 2) exit 42;; *) exit 3;; esac";
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "mixed" },
+        "spec": {
+            "completionMode": "Indexed", "completions": 4, "parallelism": 2,
+            "backoffLimitPerIndex": 1,
+            "podFailurePolicy": { "rules": [
+                { "action": "FailIndex", "onExitCodes": { "operator": "In", "values": [42] } },
+            ]},
+            "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "c", "image": "busybox:1.36", "command": ["sh", "-c", script] }],
+            }},
+        },
+    }))?;
+    jobs.create(&Default::default(), &job).await?;
+    k.run(&[
+        "wait",
+        "--for=condition=failed",
+        "job/mixed",
+        "--timeout=180s",
+    ])?;
+    let status = jobs.get("mixed").await?.status.unwrap_or_default();
+    let failed = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .and_then(|c| c.reason.clone());
+    ensure!(failed.as_deref() == Some("FailedIndexes"), "{status:?}");
+    ensure!(
+        status.failed_indexes.as_deref() == Some("1-3"),
+        "{status:?}"
+    );
+    ensure!(
+        status.completed_indexes.as_deref() == Some("0"),
+        "{status:?}"
+    );
+    // Two tries of each odd index, one of index 2.
+    ensure!(status.failed == Some(5), "{status:?}");
+    ensure!(status.succeeded == Some(1), "{status:?}");
+    // Each try of an index carries how often it failed before.
+    let pods = ns.pods().list(&ListParams::default()).await?.items;
+    let mut counts: Vec<(String, String)> = pods
+        .iter()
+        .filter_map(|p| {
+            let a = p.metadata.annotations.as_ref()?;
+            Some((
+                a.get("batch.kubernetes.io/job-completion-index")?.clone(),
+                a.get("batch.kubernetes.io/job-index-failure-count")?
+                    .clone(),
+            ))
+        })
+        .collect();
+    counts.sort();
+    let want: Vec<(String, String)> = [
+        ("0", "0"),
+        ("1", "0"),
+        ("1", "1"),
+        ("2", "0"),
+        ("3", "0"),
+        ("3", "1"),
+    ]
+    .iter()
+    .map(|(ix, n)| ((*ix).to_owned(), (*n).to_owned()))
+    .collect();
+    ensure!(counts == want, "{counts:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
 async fn an_indexed_job_completes_by_its_success_policy_and_stops_the_rest() -> Result<()> {
     use k8s_openapi::api::batch::v1::Job;
     let cluster = Cluster::from_env()?;

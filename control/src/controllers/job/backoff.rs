@@ -60,23 +60,29 @@ impl Record {
 
     /// How long pod creation still waits at `now`.
     pub fn remaining(&self, now: Timestamp) -> Duration {
-        let (count, Some(last)) = (self.failures_after_success, self.last_failure) else {
+        let Some(last) = self.last_failure else {
             return Duration::ZERO;
         };
-        if count == 0 {
-            return Duration::ZERO;
-        }
-        let mut backoff = BASE;
-        for _ in 1..count {
-            backoff = backoff.saturating_mul(2);
-            if backoff >= MAX {
-                backoff = MAX;
-                break;
-            }
-        }
-        let elapsed = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
-        backoff.saturating_sub(elapsed)
+        wait(self.failures_after_success, last, now)
     }
+}
+
+/// Upstream's `getRemainingTimeForFailuresCount`: the wait left at `now` after `failures`
+/// failures, the last at `last`.
+pub fn wait(failures: u32, last: Timestamp, now: Timestamp) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let mut backoff = BASE;
+    for _ in 1..failures {
+        backoff = backoff.saturating_mul(2);
+        if backoff >= MAX {
+            backoff = MAX;
+            break;
+        }
+    }
+    let elapsed = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    backoff.saturating_sub(elapsed)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //!
 //! Invariants: the first rule that matches decides; a rule on exit codes looks at containers
 //! (init and app) that terminated with a non-zero code, a rule on conditions at the pod's
-//! conditions; `FailIndex` counts as a failure (per-index backoff limits are not done).
+//! conditions; `FailIndex` counts as a failure and fails the pod's index (see `super::per_index`).
 
 use k8s_openapi::api::batch::v1::{
     Job, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
@@ -20,6 +20,8 @@ pub enum Verdict {
     /// Not a failure of the Job: the pod is replaced, nothing is counted.
     Ignore,
     Count,
+    /// The pod's index fails for good (`backoffLimitPerIndex`; see `super::per_index`).
+    FailIndex,
     /// The Job fails, with this message.
     FailJob(String),
 }
@@ -98,6 +100,7 @@ pub fn judge(job: &Job, pod: &Pod) -> Verdict {
         return match rule.action.as_str() {
             "Ignore" => Verdict::Ignore,
             "FailJob" => Verdict::FailJob(message),
+            "FailIndex" => Verdict::FailIndex,
             _ => Verdict::Count,
         };
     }

@@ -31,6 +31,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::backoff::Record;
 use super::failure_policy::{self, Verdict};
 use super::indexes::{self, Intervals, completion_index};
+use super::per_index;
 use super::pods::{self, has_finalizer, is_failed, succeeded};
 use super::tracking::{Uncounted, clean_uncounted};
 use crate::controllers::replicaset::pods::{is_active, is_ready, is_terminating, to_delete};
@@ -271,6 +272,8 @@ pub struct Assessment<'a> {
     /// Indexed Jobs: completed indexes as the status says, and with newly succeeded pods.
     pub prev_indexes: Intervals,
     pub indexes: Intervals,
+    /// Indexed Jobs with `backoffLimitPerIndex`: the failed indexes, with newly failed ones.
+    pub failed_indexes: Option<Intervals>,
     pub finish: Option<Finish>,
     /// When activeDeadlineSeconds runs out, for a Job not done yet.
     pub deadline_in: Option<Duration>,
@@ -449,6 +452,7 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
     }
 
     let (mut prev_indexes, mut indexes) = (Intervals::default(), Intervals::default());
+    let mut failed_indexes = None;
     if is_indexed(job) {
         let total = completions(job).unwrap_or_default();
         prev_indexes = Intervals::parse(
@@ -460,6 +464,30 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
         });
         indexes = prev_indexes.with(newly);
         succeeded_count = indexes.total();
+        if per_index::limit(job).is_some() {
+            let failed = per_index::failed_indexes(
+                job,
+                status.failed_indexes.as_deref(),
+                view.pods,
+                view.expected_removals,
+                total,
+                only_failed,
+            );
+            if finish.is_none() {
+                if per_index::max_failed(job).is_some_and(|max| failed.total() > max) {
+                    finish = Some(Finish::failure(
+                        per_index::MAX_FAILED_INDEXES_EXCEEDED,
+                        per_index::MAX_FAILED_INDEXES_MESSAGE,
+                    ));
+                } else if !failed.is_empty() && failed.total() + indexes.total() >= total {
+                    finish = Some(Finish::failure(
+                        per_index::FAILED_INDEXES,
+                        per_index::FAILED_INDEXES_MESSAGE,
+                    ));
+                }
+            }
+            failed_indexes = Some(failed);
+        }
         if finish.is_none()
             && let Some(rule) = success_rule(job, &indexes)
         {
@@ -482,6 +510,7 @@ pub fn assess<'a>(view: &View<'a>, backoff: Record) -> Assessment<'a> {
         failed: failed_count,
         prev_indexes,
         indexes,
+        failed_indexes,
         finish,
         deadline_in,
         backoff,
@@ -494,10 +523,12 @@ pub enum Manage<'a> {
     Nothing,
     /// Remove the finalizer and delete: the Job is suspended, or has too many pods.
     Delete(Vec<&'a Pod>),
-    /// Create pods: `count` of them, for these completion indexes if Indexed.
+    /// Create pods: `count` of them, for these completion indexes if Indexed, with these
+    /// (failure, ignored failure) counts of their index under `backoffLimitPerIndex`.
     Create {
         count: usize,
         indexes: Vec<i32>,
+        failure_counts: Vec<(i32, i32)>,
     },
     /// Too few pods, but the pod failure backoff holds creation for this long.
     Wait(Duration),
@@ -549,8 +580,9 @@ pub fn manage<'a>(job: &Job, a: &Assessment<'a>, pods: &[&'a Pod], now: Timestam
     if diff <= 0 {
         return Manage::Nothing;
     }
+    // Indexes with their own backoff limit wait out their own backoff, below.
     let wait = a.backoff.remaining(now);
-    if !wait.is_zero() {
+    if !wait.is_zero() && per_index::limit(job).is_none() {
         return Manage::Wait(wait);
     }
     let diff = usize::try_from(diff).unwrap_or(0).min(MAX_WRITES);
@@ -558,11 +590,16 @@ pub fn manage<'a>(job: &Job, a: &Assessment<'a>, pods: &[&'a Pod], now: Timestam
         return Manage::Create {
             count: diff,
             indexes: Vec::new(),
+            failure_counts: Vec::new(),
         };
     }
-    let mut taken = a
-        .indexes
-        .with(a.active.iter().filter_map(|p| completion_index(p)));
+    let total = completions(job).unwrap_or_default();
+    let running: HashSet<i32> = a
+        .active
+        .iter()
+        .filter_map(|p| completion_index(p))
+        .collect();
+    let mut taken = a.indexes.with(running.iter().copied());
     if only_replace_failed(job) {
         taken = taken.with(
             pods.iter()
@@ -570,13 +607,40 @@ pub fn manage<'a>(job: &Job, a: &Assessment<'a>, pods: &[&'a Pod], now: Timestam
                 .filter_map(|p| completion_index(p)),
         );
     }
-    let pending = indexes::first_pending(&taken, diff, completions(job).unwrap_or_default());
+    if let Some(failed) = &a.failed_indexes {
+        taken = taken.merge(failed);
+    }
+    let mut pending = indexes::first_pending(&taken, diff, total);
+    let mut failure_counts = Vec::new();
+    if let Some(failed) = &a.failed_indexes {
+        let done = a.indexes.merge(failed);
+        let replaced = per_index::replaced(
+            job,
+            pods,
+            &done,
+            &running,
+            total,
+            only_replace_failed(job),
+            now,
+        );
+        let wait_of = |ix: &i32| per_index::remaining(replaced.get(ix).copied(), now);
+        let soonest = pending.iter().map(wait_of).min();
+        pending.retain(|ix| wait_of(ix).is_zero());
+        if pending.is_empty() {
+            return soonest.map_or(Manage::Nothing, Manage::Wait);
+        }
+        failure_counts = pending
+            .iter()
+            .map(|ix| per_index::new_counts(job, replaced.get(ix).copied()))
+            .collect();
+    }
     if pending.is_empty() {
         return Manage::Nothing;
     }
     Manage::Create {
         count: pending.len(),
         indexes: pending,
+        failure_counts,
     }
 }
 
@@ -714,6 +778,10 @@ pub fn track<'a>(
         status.succeeded = Some(indexes.total());
         let text = indexes.to_string();
         status.completed_indexes = (!text.is_empty()).then_some(text);
+        // Written whenever the Job has per-index limits, empty too, as upstream.
+        if let Some(failed) = &a.failed_indexes {
+            status.failed_indexes = Some(failed.to_string());
+        }
     }
     if let Some(interim) = finish.and_then(|f| f.interim(view.now)) {
         status.conditions.get_or_insert_with(Vec::new).push(interim);
@@ -1132,6 +1200,114 @@ mod tests {
     }
 
     #[test]
+    fn per_index_limits_fail_indexes_alone_and_then_the_job() {
+        let none = HashSet::new();
+        let mut j = job(Some(4), 2);
+        {
+            let spec = j.spec.as_mut().expect("spec");
+            spec.completion_mode = Some("Indexed".into());
+            spec.backoff_limit = Some(i32::MAX);
+            spec.backoff_limit_per_index = Some(1);
+        }
+        let failed = |name: &str, ix: i32, count: i32| {
+            let mut p = at_index(tracked(name, "Failed"), ix);
+            p.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(per_index::FAILURE_COUNT.to_owned(), count.to_string());
+            p.status
+                .get_or_insert_with(Default::default)
+                .container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                        exit_code: 1,
+                        finished_at: Some(Time(at(NOW - 5))),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+            p
+        };
+        // Index 1 failed once: its replacement counts one failure and waits 10 s from
+        // when it failed; index 0 starts now.
+        let first = failed("first", 1, 0);
+        let pods = [&first];
+        let a = assess(&view(&j, &pods, &none), Record::default());
+        assert_eq!(
+            a.failed_indexes.as_ref().map(ToString::to_string),
+            Some(String::new())
+        );
+        assert_eq!(a.finish, None);
+        assert_eq!(
+            manage(&j, &a, &pods, at(NOW)),
+            Manage::Create {
+                count: 1,
+                indexes: vec![0],
+                failure_counts: vec![(0, 0)]
+            }
+        );
+        assert_eq!(
+            manage(&j, &a, &pods, at(NOW + 6)),
+            Manage::Create {
+                count: 2,
+                indexes: vec![0, 1],
+                failure_counts: vec![(0, 0), (1, 0)]
+            }
+        );
+        // Its second failure reaches the limit: index 1 fails for good and is not run again.
+        let second = failed("second", 1, 1);
+        let pods = [&first, &second];
+        let a = assess(&view(&j, &pods, &none), Record::default());
+        assert_eq!(
+            a.failed_indexes.as_ref().map(ToString::to_string),
+            Some("1".into())
+        );
+        assert_eq!(
+            manage(&j, &a, &pods, at(NOW + 60)),
+            Manage::Create {
+                count: 2,
+                indexes: vec![0, 2],
+                failure_counts: vec![(0, 0), (0, 0)]
+            }
+        );
+        let mut status = a.status.clone();
+        track(&view(&j, &pods, &none), &mut status, &a, None);
+        assert_eq!(status.failed_indexes.as_deref(), Some("1"));
+        // Once every other index succeeded, the Job fails for its failed index.
+        let done = with_status(
+            j.clone(),
+            JobStatus {
+                completed_indexes: Some("0,2,3".into()),
+                succeeded: Some(3),
+                failed_indexes: Some("1".into()),
+                ..JobStatus::default()
+            },
+        );
+        let a = assess(&view(&done, &[], &none), Record::default());
+        assert_eq!(
+            a.finish,
+            Some(Finish::failure(
+                per_index::FAILED_INDEXES,
+                per_index::FAILED_INDEXES_MESSAGE
+            ))
+        );
+        // With maxFailedIndexes 0 the first failed index ends it at once.
+        let mut strict = j.clone();
+        strict.spec.as_mut().expect("spec").max_failed_indexes = Some(0);
+        let only_second = [&second];
+        let a = assess(&view(&strict, &only_second, &none), Record::default());
+        assert_eq!(
+            a.finish,
+            Some(Finish::failure(
+                per_index::MAX_FAILED_INDEXES_EXCEEDED,
+                per_index::MAX_FAILED_INDEXES_MESSAGE
+            ))
+        );
+    }
+
+    #[test]
     fn indexed_jobs_fill_the_lowest_free_indexes_and_drop_duplicates() {
         let none = HashSet::new();
         let now = at(NOW);
@@ -1156,7 +1332,8 @@ mod tests {
             manage(&j, &a, &pods, now),
             Manage::Create {
                 count: 1,
-                indexes: vec![3]
+                indexes: vec![3],
+                failure_counts: vec![]
             }
         );
         let twin = at_index(tracked("twin", "Pending"), 1);

@@ -8,7 +8,7 @@
 //!                             kubernetes.io~downward-api/<name>
 //!                             kubernetes.io~secret/<name>       tmpfs + atomic writer
 //!                             kubernetes.io~projected/<name>    tmpfs + atomic writer (tokens,
-//!                                                               trust bundles)
+//!                                                               trust bundles, pod certificates)
 //!   <root>/pods/<uid>/volume-subpaths/<volume>/<container>/<i>  bind mounts of subPaths
 //!   hostPath volumes are used where they are, after their type check
 //! ```
@@ -22,6 +22,7 @@
 pub mod atomic;
 pub mod host_path;
 pub mod mounts;
+pub mod pod_certificate;
 pub mod projection;
 pub mod subpath;
 pub mod token;
@@ -153,6 +154,7 @@ impl std::fmt::Debug for Context {
 pub struct PodVolumes {
     pod_dir: PathBuf,
     tokens: HashMap<(String, String), Token>,
+    certificates: pod_certificate::Credentials,
     ready: bool,
 }
 
@@ -161,6 +163,7 @@ impl PodVolumes {
         PodVolumes {
             pod_dir,
             tokens: HashMap::new(),
+            certificates: pod_certificate::Credentials::default(),
             ready: false,
         }
     }
@@ -248,6 +251,7 @@ impl PodVolumes {
         let mut secrets = BTreeSet::new();
         let mut wanted_tokens = Vec::new();
         let mut wanted_bundles = Vec::new();
+        let mut wanted_certificates = Vec::new();
         for volume in volumes {
             if let Some(cm) = &volume.config_map {
                 config_maps.insert((cm.name.clone(), volume.name.clone()));
@@ -258,10 +262,11 @@ impl PodVolumes {
                     volume.name.clone(),
                 ));
             }
-            for source in volume
+            for (index, source) in volume
                 .projected
                 .iter()
                 .flat_map(|p| p.sources.iter().flatten())
+                .enumerate()
             {
                 if let Some(cm) = &source.config_map {
                     config_maps.insert((cm.name.clone(), volume.name.clone()));
@@ -274,6 +279,9 @@ impl PodVolumes {
                 }
                 if let Some(b) = &source.cluster_trust_bundle {
                     wanted_bundles.push((volume.name.clone(), b.clone()));
+                }
+                if let Some(c) = &source.pod_certificate {
+                    wanted_certificates.push((volume.name.clone(), index, c.clone()));
                 }
             }
         }
@@ -346,6 +354,32 @@ impl PodVolumes {
                 })?;
             objects.trust_bundles.insert(projection.path.clone(), pem);
         }
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (volume, index, projection) in &wanted_certificates {
+            let credential = self
+                .certificates
+                .get(
+                    &ctx.client,
+                    pod,
+                    &ctx.downward.node_name,
+                    (volume, *index),
+                    projection,
+                    now,
+                )
+                .await
+                .map_err(|err| SetUpError {
+                    volume: volume.clone(),
+                    message: err.to_string(),
+                })?;
+            objects
+                .pod_certificates
+                .insert((volume.clone(), *index), credential);
+        }
+        self.certificates.retain(|volume, index| {
+            wanted_certificates
+                .iter()
+                .any(|(v, i, _)| v == volume && *i == index)
+        });
         Ok(objects)
     }
 
@@ -478,6 +512,7 @@ fn files(
             &mut files,
             objects,
             pod,
+            &volume.name,
             p.sources.as_deref().unwrap_or_default(),
             p.default_mode,
             downward,

@@ -1,5 +1,6 @@
 //! Projection: the files of configMap, secret, downwardAPI and projected volumes (with their
-//! service account tokens and cluster trust bundles), computed from the objects they name. Pure: the caller fetches the objects and writes the files.
+//! service account tokens, cluster trust bundles and pod certificates), computed from the
+//! objects they name. Pure: the caller fetches the objects and writes the files.
 //!
 //! Semantics as upstream's volume plugins: without `items` every key becomes a file named after
 //! it; with `items` only those keys, at their paths, and a missing key is an error unless the
@@ -27,6 +28,8 @@ pub struct Objects {
     pub tokens: HashMap<String, String>,
     /// ClusterTrustBundle PEM files, by the projection's path.
     pub trust_bundles: HashMap<String, Vec<u8>>,
+    /// Issued pod certificates, by volume name and source index.
+    pub pod_certificates: HashMap<(String, usize), super::pod_certificate::Credential>,
 }
 
 /// Why a volume's files cannot be made; the message is what the FailedMount event says.
@@ -52,6 +55,8 @@ pub enum Error {
     Token(String),
     #[error("no trust bundle for {0:?}")]
     TrustBundle(String),
+    #[error("no credentials yet for pod certificate source {0} of the volume")]
+    PodCertificate(usize),
 }
 
 fn mode_of(path: &str, mode: Option<i32>, default_mode: Option<i32>) -> Result<u32, Error> {
@@ -282,11 +287,12 @@ pub fn projected(
     files: &mut Files,
     objects: &Objects,
     pod: &Pod,
+    volume: &str,
     sources: &[VolumeProjection],
     default_mode: Option<i32>,
     downward: &Downward,
 ) -> Result<(), Error> {
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
         if let Some(cm) = &source.config_map {
             config_map(
                 files,
@@ -346,6 +352,40 @@ pub fn projected(
                 },
             )?;
         }
+        if let Some(certificate) = &source.pod_certificate {
+            let credential = objects
+                .pod_certificates
+                .get(&(volume.to_owned(), index))
+                .ok_or(Error::PodCertificate(index))?;
+            // A key file others in the pod's group could read is no key: with an fsGroup
+            // the files are the owner's alone, as upstream.
+            let fs_group = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.fs_group)
+                .is_some();
+            let bundle = [credential.key.as_slice(), credential.chain.as_slice()].concat();
+            let paths = [
+                (&certificate.credential_bundle_path, bundle),
+                (&certificate.key_path, credential.key.clone()),
+                (
+                    &certificate.certificate_chain_path,
+                    credential.chain.clone(),
+                ),
+            ];
+            for (path, data) in paths {
+                let Some(path) = path.as_ref().filter(|p| !p.is_empty()) else {
+                    continue;
+                };
+                let mode = if fs_group {
+                    0o600
+                } else {
+                    mode_of(path, None, default_mode)?
+                };
+                insert(files, path.clone(), File { data, mode })?;
+            }
+        }
     }
     Ok(())
 }
@@ -356,7 +396,8 @@ mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{
         ClusterTrustBundleProjection, ConfigMapProjection, DownwardAPIProjection,
-        ObjectFieldSelector, SecretProjection, ServiceAccountTokenProjection,
+        ObjectFieldSelector, PodCertificateProjection, SecretProjection,
+        ServiceAccountTokenProjection,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -380,6 +421,7 @@ mod tests {
             secrets: HashMap::from([("creds".to_owned(), secret)]),
             tokens: HashMap::from([("token".to_owned(), "jwt".to_owned())]),
             trust_bundles: HashMap::from([("ca.pem".to_owned(), b"PEM".to_vec())]),
+            pod_certificates: HashMap::new(),
         }
     }
 
@@ -508,17 +550,55 @@ mod tests {
                 }),
                 ..VolumeProjection::default()
             },
+            VolumeProjection {
+                pod_certificate: Some(PodCertificateProjection {
+                    credential_bundle_path: Some("tls/bundle.pem".into()),
+                    key_path: Some("tls/key.pem".into()),
+                    certificate_chain_path: Some("tls/chain.pem".into()),
+                    key_type: "ED25519".into(),
+                    signer_name: "example.com/signer".into(),
+                    ..PodCertificateProjection::default()
+                }),
+                ..VolumeProjection::default()
+            },
         ];
+        let mut with_certificate = objects();
+        with_certificate.pod_certificates.insert(
+            ("vol".into(), 4),
+            super::super::pod_certificate::Credential {
+                key: b"KEY\n".to_vec(),
+                chain: b"CHAIN\n".to_vec(),
+                refresh_at: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            },
+        );
         let mut files = Files::new();
         projected(
             &mut files,
-            &objects(),
+            &with_certificate,
             &pod,
+            "vol",
             &sources,
             Some(0o640),
             &Downward::default(),
         )
         .expect("projected");
+        // The bundle is the key, then the chain: one read gets a matching pair.
+        assert_eq!(text(&files, "tls/bundle.pem"), "KEY\nCHAIN\n");
+        assert_eq!(text(&files, "tls/key.pem"), "KEY\n");
+        assert_eq!(text(&files, "tls/chain.pem"), "CHAIN\n");
+        // Not issued yet: no files, and the set-up says why.
+        assert_eq!(
+            projected(
+                &mut Files::new(),
+                &objects(),
+                &pod,
+                "vol",
+                &sources,
+                None,
+                &Downward::default()
+            ),
+            Err(Error::PodCertificate(4))
+        );
         assert_eq!(text(&files, "token"), "jwt");
         assert_eq!(text(&files, "ca.pem"), "PEM");
         assert_eq!(files["ca.pem"].mode, 0o640);
@@ -544,8 +624,9 @@ mod tests {
         assert_eq!(
             projected(
                 &mut files,
-                &objects(),
+                &with_certificate,
                 &pod,
+                "vol",
                 &twice,
                 None,
                 &Downward::default()

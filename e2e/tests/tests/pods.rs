@@ -1526,10 +1526,31 @@ async fn a_running_pod_is_resized_in_place_or_told_why_not() -> Result<()> {
         (96u64 << 20).to_string()
     );
 
-    // More cpu than the node has: the resize waits, saying why, and nothing changes.
+    // All the node's cpu while another pod holds half of it: the API server lets it through
+    // (it fits the node), nodus defers it, saying why, and nothing changes.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.admin().await?);
+    let allocatable = nodes
+        .get(&node)
+        .await?
+        .status
+        .and_then(|s| s.allocatable)
+        .and_then(|a| a.get("cpu").cloned())
+        .context("allocatable cpu")?;
+    let mut filler = sh("filler", "sleep 3600");
+    filler["resources"] = json!({ "requests": { "cpu": "1" } });
+    ns.create_pod(&node, pod("filler", "Always", json!([filler])))
+        .await?;
+    wait_pod(
+        &ns,
+        "filler",
+        Duration::from_secs(60),
+        "filler to run",
+        |p| (phase(p) == "Running").then_some(()),
+    )
+    .await?;
     resize(
         json!({ "spec": { "containers": [{ "name": "cpu", "resources": {
-        "requests": { "cpu": "500" }, "limits": { "cpu": "500" } } }] } }),
+        "requests": { "cpu": allocatable.0 }, "limits": { "cpu": allocatable.0 } } }] } }),
     )?;
     let message = wait_pod(
         &ns,

@@ -650,3 +650,195 @@ async fn claims_volumes_and_classes_in_use_stay_until_released() -> Result<()> {
     })
     .await
 }
+
+/// A signer as a real one would run beside the cluster: it issues every PodCertificateRequest
+/// of the namespace addressed to it, from its own CA, for at most a day and at most what the
+/// request allows. The SPIFFE path is the service account's, or the `e2e.nodus.dev/path`
+/// annotation's.
+async fn sign_pending(
+    api: &Api<k8s_openapi::api::certificates::v1::PodCertificateRequest>,
+    signer: &str,
+    ca: &(rcgen::Certificate, rcgen::KeyPair),
+) -> Result<usize> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+    let mut issued = 0;
+    for mut request in api.list(&Default::default()).await?.items {
+        let done = request
+            .status
+            .as_ref()
+            .is_some_and(|s| s.certificate_chain.is_some());
+        if request.spec.signer_name != signer || done {
+            continue;
+        }
+        let der = request.spec.stub_pkc_s10_request.0.clone();
+        let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der.into())?;
+        let lifetime = i64::from(request.spec.max_expiration_seconds.unwrap_or(86400)).min(86400);
+        let start = Timestamp::now().as_second() - 120;
+        let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs);
+        csr.params.not_before = at(start)?;
+        csr.params.not_after = at(start + lifetime)?;
+        let path = request
+            .spec
+            .unverified_user_annotations
+            .as_ref()
+            .and_then(|a| a.get("e2e.nodus.dev/path").cloned())
+            .unwrap_or_else(|| {
+                format!(
+                    "/ns/{}/sa/{}",
+                    request.metadata.namespace.clone().unwrap_or_default(),
+                    request.spec.service_account_name
+                )
+            });
+        csr.params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("spiffe://cluster.local{path}").try_into()?,
+        )];
+        let certificate = csr.signed_by(&ca.0, &ca.1)?;
+        let time = |secs: i64| -> Result<Time> { Ok(Time(Timestamp::from_second(secs)?)) };
+        request.status = Some(
+            k8s_openapi::api::certificates::v1::PodCertificateRequestStatus {
+                certificate_chain: Some(certificate.pem()),
+                not_before: Some(time(start)?),
+                not_after: Some(time(start + lifetime)?),
+                begin_refresh_at: Some(time(start + lifetime - 1800)?),
+                conditions: Some(vec![Condition {
+                    type_: "Issued".into(),
+                    status: "True".into(),
+                    reason: "Issued".into(),
+                    message: "issued by the e2e signer".into(),
+                    last_transition_time: time(Timestamp::now().as_second())?,
+                    observed_generation: None,
+                }]),
+            },
+        );
+        let name = request.metadata.name.clone().unwrap_or_default();
+        api.replace_status(&name, &PostParams::default(), &request)
+            .await?;
+        issued += 1;
+    }
+    Ok(issued)
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn pod_certificates_are_asked_for_issued_and_projected_with_their_key() -> Result<()> {
+    use k8s_openapi::api::certificates::v1::PodCertificateRequest;
+    let (cluster, ns, node) = setup("vol-podcert").await?;
+    let requests: Api<PodCertificateRequest> = Api::namespaced(cluster.admin().await?, &ns.name);
+    let signer = "e2e.nodus.dev/signer";
+    let ca = {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (params.self_signed(&key)?, key)
+    };
+    let script = "cat /tls/chain.pem; sleep 3600";
+    let mut spec = pod("holder", "Never", json!([sh("app", script)]));
+    spec["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "tls", "mountPath": "/tls" }]);
+    spec["spec"]["volumes"] = json!([{ "name": "tls", "projected": { "sources": [
+        { "podCertificate": {
+            "signerName": signer, "keyType": "ED25519", "maxExpirationSeconds": 3600,
+            "credentialBundlePath": "bundle.pem", "keyPath": "key.pem", "certificateChainPath": "chain.pem",
+            "userAnnotations": { "e2e.nodus.dev/path": "/custom" },
+        } },
+    ]}}]);
+    ns.create_pod(&node, spec).await?;
+    // Nothing runs until the signer has answered.
+    let request = nodus_e2e::poll(
+        Duration::from_secs(30),
+        "a PodCertificateRequest",
+        || async {
+            Ok(requests
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .next())
+        },
+    )
+    .await?;
+    let holder = ns.pods().get("holder").await?;
+    ensure!(phase(&holder) == "Pending", "{:?}", holder.status);
+    let pod_uid = holder.metadata.uid.clone().unwrap_or_default();
+    ensure!(
+        request.spec.pod_name == "holder" && request.spec.pod_uid == pod_uid,
+        "{request:?}"
+    );
+    ensure!(
+        request.spec.node_name == node && request.spec.service_account_name == "default",
+        "{request:?}"
+    );
+    ensure!(
+        request.spec.max_expiration_seconds == Some(3600),
+        "{request:?}"
+    );
+    let owner = request
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    ensure!(
+        owner.iter().any(|o| o.kind == "Pod" && o.uid == pod_uid),
+        "{owner:?}"
+    );
+    sign_pending(&requests, signer, &ca).await?;
+    wait_pod(
+        &ns,
+        "holder",
+        Duration::from_secs(60),
+        "holder to run",
+        |p| (phase(p) == "Running").then_some(()),
+    )
+    .await?;
+    let read = |file: &str| cluster.kubectl(&["exec", "-n", &ns.name, "holder", "--", "cat", file]);
+    let (key, chain, bundle) = (
+        read("/tls/key.pem")?,
+        read("/tls/chain.pem")?,
+        read("/tls/bundle.pem")?,
+    );
+    ensure!(
+        bundle == format!("{key}{chain}"),
+        "the bundle is the key, then the chain"
+    );
+    // The certificate was issued to the key in the volume, for the hour asked, with the
+    // path the pod's annotation gave the signer.
+    let key = rcgen::KeyPair::from_pem(&key)?;
+    let pem = x509_parser::pem::parse_x509_pem(chain.as_bytes())?.1;
+    let certificate = pem.parse_x509()?;
+    ensure!(
+        certificate.public_key().subject_public_key.data.as_ref() == key.public_key_raw(),
+        "the certificate is not for the projected key"
+    );
+    let validity = certificate.validity();
+    ensure!(
+        validity.not_after.timestamp() - validity.not_before.timestamp() == 3600,
+        "{validity:?}"
+    );
+    let uris: Vec<String> = certificate
+        .subject_alternative_name()?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(uris == ["spiffe://cluster.local/custom"], "{uris:?}");
+
+    // A key type nodus cannot make: the pod waits, saying why.
+    let mut rsa = pod("rsa", "Never", json!([sh("app", "true")]));
+    rsa["spec"]["containers"][0]["volumeMounts"] = json!([{ "name": "tls", "mountPath": "/tls" }]);
+    rsa["spec"]["volumes"] = json!([{ "name": "tls", "projected": { "sources": [
+        { "podCertificate": { "signerName": signer, "keyType": "RSA3072", "credentialBundlePath": "bundle.pem" } },
+    ]}}]);
+    ns.create_pod(&node, rsa).await?;
+    wait_event(&ns, "rsa", "FailedMount", |m| {
+        m.contains("key type \"RSA3072\" is not supported by nodus")
+    })
+    .await?;
+    ns.delete_pods().await
+}

@@ -45,46 +45,37 @@ fn write(controller: &str, cgroup: &str, file: &str, value: &str) -> io::Result<
 
 /// Creates the pod's cgroup (cgroup v1 controllers cpu and memory) with the pod's totals.
 pub fn configure_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io::Result<()> {
-    let cgroup = pod_cgroup(qos_class, uid);
     if qos_class == "BestEffort" {
         // Upstream: the BestEffort tier gets the smallest cpu weight there is.
         write("cpu", &format!("{ROOT}/besteffort"), "cpu.shares", "2")?;
     }
-    let shares = super::container::cpu_shares(Some(resources.milli_cpu_request));
-    write("cpu", &cgroup, "cpu.shares", &shares.to_string())?;
-    if let Some(limit) = resources.milli_cpu_limit {
-        write("cpu", &cgroup, "cpu.cfs_period_us", "100000")?;
-        let quota = super::container::cpu_quota(limit);
-        write("cpu", &cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
-    }
-    if let Some(limit) = resources.memory_limit {
-        write(
-            "memory",
-            &cgroup,
-            "memory.limit_in_bytes",
-            &limit.to_string(),
-        )?;
-    }
-    Ok(())
+    write_totals(&pod_cgroup(qos_class, uid), resources)
 }
 
-/// Brings an existing pod cgroup to new totals (an in-place resize); a limit the totals
-/// lack is lifted.
+/// Brings an existing pod cgroup to new totals (an in-place resize).
 pub fn update_pod(qos_class: &str, uid: &str, resources: &PodResources) -> io::Result<()> {
     if qos_class == "BestEffort" {
         return Ok(());
     }
-    let cgroup = pod_cgroup(qos_class, uid);
+    write_totals(&pod_cgroup(qos_class, uid), resources)
+}
+
+/// The pod's cpu shares, CFS quota and memory limit; a limit the totals lack is lifted (-1).
+fn write_totals(cgroup: &str, resources: &PodResources) -> io::Result<()> {
     let shares = super::container::cpu_shares(Some(resources.milli_cpu_request));
-    write("cpu", &cgroup, "cpu.shares", &shares.to_string())?;
-    let quota = resources
-        .milli_cpu_limit
-        .map_or(-1, super::container::cpu_quota);
-    write("cpu", &cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
+    write("cpu", cgroup, "cpu.shares", &shares.to_string())?;
+    let quota = match resources.milli_cpu_limit {
+        Some(limit) => {
+            write("cpu", cgroup, "cpu.cfs_period_us", "100000")?;
+            super::container::cpu_quota(limit)
+        }
+        None => -1,
+    };
+    write("cpu", cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
     let memory = resources.memory_limit.unwrap_or(-1);
     write(
         "memory",
-        &cgroup,
+        cgroup,
         "memory.limit_in_bytes",
         &memory.to_string(),
     )

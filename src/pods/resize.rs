@@ -47,6 +47,11 @@ fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         .chain(spec.containers.iter())
 }
 
+/// The init or app container of `spec` named `name`.
+pub fn container<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a Container> {
+    containers(spec).find(|c| c.name == name)
+}
+
 /// A container's requests and limits, without its claims (which never change in place).
 pub fn requirements(container: &Container) -> ResourceRequirements {
     let resources = container.resources.clone().unwrap_or_default();
@@ -265,7 +270,7 @@ pub fn steps(spec: &PodSpec, running: &[Running<'_>]) -> Vec<Step> {
         let Some(current) = &container.current else {
             continue;
         };
-        let Some(spec_container) = containers(spec).find(|c| c.name == container.name) else {
+        let Some(spec_container) = self::container(spec, container.name) else {
             continue;
         };
         let granted = requirements(spec_container);

@@ -538,13 +538,6 @@ impl Worker {
             .collect();
         let steps = resize::steps(spec, &current);
         let generation = pod.metadata.generation.unwrap_or(0);
-        let find = |name: &str| {
-            spec.init_containers
-                .iter()
-                .flatten()
-                .chain(spec.containers.iter())
-                .find(|c| c.name == name)
-        };
         let class = qos::class(spec);
         let after = qos::pod_resources(spec);
         let actuating = steps
@@ -575,7 +568,7 @@ impl Worker {
                     let Some(container) = current
                         .iter()
                         .find(|c| c.id == id)
-                        .and_then(|c| find(c.name))
+                        .and_then(|c| resize::container(spec, c.name))
                     else {
                         continue;
                     };

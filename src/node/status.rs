@@ -4,6 +4,11 @@
 //! Posting follows the kubelet with a Lease: the status is written when something in it
 //! changed, and at least every [`REPORT_INTERVAL`] otherwise; liveness itself is the
 //! Lease's job, so an unchanged status costs the API server nothing.
+//!
+//! Extended resources that someone else advertises in the node's capacity (an operator's
+//! `PATCH .../status` adding `example.com/dongle`) are read back from the Node at each
+//! update and copied into allocatable, as the kubelet does; allocatable ones no longer in
+//! capacity are dropped.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,8 +23,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
+use kube::api::{GetParams, Patch, PatchParams};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -196,7 +201,50 @@ impl NodeFacts {
     }
 }
 
+/// Upstream's `IsExtendedResourceName`: a domain-prefixed name outside `kubernetes.io`,
+/// and not a quota's `requests.` form.
+pub fn is_extended_resource(name: &str) -> bool {
+    name.contains('/') && !name.contains("kubernetes.io/") && !name.starts_with("requests.")
+}
+
+/// The extended resources in the Node's capacity that nodus does not report itself.
+pub fn foreign_extended(
+    held: &NodeStatus,
+    own: &BTreeMap<String, Quantity>,
+) -> BTreeMap<String, Quantity> {
+    held.capacity
+        .iter()
+        .flatten()
+        .filter(|(name, _)| is_extended_resource(name) && !own.contains_key(*name))
+        .map(|(name, quantity)| (name.clone(), quantity.clone()))
+        .collect()
+}
+
+/// Extended resources in the Node's allocatable that its capacity no longer has.
+pub fn stale_allocatable(held: &NodeStatus) -> Vec<String> {
+    let capacity = held.capacity.as_ref();
+    held.allocatable
+        .iter()
+        .flatten()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            is_extended_resource(name) && capacity.is_none_or(|c| !c.contains_key(*name))
+        })
+        .cloned()
+        .collect()
+}
+
 impl Report {
+    /// Adds extended resources advertised by others to allocatable (whole: nothing is
+    /// reserved of them). Not to capacity: that is theirs, and a post of a stale copy
+    /// would bring back a resource they had just removed.
+    pub fn with_extended(mut self, extended: &BTreeMap<String, Quantity>) -> Self {
+        for (name, quantity) in extended {
+            self.allocatable.insert(name.clone(), quantity.clone());
+        }
+        self
+    }
+
     /// The NodeStatus to post at `now`. A condition keeps its lastTransitionTime while its
     /// status stays the same as in `previous` (what the API server last held).
     pub fn to_status(&self, previous: &[NodeCondition], now: Timestamp) -> NodeStatus {
@@ -257,6 +305,7 @@ pub async fn report(
     let mut ticker = tokio::time::interval(UPDATE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut runtime_open = true;
+    let mut extended = BTreeMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -264,15 +313,32 @@ pub async fn report(
             changed = runtime.changed(), if runtime_open => runtime_open = changed.is_ok(),
         }
         let state = runtime.borrow_and_update().clone();
-        let report = facts.observe(&state);
-        if last
-            .as_ref()
-            .is_some_and(|(posted, at)| *posted == report && at.elapsed() < REPORT_INTERVAL)
+        let own = facts.observe(&state);
+        // Read from the API server's cache (resourceVersion 0), as the kubelet does.
+        let mut stale = Vec::new();
+        match api.get_with(&name, &GetParams::any()).await {
+            Ok(node) => {
+                let held_status = node.status.unwrap_or_default();
+                extended = foreign_extended(&held_status, &own.capacity);
+                stale = stale_allocatable(&held_status);
+            }
+            Err(err) => debug!(node = %name, error = %error_chain(&err), "reading the node failed"),
+        }
+        let report = own.with_extended(&extended);
+        if stale.is_empty()
+            && last
+                .as_ref()
+                .is_some_and(|(posted, at)| *posted == report && at.elapsed() < REPORT_INTERVAL)
         {
             continue;
         }
         let status = report.to_status(&held, Timestamp::now());
-        let patch = Patch::Strategic(json!({ "status": status }));
+        let mut body = json!({ "status": status });
+        for resource in &stale {
+            // A null in a strategic-merge map deletes the key.
+            body["status"]["allocatable"][resource] = Value::Null;
+        }
+        let patch = Patch::Strategic(body);
         match api
             .patch_status(&name, &PatchParams::default(), &patch)
             .await
@@ -412,6 +478,43 @@ mod tests {
         assert_eq!(report.node_info.kubelet_version, kubelet_version());
         assert_eq!(report.addresses[0].type_, "InternalIP");
         assert_eq!(report.addresses[1].address, "worker-1");
+    }
+
+    fn q(map: &BTreeMap<String, Quantity>, k: &str) -> String {
+        map[k].0.clone()
+    }
+
+    #[test]
+    fn extended_resources_others_advertise_become_allocatable_and_leave_with_capacity() {
+        let runtime = ready_runtime();
+        let own = facts().report(&observation(&runtime), 1000 << 20, &runtime);
+        let quantities = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let held = NodeStatus {
+            capacity: Some(quantities(&[
+                ("cpu", "2"),
+                ("example.com/dongle", "4"),
+                ("kubernetes.io/native", "1"),
+                ("requests.example.com/x", "1"),
+            ])),
+            allocatable: Some(quantities(&[("cpu", "2"), ("example.com/gone", "1")])),
+            ..NodeStatus::default()
+        };
+        let extended = foreign_extended(&held, &own.capacity);
+        assert_eq!(extended, quantities(&[("example.com/dongle", "4")]));
+        assert_eq!(
+            stale_allocatable(&held),
+            vec!["example.com/gone".to_owned()]
+        );
+        let report = own.clone().with_extended(&extended);
+        assert_eq!(q(&report.allocatable, "example.com/dongle"), "4");
+        assert!(!report.capacity.contains_key("example.com/dongle"));
+        assert_eq!(q(&report.allocatable, "cpu"), q(&own.allocatable, "cpu"));
+        assert_ne!(report, own, "a new resource is a change worth posting");
     }
 
     #[test]

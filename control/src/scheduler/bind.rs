@@ -1,7 +1,8 @@
 //! Bind: the scheduler's writes to the API server — the `pods/binding` subresource that
-//! places a pod, the Scheduled event after it, and for a pod that fits nowhere the
-//! PodScheduled=False condition and the FailedScheduling warning, with upstream's reasons,
-//! actions and messages. Events report as the scheduler's name (`default-scheduler`), as
+//! places a pod, the Scheduled event after it, for a pod that fits nowhere the
+//! PodScheduled=False condition (and the node it was nominated to after preempting) and the
+//! FailedScheduling warning, and for each pod preempted the DisruptionTarget condition, the
+//! deletion and the Preempted event, with upstream's reasons, actions and messages. Events report as the scheduler's name (`default-scheduler`), as
 //! upstream's do. The request bodies are built by pure functions, tested without a server.
 
 use std::fmt;
@@ -9,11 +10,14 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use super::cache::REASON_PREEMPTED;
+use super::preemption::Victim;
 
 /// Upstream's PodScheduled reasons.
 pub const REASON_UNSCHEDULABLE: &str = "Unschedulable";
@@ -34,6 +38,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("preempting pod {pod}")]
+    Preempt {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -44,6 +54,10 @@ impl Error {
                 ..
             }
             | Error::Condition {
+                source: kube::Error::Api(status),
+                ..
+            }
+            | Error::Preempt {
                 source: kube::Error::Api(status),
                 ..
             } => Some(status.code),
@@ -92,19 +106,28 @@ pub fn scheduled_message(pod: &Pod, node: &str) -> String {
     )
 }
 
-/// The strategic-merge patch that sets PodScheduled=False, or `None` when the pod already
-/// says exactly that (so a parked pod retried every few seconds does not rewrite its status
-/// each time). The transition time moves only when the status changes.
-pub fn condition_patch(pod: &Pod, reason: &str, message: &str, now: Timestamp) -> Option<Value> {
-    let existing = pod
-        .status
-        .as_ref()
+/// The strategic-merge patch that sets PodScheduled=False (and `status.nominatedNodeName`
+/// when the pod has just preempted on that node), or `None` when the pod already says
+/// exactly that (so a parked pod retried every few seconds does not rewrite its status each
+/// time). The transition time moves only when the status changes.
+pub fn condition_patch(
+    pod: &Pod,
+    reason: &str,
+    message: &str,
+    nominated: Option<&str>,
+    now: Timestamp,
+) -> Option<Value> {
+    let status = pod.status.as_ref();
+    let existing = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+    let nominated_already = nominated
+        .is_none_or(|node| status.and_then(|s| s.nominated_node_name.as_deref()) == Some(node));
     if let Some(c) = existing
         && c.status == "False"
         && c.reason.as_deref() == Some(reason)
         && c.message.as_deref() == Some(message)
+        && nominated_already
     {
         return None;
     }
@@ -112,7 +135,7 @@ pub fn condition_patch(pod: &Pod, reason: &str, message: &str, now: Timestamp) -
         .filter(|c| c.status == "False")
         .and_then(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
-    Some(json!({
+    let mut patch = json!({
         "status": {
             "conditions": [{
                 "type": "PodScheduled",
@@ -123,7 +146,35 @@ pub fn condition_patch(pod: &Pod, reason: &str, message: &str, now: Timestamp) -
                 "lastTransitionTime": transition,
             }]
         }
-    }))
+    });
+    if let Some(node) = nominated {
+        patch["status"]["nominatedNodeName"] = json!(node);
+    }
+    Some(patch)
+}
+
+/// The strategic-merge patch that marks a pod DisruptionTarget=True because `scheduler`
+/// preempts it (upstream's condition, word for word).
+pub fn disruption_patch(scheduler: &str, generation: Option<i64>, now: Timestamp) -> Value {
+    let mut condition = json!({
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": REASON_PREEMPTED,
+        "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+        "lastTransitionTime": Time(now),
+    });
+    if let Some(generation) = generation {
+        condition["observedGeneration"] = json!(generation);
+    }
+    json!({"status": {"conditions": [condition]}})
+}
+
+/// The Preempted event's message on a victim, as upstream writes it.
+pub fn preempted_message(preemptor: &Pod, node: &str) -> String {
+    format!(
+        "Preempted by pod {} on node {node}",
+        preemptor.metadata.uid.as_deref().unwrap_or_default()
+    )
 }
 
 /// Writes bindings, conditions and events. Cheap to clone.
@@ -131,6 +182,7 @@ pub fn condition_patch(pod: &Pod, reason: &str, message: &str, now: Timestamp) -
 pub struct Writer {
     client: Client,
     recorder: Recorder,
+    scheduler: String,
 }
 
 impl fmt::Debug for Writer {
@@ -157,7 +209,11 @@ impl Writer {
                 instance,
             },
         );
-        Self { client, recorder }
+        Self {
+            client,
+            recorder,
+            scheduler: scheduler_name.to_owned(),
+        }
     }
 
     fn pods(&self, pod: &Pod) -> Api<Pod> {
@@ -199,9 +255,10 @@ impl Writer {
         .await;
     }
 
-    /// PodScheduled=False with `reason` and the FailedScheduling warning with `message`.
-    pub async fn failed(&self, pod: &Pod, reason: &str, message: &str) {
-        if let Some(patch) = condition_patch(pod, reason, message, Timestamp::now()) {
+    /// PodScheduled=False with `reason` (and the nominated node, if any) and the
+    /// FailedScheduling warning with `message`.
+    pub async fn failed(&self, pod: &Pod, reason: &str, message: &str, nominated: Option<&str>) {
+        if let Some(patch) = condition_patch(pod, reason, message, nominated, Timestamp::now()) {
             let name = pod.metadata.name.as_deref().unwrap_or_default();
             let result = self
                 .pods(pod)
@@ -227,6 +284,62 @@ impl Writer {
             message.to_owned(),
         )
         .await;
+    }
+
+    /// Evicts a victim for `preemptor`: DisruptionTarget first (so whoever sees it go knows
+    /// why), then the deletion, only of that very pod (its UID), then the Preempted event. A
+    /// victim already gone is not an error.
+    pub async fn preempt(&self, victim: &Victim, preemptor: &Pod, node: &str) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), victim.namespace());
+        let failed = |source| Error::Preempt {
+            pod: victim.key.clone(),
+            source,
+        };
+        let patch = disruption_patch(&self.scheduler, victim.generation, Timestamp::now());
+        let marked = pods
+            .patch_status(
+                victim.name(),
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .map_err(failed);
+        match marked {
+            Err(err) if err.pod_gone() => return Ok(()),
+            other => other.map(drop)?,
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: victim.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(victim.name(), &params).await.map_err(failed) {
+            // Gone, or replaced by a pod of the same name (the UID precondition): done.
+            Err(err) if err.pod_gone() || err.status() == Some(409) => return Ok(()),
+            other => other.map(drop)?,
+        }
+        info!(victim = %victim.key, preemptor = %pod_name(preemptor), %node, "preempted");
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(victim.namespace().to_owned()),
+            name: Some(victim.name().to_owned()),
+            uid: victim.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Preempted".into(),
+            note: Some(preempted_message(preemptor, node)),
+            action: "Preempting".into(),
+            secondary: Some(preemptor.object_ref(&())),
+        };
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            warn!(pod = %victim.key, error = %err, "recording event failed");
+        }
+        Ok(())
     }
 
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, note: String) {
@@ -283,8 +396,14 @@ mod tests {
     fn condition_is_written_only_when_it_changes() {
         let now = Timestamp::from_second(1_000).expect("valid");
         let earlier = Timestamp::from_second(10).expect("valid");
-        let patch = condition_patch(&pod(), REASON_UNSCHEDULABLE, "0/1 nodes are available", now)
-            .expect("first write");
+        let patch = condition_patch(
+            &pod(),
+            REASON_UNSCHEDULABLE,
+            "0/1 nodes are available",
+            None,
+            now,
+        )
+        .expect("first write");
         assert_eq!(
             patch["status"]["conditions"][0],
             json!({
@@ -314,6 +433,7 @@ mod tests {
                 &parked,
                 REASON_UNSCHEDULABLE,
                 "0/1 nodes are available",
+                None,
                 now
             ),
             None
@@ -323,12 +443,58 @@ mod tests {
             &parked,
             REASON_UNSCHEDULABLE,
             "0/2 nodes are available",
+            None,
             now,
         )
         .expect("message changed");
         assert_eq!(
             patch["status"]["conditions"][0]["lastTransitionTime"],
             json!("1970-01-01T00:00:10Z")
+        );
+        assert!(patch["status"].get("nominatedNodeName").is_none());
+
+        // Nominated after preempting: written although the condition says the same.
+        let patch = condition_patch(
+            &parked,
+            REASON_UNSCHEDULABLE,
+            "0/1 nodes are available",
+            Some("n1"),
+            now,
+        )
+        .expect("nomination is new");
+        assert_eq!(patch["status"]["nominatedNodeName"], "n1");
+        if let Some(status) = parked.status.as_mut() {
+            status.nominated_node_name = Some("n1".into());
+        }
+        assert_eq!(
+            condition_patch(
+                &parked,
+                REASON_UNSCHEDULABLE,
+                "0/1 nodes are available",
+                Some("n1"),
+                now
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_victim_is_told_who_preempted_it_and_why() {
+        let now = Timestamp::from_second(1_000).expect("valid");
+        assert_eq!(
+            disruption_patch("default-scheduler", Some(3), now),
+            json!({"status": {"conditions": [{
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "PreemptionByScheduler",
+                "message": "default-scheduler: preempting to accommodate a higher priority pod",
+                "lastTransitionTime": "1970-01-01T00:16:40Z",
+                "observedGeneration": 3,
+            }]}})
+        );
+        assert_eq!(
+            preempted_message(&pod(), "n1"),
+            "Preempted by pod u-1 on node n1"
         );
     }
 }

@@ -5,11 +5,15 @@
 //! watcher's copy of the bound pod then confirms it, and a failed binding forgets it.
 //! Invariant: every pod's demand is added to exactly one node's usage, and removed from it
 //! exactly once.
+//!
+//! Bound pods also keep what preemption reads of them (`Resident`): assumed ones do not, as
+//! a pod whose binding is not in the API server yet is never a victim.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
 
 use super::resources::{Demand, NodeUsage};
 
@@ -35,6 +39,59 @@ struct Record {
     node: String,
     demand: Demand,
     state: State,
+    /// Set once the watcher has shown the pod bound.
+    resident: Option<Resident>,
+}
+
+/// What preemption reads of a bound pod: which pod it is, how important, since when, and
+/// whether it is already on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resident {
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    pub priority: i32,
+    pub started: Option<Timestamp>,
+    /// Deleted and terminating because a scheduler preempted it (upstream's
+    /// `PodTerminatingByPreemption`: a deletionTimestamp and DisruptionTarget with reason
+    /// PreemptionByScheduler).
+    pub preempted: bool,
+    /// For the disruption budgets that cover it.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Upstream's `PodReasonPreemptionByScheduler`.
+pub const REASON_PREEMPTED: &str = "PreemptionByScheduler";
+
+impl Resident {
+    pub fn of(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let disrupted = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.type_ == "DisruptionTarget"
+                        && c.status == "True"
+                        && c.reason.as_deref() == Some(REASON_PREEMPTED)
+                })
+            });
+        Self {
+            uid: pod.metadata.uid.clone(),
+            generation: pod.metadata.generation,
+            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+            started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
+            preempted: disrupted && pod.metadata.deletion_timestamp.is_some(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A pod the API server shows bound, as preemption sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound<'a> {
+    pub key: &'a str,
+    pub node: &'a str,
+    pub demand: &'a Demand,
+    pub resident: &'a Resident,
 }
 
 /// One node name's slot: the Node (absent when the watcher has not delivered it, or it was
@@ -131,12 +188,38 @@ impl Cache {
         self.slots.get(node).map(|s| &s.usage)
     }
 
+    /// A known node and its usage.
+    pub fn node(&self, name: &str) -> Option<(&Node, &NodeUsage)> {
+        self.slots
+            .get(name)
+            .and_then(|slot| slot.node.as_deref().map(|node| (node, &slot.usage)))
+    }
+
+    /// Every pod the watcher has shown bound (assumed pods are not among them).
+    pub fn bound(&self) -> impl Iterator<Item = Bound<'_>> {
+        self.pods.iter().filter_map(|(key, record)| {
+            record.resident.as_ref().map(|resident| Bound {
+                key,
+                node: &record.node,
+                demand: &record.demand,
+                resident,
+            })
+        })
+    }
+
     /// Whether the pod is assumed or bound: the queue must not schedule it (again).
     pub fn contains(&self, key: &str) -> bool {
         self.pods.contains_key(key)
     }
 
-    fn add(&mut self, key: String, node: String, demand: Demand, state: State) {
+    fn add(
+        &mut self,
+        key: String,
+        node: String,
+        demand: Demand,
+        state: State,
+        resident: Option<Resident>,
+    ) {
         self.slots
             .entry(node.clone())
             .or_default()
@@ -148,6 +231,7 @@ impl Cache {
                 node,
                 demand,
                 state,
+                resident,
             },
         );
     }
@@ -173,6 +257,7 @@ impl Cache {
             node.to_owned(),
             demand,
             State::Assumed { bound: false },
+            None,
         );
         Ok(())
     }
@@ -217,15 +302,23 @@ impl Cache {
             return;
         };
         let demand = Demand::of(spec);
-        if let Some(record) = self.pods.get(key)
+        let resident = Resident::of(pod);
+        if let Some(record) = self.pods.get_mut(key)
             && record.state == State::Confirmed
             && record.node == node
             && record.demand == demand
         {
+            record.resident = Some(resident);
             return;
         }
         self.remove(key);
-        self.add(key.to_owned(), node, demand, State::Confirmed);
+        self.add(
+            key.to_owned(),
+            node,
+            demand,
+            State::Confirmed,
+            Some(resident),
+        );
     }
 
     /// A bound pod is gone (deleted, or terminal and so no longer using the node).

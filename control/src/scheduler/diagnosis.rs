@@ -1,38 +1,43 @@
 //! Diagnosis: why a pod fits no node, as the one-line message upstream's scheduler puts in
 //! the FailedScheduling event and the PodScheduled condition (`FitError.Error()`): a sorted
-//! histogram of the filters' reasons, then what preemption would say. Pure.
-//!
-//! nodus-control does not preempt yet. The preemption part says what upstream's
-//! DefaultPreemption says when it finds nothing to evict: nodes rejected for good are "not
-//! helpful", the others have "no victims" (true as long as no pod has a lower priority).
+//! histogram of the filters' reasons, then what preemption said (`preemption::Decision`).
+//! Pure.
 
 use std::collections::BTreeMap;
 
-use super::filters::{Code, Rejection};
+use super::filters::Rejection;
 
 /// Upstream's `ErrNoNodesAvailable`.
 pub const NO_NODES: &str = "no nodes available to schedule pods";
 
-const NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
-const NO_VICTIMS: &str = "No preemption victims found for incoming pod";
+/// Upstream's preemption reasons for a node: rejected for good, or nothing to evict there.
+pub const NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
+pub const NO_VICTIMS: &str = "No preemption victims found for incoming pod";
 
 /// The message for a pod that every one of `total_nodes` nodes rejected, one rejection per
-/// node.
-pub fn message(total_nodes: usize, rejections: &[Rejection]) -> String {
+/// node, followed by what preemption said.
+pub fn message<'a>(
+    total_nodes: usize,
+    rejections: impl IntoIterator<Item = &'a Rejection>,
+    preemption: &str,
+) -> String {
     if total_nodes == 0 {
         return NO_NODES.to_owned();
     }
     let reasons = rejections
-        .iter()
+        .into_iter()
         .flat_map(|r| r.reasons.iter().map(String::as_str));
-    let preemption = rejections.iter().map(|r| match r.code {
-        Code::UnschedulableAndUnresolvable => NOT_HELPFUL,
-        Code::Unschedulable => NO_VICTIMS,
-    });
     format!(
-        "0/{total_nodes} nodes are available: {}. preemption: 0/{total_nodes} nodes are available: {}.",
-        histogram(reasons),
-        histogram(preemption)
+        "{} preemption: {preemption}",
+        nodes_available(total_nodes, reasons)
+    )
+}
+
+/// "0/N nodes are available: <histogram>."
+pub fn nodes_available<'a>(total_nodes: usize, reasons: impl Iterator<Item = &'a str>) -> String {
+    format!(
+        "0/{total_nodes} nodes are available: {}.",
+        histogram(reasons)
     )
 }
 
@@ -54,7 +59,17 @@ fn histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::filters::{REASON_AFFINITY, REASON_PORTS, REASON_TAINT};
+    use crate::scheduler::filters::{Code, REASON_AFFINITY, REASON_PORTS, REASON_TAINT};
+
+    /// What preemption says when no pod has a lower priority: nodes rejected for good are
+    /// "not helpful", the others have "no victims".
+    fn no_victims(total_nodes: usize, rejections: &[Rejection]) -> String {
+        let reasons = rejections.iter().map(|r| match r.code {
+            Code::UnschedulableAndUnresolvable => NOT_HELPFUL,
+            Code::Unschedulable => NO_VICTIMS,
+        });
+        nodes_available(total_nodes, reasons)
+    }
 
     fn rejection(code: Code, reasons: &[&str]) -> Rejection {
         Rejection {
@@ -113,7 +128,8 @@ mod tests {
             ),
         ];
         for (total, rejections, want) in cases {
-            assert_eq!(message(total, &rejections), want);
+            let preemption = no_victims(total, &rejections);
+            assert_eq!(message(total, &rejections, &preemption), want);
         }
     }
 }

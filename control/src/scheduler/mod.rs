@@ -8,18 +8,25 @@
 //! ```text
 //!  pod watcher ──► cache (bound pods) / queue (pending pods)
 //!  node watcher ─► cache (nodes) ──► queue.move_all on relevant changes
+//!  PDB watcher ──► budgets (which victims preemption prefers to spare)
 //!  loop: queue.pop ─► filters ─► scores ─► cache.assume ─► spawn bind ─► confirm / forget
-//!                          └─► no fit: queue.unschedulable, PodScheduled=False, FailedScheduling
+//!                          └─► no fit: preemption ─► nominate, evict victims (background)
+//!                              queue.unschedulable, PodScheduled=False, FailedScheduling
 //! ```
 //!
-//! Next, each in its own module: PodTopologySpread and inter-pod affinity, preemption,
-//! leader election through a Lease, `/healthz` and metrics, then the controllers beside the
-//! scheduler in `nodus-control`.
+//! Filters see, besides a node's bound and assumed pods, the pods nominated to it with at
+//! least the priority of the pod at hand (`nominated`), so room freed by preemption goes to
+//! the pod that asked for it.
+//!
+//! Next, each in its own module: PodTopologySpread and inter-pod affinity.
 
 pub mod bind;
+pub mod budgets;
 pub mod cache;
 pub mod diagnosis;
 pub mod filters;
+pub mod nominated;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod scores;
@@ -29,6 +36,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
@@ -38,9 +46,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::bind::Writer;
+use self::budgets::Budgets;
 use self::cache::Cache;
+use self::filters::Rejection;
+use self::nominated::Nominations;
+use self::preemption::{Decision, Preemptor, View};
 use self::queue::Queue;
-use self::resources::Demand;
+use self::resources::{Demand, NodeUsage};
 use self::scores::Feasible;
 
 /// How long shutdown waits for bindings already sent.
@@ -85,6 +97,11 @@ enum Outcome {
         result: Result<(), bind::Error>,
     },
     Recorded,
+    /// Victims evicted for the pod `key`; those in `failed` are still there.
+    Evicted {
+        key: String,
+        failed: Vec<String>,
+    },
 }
 
 /// A relist in progress: objects are collected until `InitDone`, then replace the state at
@@ -100,6 +117,8 @@ struct Scheduler {
     config: Config,
     cache: Cache,
     queue: Queue,
+    nominations: Nominations,
+    budgets: Budgets,
     writer: Writer,
     tasks: JoinSet<Outcome>,
     pods: Relist<Pod>,
@@ -127,9 +146,16 @@ pub async fn run(client: Client, config: Config, cancel: CancellationToken) -> R
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
     );
-    let nodes = watch(Api::<Node>::all(client), watcher::Config::default());
+    let nodes = watch(Api::<Node>::all(client.clone()), watcher::Config::default());
+    // Only preemption reads budgets, and only to prefer some victims: scheduling does not
+    // wait for them to be listed.
+    let budgets = watch(
+        Api::<PodDisruptionBudget>::all(client),
+        watcher::Config::default(),
+    );
     let mut pods = pin!(pods);
     let mut nodes = pin!(nodes);
+    let mut budgets = pin!(budgets);
     let mut scheduler = Scheduler::new(config, writer);
     info!(scheduler = %scheduler.config.scheduler_name, "scheduler starting");
     let result = loop {
@@ -148,6 +174,11 @@ pub async fn run(client: Client, config: Config, cancel: CancellationToken) -> R
                 Some(Ok(event)) => scheduler.on_node(event),
                 Some(Err(err)) => warn!(error = %err, "node watch failed; retrying with backoff"),
                 None => break Err(Error::WatchEnded { resource: "node" }),
+            },
+            event = budgets.next() => match event {
+                Some(Ok(event)) => scheduler.budgets.on_event(event),
+                Some(Err(err)) => warn!(error = %err, "PodDisruptionBudget watch failed; retrying with backoff"),
+                None => break Err(Error::WatchEnded { resource: "PodDisruptionBudget" }),
             },
             Some(done) = scheduler.tasks.join_next(), if !scheduler.tasks.is_empty() => match done {
                 Ok(outcome) => scheduler.on_outcome(outcome),
@@ -182,6 +213,8 @@ impl Scheduler {
             config,
             cache: Cache::default(),
             queue: Queue::default(),
+            nominations: Nominations::default(),
+            budgets: Budgets::default(),
             writer,
             tasks: JoinSet::new(),
             pods: Relist::default(),
@@ -221,6 +254,7 @@ impl Scheduler {
                 }
                 self.queue
                     .retain(|key| wanted.contains(key) || self.cache.contains(key));
+                self.nominations.retain(|key| wanted.contains(key));
                 // Pods may have gone while the watch was down, freeing room.
                 self.queue.move_all(now);
                 debug!(pending = self.queue.len(), "pods listed");
@@ -229,6 +263,7 @@ impl Scheduler {
             Event::Delete(pod) => {
                 let key = pod_key(&pod);
                 self.queue.remove(&key);
+                self.nominations.remove(&key);
                 if self.cache.delete_pod(&key) {
                     self.queue.move_all(now);
                 }
@@ -240,6 +275,7 @@ impl Scheduler {
         let key = pod_key(&pod);
         if is_bound(&pod) {
             self.queue.remove(&key);
+            self.nominations.remove(&key);
             if is_terminal(&pod) {
                 if self.cache.delete_pod(&key) {
                     self.queue.move_all(now);
@@ -251,10 +287,12 @@ impl Scheduler {
             // An assumed pod's own updates (ours, before the binding shows) must not queue it
             // a second time.
             if !self.cache.contains(&key) {
+                self.nominations.observe(&key, &pod);
                 self.queue.upsert(&key, pod, now);
             }
         } else {
             self.queue.remove(&key);
+            self.nominations.remove(&key);
         }
     }
 
@@ -306,15 +344,35 @@ impl Scheduler {
             return;
         };
         let demand = Demand::of(spec);
+        let priority = spec.priority.unwrap_or(0);
+        // Nodes that pods of at least this priority are nominated to, seen with their
+        // requests; nominations are rare, so this is usually empty.
+        let with_nominated: std::collections::HashMap<&str, NodeUsage> = self
+            .nominations
+            .nodes()
+            .filter_map(|name| {
+                let (_, usage) = self.cache.node(name)?;
+                let usage = self.nominations.usage_for(name, usage, &key, priority);
+                Some((name, usage.into_owned()))
+            })
+            .collect();
         let mut feasible = Vec::new();
-        let mut rejections = Vec::new();
+        let mut rejections: Vec<(String, Rejection)> = Vec::new();
         for (node, usage) in self.cache.nodes() {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            let usage = with_nominated.get(name).unwrap_or(usage);
             match filters::run(spec, &demand, node, usage) {
                 Ok(()) => feasible.push(Feasible { node, usage }),
-                Err(rejection) => rejections.push(rejection),
+                Err(rejection) => rejections.push((name.to_owned(), rejection)),
             }
         }
-        let chosen = scores::pick(spec, &demand, &feasible)
+        // A pod that preempted goes where it made room, if that node takes it now (as
+        // upstream evaluates the nominated node first).
+        let nominated = self.nominations.node_of(&key);
+        let chosen = feasible
+            .iter()
+            .position(|f| f.node.metadata.name.as_deref() == nominated && nominated.is_some())
+            .or_else(|| scores::pick(spec, &demand, &feasible))
             .and_then(|i| feasible[i].node.metadata.name.clone());
         drop(feasible);
         match chosen {
@@ -336,33 +394,108 @@ impl Scheduler {
                     Outcome::Bound { key, result }
                 });
             }
-            None => {
-                let message = diagnosis::message(self.cache.node_count(), &rejections);
-                info!(pod = %key, %message, "unschedulable");
-                self.queue.unschedulable(&key, now);
-                self.record_failure(pod, bind::REASON_UNSCHEDULABLE, message);
-            }
+            None => self.preempt_or_park(key, pod, demand, &rejections, now),
         }
+    }
+
+    /// No node fits: try preemption, then park the pod and say why (and, after preempting,
+    /// where it is nominated) while the victims are evicted in the background.
+    fn preempt_or_park(
+        &mut self,
+        key: String,
+        pod: Arc<Pod>,
+        demand: Demand,
+        rejections: &[(String, Rejection)],
+        now: Instant,
+    ) {
+        let total = self.cache.node_count();
+        let decision = if total == 0 {
+            Decision::NoCandidate(Vec::new())
+        } else {
+            let preemptor = Preemptor {
+                key: &key,
+                pod: &pod,
+                demand: &demand,
+            };
+            let view = View {
+                cache: &self.cache,
+                nominations: &self.nominations,
+                budgets: &self.budgets,
+            };
+            preemption::decide(preemptor, view, rejections)
+        };
+        let message = diagnosis::message(
+            total,
+            rejections.iter().map(|(_, r)| r),
+            &decision.describe(total),
+        );
+        info!(pod = %key, %message, "unschedulable");
+        self.queue.unschedulable(&key, now);
+        let Decision::Preempt { node, victims } = decision else {
+            self.record_failure(pod, bind::REASON_UNSCHEDULABLE, message);
+            return;
+        };
+        let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        self.nominations.set(
+            &key,
+            &node,
+            priority,
+            demand,
+            victims.iter().map(|v| v.key.clone()).collect(),
+        );
+        let writer = self.writer.clone();
+        self.tasks.spawn(async move {
+            writer
+                .failed(
+                    &pod,
+                    bind::REASON_UNSCHEDULABLE,
+                    &message,
+                    Some(node.as_str()),
+                )
+                .await;
+            let evictions = victims
+                .iter()
+                .map(|victim| writer.preempt(victim, &pod, &node));
+            let results = futures::future::join_all(evictions).await;
+            let mut failed = Vec::new();
+            for (victim, result) in victims.iter().zip(results) {
+                if let Err(err) = result {
+                    warn!(error = %error_chain(&err), "eviction failed");
+                    failed.push(victim.key.clone());
+                }
+            }
+            Outcome::Evicted { key, failed }
+        });
     }
 
     fn record_failure(&mut self, pod: Arc<Pod>, reason: &'static str, message: String) {
         let writer = self.writer.clone();
         self.tasks.spawn(async move {
-            writer.failed(&pod, reason, &message).await;
+            writer.failed(&pod, reason, &message, None).await;
             Outcome::Recorded
         });
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {
-        let Outcome::Bound { key, result } = outcome else {
-            return;
-        };
         let now = Instant::now();
+        let (key, result) = match outcome {
+            Outcome::Bound { key, result } => (key, result),
+            Outcome::Recorded => return,
+            Outcome::Evicted { key, failed } => {
+                if !failed.is_empty() {
+                    // Not waiting for pods that stay: the next attempt decides afresh.
+                    self.nominations.forget_victims(&key, &failed);
+                    self.queue.retry(&key, now);
+                }
+                return;
+            }
+        };
         match result {
             Ok(()) => {
                 // Err only if the watcher already showed the pod gone; nothing to do then.
                 let _ = self.cache.finish_binding(&key);
                 self.queue.remove(&key);
+                self.nominations.remove(&key);
             }
             Err(err) => {
                 let _ = self.cache.forget(&key);
@@ -470,6 +603,10 @@ mod tests {
                         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
                     ),
                     ("POST", p) if p.contains("/events") => (201, body),
+                    ("DELETE", p) if p.contains("/pods/") => (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
+                    ),
                     _ => (
                         404,
                         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 404}),
@@ -677,6 +814,121 @@ mod tests {
         assert!(!s.queue.has_ready(Instant::now()), "backing off");
         tokio::time::advance(queue::INITIAL_BACKOFF).await;
         assert!(s.queue.has_ready(Instant::now()));
+    }
+
+    fn with_priority(mut pod: Pod, priority: i32) -> Pod {
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.priority = Some(priority);
+        }
+        pod
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_fits_nowhere_preempts_a_lower_priority_pod_and_takes_its_room() {
+        let (mut s, mut received) = scheduler(&[]);
+        for event in list(vec![node("a", "1", "1Gi", "110")]) {
+            s.on_node(event);
+        }
+        let low = with_priority(bound("low", "1", "a"), 1);
+        for event in list(vec![low.clone(), with_priority(pending("high", "1"), 10)]) {
+            s.on_pod(event);
+        }
+        s.schedule_one();
+        settle(&mut s).await;
+        let sent = drain(&mut received);
+        assert!(bindings(&sent).is_empty(), "no room yet");
+        let status_patch = |name: &str| {
+            sent.iter()
+                .find(|(method, path, _)| {
+                    method == "PATCH"
+                        && path == &format!("/api/v1/namespaces/default/pods/{name}/status")
+                })
+                .map(|(_, _, body)| body["status"].clone())
+                .unwrap_or_else(|| panic!("{name}'s status patched"))
+        };
+        assert_eq!(status_patch("high")["nominatedNodeName"], "a");
+        assert_eq!(
+            status_patch("high")["conditions"][0]["message"],
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: found a potential \
+             placement for pod on node a, preempting 1 victims"
+        );
+        let disruption = &status_patch("low")["conditions"][0];
+        assert_eq!(disruption["type"], "DisruptionTarget");
+        assert_eq!(disruption["reason"], "PreemptionByScheduler");
+        assert!(
+            sent.iter().any(|(method, path, _)| method == "DELETE"
+                && path == "/api/v1/namespaces/default/pods/low"),
+            "victim deleted"
+        );
+        assert_eq!(
+            event_notes(&sent, "Preempted"),
+            vec!["Preempted by pod uid-high on node a"]
+        );
+
+        // Retried before the victim is gone: it waits, and evicts nothing more.
+        s.queue.move_all(Instant::now());
+        tokio::time::advance(queue::MAX_BACKOFF).await;
+        s.schedule_one();
+        settle(&mut s).await;
+        let sent = drain(&mut received);
+        assert!(
+            !sent.iter().any(|(method, _, _)| method == "DELETE"),
+            "no second round"
+        );
+        // (The event is a repeat, which the recorder sends as a series update.)
+        let condition = sent
+            .iter()
+            .find(|(method, path, _)| {
+                method == "PATCH" && path == "/api/v1/namespaces/default/pods/high/status"
+            })
+            .map(|(_, _, body)| body["status"]["conditions"][0]["message"].clone())
+            .expect("the new reason written");
+        assert!(
+            condition.as_str().is_some_and(|m| m.ends_with(
+                "preemption: not eligible due to a terminating pod on the nominated node."
+            )),
+            "{condition}"
+        );
+
+        // The victim goes: the pod lands where it made room.
+        s.on_pod(Event::Delete(low));
+        tokio::time::advance(queue::MAX_BACKOFF).await;
+        s.schedule_one();
+        settle(&mut s).await;
+        assert_eq!(
+            bindings(&drain(&mut received)),
+            vec![("high".into(), "a".into())]
+        );
+        assert!(s.nominations.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_freed_for_a_nominated_pod_is_not_taken_by_a_lower_priority_one() {
+        let (mut s, mut received) = scheduler(&[]);
+        for event in list(vec![node("a", "1", "1Gi", "110")]) {
+            s.on_node(event);
+        }
+        for event in list(vec![with_priority(pending("small", "1"), 5)]) {
+            s.on_pod(event);
+        }
+        let mut nominated = with_priority(pending("big", "1"), 10);
+        nominated.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            nominated_node_name: Some("a".into()),
+            ..Default::default()
+        });
+        // Seen nominated (by an earlier run), but backing off: `small` comes first.
+        s.nominations.observe("default/big", &nominated);
+        s.schedule_one();
+        settle(&mut s).await;
+        let sent = drain(&mut received);
+        assert!(bindings(&sent).is_empty(), "a is promised to big");
+        assert_eq!(
+            event_notes(&sent, "FailedScheduling"),
+            vec![
+                "0/1 nodes are available: 1 Insufficient cpu. \
+                  preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
 //! nodus-control on the local cluster: pods without a node are scheduled onto it, with
-//! the events and conditions the stock scheduler writes, and the node's condition taints
-//! follow its state.
+//! the events and conditions the stock scheduler writes, a pod that fits nowhere preempts
+//! pods of lower priority, and the node's condition taints follow its state.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use nodus_e2e::{Cluster, TestNamespace, poll};
@@ -208,6 +209,172 @@ async fn a_cordoned_node_takes_no_new_pods() -> Result<()> {
     )
     .await?;
     ns.delete_pods().await
+}
+
+/// The node's status advertises `amount` of an extended resource in its capacity and
+/// allocatable (as upstream's e2e `AddExtendedResource` does), or stops advertising it
+/// (`None`).
+async fn set_extended_resource(
+    nodes: &Api<Node>,
+    node: &str,
+    resource: &str,
+    amount: Option<&str>,
+) -> Result<()> {
+    let patch = json!({ "status": {
+        "capacity": { resource: amount },
+        "allocatable": { resource: amount },
+    } });
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+const FINALIZER: &str = "nodus.dev/e2e-hold";
+
+fn disruption_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?
+        .reason
+        .clone()
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn a_pod_that_fits_nowhere_preempts_a_lower_priority_pod() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let node = cluster.node_name();
+    let client = cluster.admin().await?;
+    let ns = TestNamespace::create(client.clone(), "preempt").await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let classes: Api<PriorityClass> = Api::all(client);
+    let resource = "nodus.dev/e2e-preempt";
+    let low = format!("{}-low", ns.name);
+    let high = format!("{}-high", ns.name);
+    let polite = format!("{}-polite", ns.name);
+    for (name, value, policy) in [
+        (&low, 10, "PreemptLowerPriority"),
+        (&high, 1000, "PreemptLowerPriority"),
+        (&polite, 2000, "Never"),
+    ] {
+        let class = json!({
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": { "name": name }, "value": value, "preemptionPolicy": policy,
+        });
+        classes
+            .create(&Default::default(), &serde_json::from_value(class)?)
+            .await?;
+    }
+    set_extended_resource(&nodes, &node, resource, Some("1")).await?;
+    let pods = ns.pods();
+    let outcome = async {
+        let wants_one = |class: &str| {
+            json!({
+                "priorityClassName": class,
+                "containers": [{
+                    "name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                    "resources": { "requests": { resource: "1" }, "limits": { resource: "1" } },
+                }],
+            })
+        };
+        // A finalizer holds the victim while terminating, so its condition can be read.
+        let mut victim = unbound("victim", wants_one(&low))?;
+        victim.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        pods.create(&Default::default(), &victim).await?;
+        poll(Duration::from_secs(60), "the victim to run", || async {
+            let pod = pods.get("victim").await?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((phase.as_deref() == Some("Running")).then_some(()))
+        })
+        .await?;
+
+        let preemptor = pods
+            .create(
+                &Default::default(),
+                &unbound("preemptor", wants_one(&high))?,
+            )
+            .await?;
+        let terminating = poll(
+            Duration::from_secs(30),
+            "the victim to be deleted with a reason",
+            || async {
+                let pod = pods.get("victim").await?;
+                Ok(pod.metadata.deletion_timestamp.is_some().then_some(pod))
+            },
+        )
+        .await?;
+        assert_eq!(
+            disruption_reason(&terminating).as_deref(),
+            Some("PreemptionByScheduler")
+        );
+        let message = event_message(&ns, "victim", "Preempted").await?;
+        assert_eq!(
+            message,
+            format!(
+                "Preempted by pod {} on node {node}",
+                preemptor.metadata.uid.as_deref().unwrap_or_default()
+            )
+        );
+        let patch = json!({ "metadata": { "finalizers": null } });
+        pods.patch("victim", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let placed = poll(
+            Duration::from_secs(60),
+            "the preemptor to run in the victim's place",
+            || async {
+                let pod = pods.get("preemptor").await?;
+                let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                Ok((phase.as_deref() == Some("Running")).then_some(pod))
+            },
+        )
+        .await?;
+        assert_eq!(
+            placed
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref()),
+            Some(node.as_str())
+        );
+        assert_eq!(
+            placed.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(node.as_str())
+        );
+        poll(Duration::from_secs(30), "the victim to be gone", || async {
+            Ok(pods.get_opt("victim").await?.is_none().then_some(()))
+        })
+        .await?;
+
+        // A more important pod whose class says Never waits rather than preempt.
+        pods.create(&Default::default(), &unbound("polite", wants_one(&polite))?)
+            .await?;
+        let message = event_message(&ns, "polite", "FailedScheduling").await?;
+        assert!(
+            message.ends_with("preemption: not eligible due to preemptionPolicy=Never."),
+            "{message}"
+        );
+        let preemptor = pods.get("preemptor").await?;
+        assert!(
+            preemptor.metadata.deletion_timestamp.is_none(),
+            "the running pod stays"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Let a victim left behind by a failure go, too.
+    let release = json!({ "metadata": { "finalizers": null } });
+    let _ = pods
+        .patch("victim", &PatchParams::default(), &Patch::Merge(&release))
+        .await;
+    ns.delete_pods().await?;
+    set_extended_resource(&nodes, &node, resource, None).await?;
+    for name in [&low, &high, &polite] {
+        classes.delete(name, &Default::default()).await?;
+    }
+    outcome
 }
 
 /// `leader_election_master_status` from a nodus-control's `/metrics`, if it answers.

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Secret};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use nodus_e2e::{Cluster, poll};
+use serde_json::json;
 
 fn condition<'a>(node: &'a Node, kind: &str) -> Option<&'a NodeCondition> {
     node.status
@@ -183,6 +185,46 @@ async fn node_registers_with_the_kubelets_fields() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An operator advertises a device count in the node's capacity only (as the Kubernetes
+/// docs' "Advertise Extended Resources for a Node" does); the agent makes it allocatable,
+/// and withdraws it from allocatable once capacity no longer has it.
+#[tokio::test]
+#[ignore = "needs the local cluster: run e2e/test"]
+async fn extended_resources_in_capacity_become_allocatable() -> Result<()> {
+    let cluster = Cluster::from_env()?;
+    let name = cluster.node_name();
+    let api = nodes(&cluster).await?;
+    let resource = "nodus.dev/e2e-dongle";
+    let allocatable = |node: Node| {
+        node.status
+            .and_then(|s| s.allocatable)
+            .and_then(|a| a.get(resource).map(|q| q.0.clone()))
+    };
+    let set = |amount: Option<&str>| json!({ "status": { "capacity": { resource: amount } } });
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&set(Some("4"))),
+    )
+    .await?;
+    // The agent reads the node at each status update (every 10 s).
+    let outcome = poll(
+        Duration::from_secs(35),
+        "the dongles to be allocatable",
+        || async { Ok(allocatable(api.get(&name).await?).filter(|q| q == "4")) },
+    )
+    .await;
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&set(None)))
+        .await?;
+    outcome?;
+    poll(
+        Duration::from_secs(35),
+        "the dongles to leave allocatable",
+        || async { Ok(allocatable(api.get(&name).await?).is_none().then_some(())) },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -307,17 +307,25 @@ async fn a_pod_that_fits_nowhere_preempts_a_lower_priority_pod() -> Result<()> {
             },
         )
         .await?;
-        assert_eq!(
-            disruption_reason(&terminating).as_deref(),
-            Some("PreemptionByScheduler")
+        anyhow::ensure!(
+            disruption_reason(&terminating).as_deref() == Some("PreemptionByScheduler"),
+            "the victim's DisruptionTarget: {:?}",
+            disruption_reason(&terminating)
         );
         let message = event_message(&ns, "victim", "Preempted").await?;
-        assert_eq!(
-            message,
-            format!(
-                "Preempted by pod {} on node {node}",
-                preemptor.metadata.uid.as_deref().unwrap_or_default()
-            )
+        let expected = format!(
+            "Preempted by pod {} on node {node}",
+            preemptor.metadata.uid.as_deref().unwrap_or_default()
+        );
+        anyhow::ensure!(message == expected, "{message}");
+        // The preemptor says where it made room (the API server clears its
+        // nominatedNodeName again when it is bound).
+        let message = event_message(&ns, "preemptor", "FailedScheduling").await?;
+        anyhow::ensure!(
+            message.ends_with(&format!(
+                "preemption: found a potential placement for pod on node {node}, preempting 1 victims"
+            )),
+            "{message}"
         );
         let patch = json!({ "metadata": { "finalizers": null } });
         pods.patch("victim", &PatchParams::default(), &Patch::Merge(&patch))
@@ -332,16 +340,9 @@ async fn a_pod_that_fits_nowhere_preempts_a_lower_priority_pod() -> Result<()> {
             },
         )
         .await?;
-        assert_eq!(
-            placed
-                .status
-                .as_ref()
-                .and_then(|s| s.nominated_node_name.as_deref()),
-            Some(node.as_str())
-        );
-        assert_eq!(
-            placed.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-            Some(node.as_str())
+        anyhow::ensure!(
+            placed.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()),
+            "the preemptor runs on {node}"
         );
         poll(Duration::from_secs(30), "the victim to be gone", || async {
             Ok(pods.get_opt("victim").await?.is_none().then_some(()))
@@ -352,12 +353,12 @@ async fn a_pod_that_fits_nowhere_preempts_a_lower_priority_pod() -> Result<()> {
         pods.create(&Default::default(), &unbound("polite", wants_one(&polite))?)
             .await?;
         let message = event_message(&ns, "polite", "FailedScheduling").await?;
-        assert!(
+        anyhow::ensure!(
             message.ends_with("preemption: not eligible due to preemptionPolicy=Never."),
             "{message}"
         );
         let preemptor = pods.get("preemptor").await?;
-        assert!(
+        anyhow::ensure!(
             preemptor.metadata.deletion_timestamp.is_none(),
             "the running pod stays"
         );

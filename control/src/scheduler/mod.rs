@@ -394,7 +394,7 @@ impl Scheduler {
                     Outcome::Bound { key, result }
                 });
             }
-            None => self.preempt_or_park(key, pod, demand, &rejections, now),
+            None => self.preempt_or_park(key, pod, demand, priority, &rejections, now),
         }
     }
 
@@ -405,6 +405,7 @@ impl Scheduler {
         key: String,
         pod: Arc<Pod>,
         demand: Demand,
+        priority: i32,
         rejections: &[(String, Rejection)],
         now: Instant,
     ) {
@@ -416,6 +417,7 @@ impl Scheduler {
                 key: &key,
                 pod: &pod,
                 demand: &demand,
+                priority,
             };
             let view = View {
                 cache: &self.cache,
@@ -435,7 +437,6 @@ impl Scheduler {
             self.record_failure(pod, bind::REASON_UNSCHEDULABLE, message);
             return;
         };
-        let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
         self.nominations.set(
             &key,
             &node,

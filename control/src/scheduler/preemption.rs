@@ -37,7 +37,6 @@ pub struct Victim {
     pub key: String,
     pub uid: Option<String>,
     pub generation: Option<i64>,
-    pub priority: i32,
 }
 
 impl Victim {
@@ -84,12 +83,7 @@ pub struct Preemptor<'a> {
     pub key: &'a str,
     pub pod: &'a Pod,
     pub demand: &'a Demand,
-}
-
-impl Preemptor<'_> {
-    fn priority(&self) -> i32 {
-        self.pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
-    }
+    pub priority: i32,
 }
 
 /// What the cluster looks like to preemption.
@@ -117,8 +111,8 @@ pub fn decide(
     if spec.preemption_policy.as_deref() == Some("Never") {
         return Decision::NotEligible(NOT_ELIGIBLE_NEVER);
     }
-    let priority = preemptor.priority();
-    if waits_for_victims(preemptor, priority, cache, nominations, rejections) {
+    let priority = preemptor.priority;
+    if waits_for_victims(preemptor, cache, nominations, rejections) {
         return Decision::NotEligible(NOT_ELIGIBLE_TERMINATING);
     }
 
@@ -175,7 +169,6 @@ pub fn decide(
                         key: b.key.to_owned(),
                         uid: b.resident.uid.clone(),
                         generation: b.resident.generation,
-                        priority: b.resident.priority,
                     })
                     .collect(),
             }
@@ -184,23 +177,17 @@ pub fn decide(
     }
 }
 
-/// Upstream's `PodEligibleToPreemptOthers`, second half: the pod's nominated node still
-/// holds lower-priority pods terminating by preemption (ours or another scheduler's), unless
-/// that node can no longer take the pod at all.
+/// Upstream's `PodEligibleToPreemptOthers`, second half: the pod's nominated node (ours, or
+/// its `nominatedNodeName` as the watcher showed it) still holds lower-priority pods
+/// terminating by preemption (ours or another scheduler's), unless that node can no longer
+/// take the pod at all.
 fn waits_for_victims(
     preemptor: Preemptor<'_>,
-    priority: i32,
     cache: &Cache,
     nominations: &Nominations,
     rejections: &[(String, Rejection)],
 ) -> bool {
-    let from_status = preemptor
-        .pod
-        .status
-        .as_ref()
-        .and_then(|s| s.nominated_node_name.as_deref())
-        .filter(|n| !n.is_empty());
-    let Some(nominated) = nominations.node_of(preemptor.key).or(from_status) else {
+    let Some(nominated) = nominations.node_of(preemptor.key) else {
         return false;
     };
     let hopeless = rejections
@@ -214,7 +201,7 @@ fn waits_for_victims(
     let ours = nominations.victims_of(preemptor.key);
     cache.bound().any(|b| {
         b.node == nominated
-            && b.resident.priority < priority
+            && b.resident.priority < preemptor.priority
             && (b.resident.preempted || ours.iter().any(|v| v == b.key))
     })
 }
@@ -432,6 +419,7 @@ mod tests {
                 key: &key,
                 pod,
                 demand: &demand,
+                priority,
             },
             View {
                 cache,

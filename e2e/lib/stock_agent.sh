@@ -112,7 +112,7 @@ YAML
 	# kube-proxy's iptables mode turns on route_localnet (for NodePorts on 127.0.0.1); what it
 	# was is put back when the cluster goes down.
 	[ -f "$RUN_DIR/route_localnet" ] || sysctl -n net.ipv4.conf.all.route_localnet >"$RUN_DIR/route_localnet"
-	start_process kube-proxy kube-proxy --config "$RUN_DIR/kube-proxy.yaml" --v 1
+	start_process kube-proxy kube-proxy --config "$RUN_DIR/kube-proxy.yaml" --v 2
 }
 
 # start_agent: the cluster's node agent(s).

@@ -27,7 +27,8 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -36,7 +37,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use nodus_e2e::measure::{percentile, record, stat_fields};
+use nodus_e2e::measure::{cpu_time, percentile, record, stat_fields};
 use nodus_e2e::{Cluster, poll};
 use serde_json::json;
 
@@ -47,9 +48,19 @@ const CONCURRENCY: usize = 32;
 /// Past the default --min-sync-period of nodus and kube-proxy (1 s).
 const CHANGE_SPACING: Duration = Duration::from_millis(1200);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
-/// Long past a full resync at 10k Services here (kube-proxy's takes about 30 s); a change
+/// Long past a full resync at 10k Services here (kube-proxy's takes about 15 s); a change
 /// slower than this is counted as lost and ends its series.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// For `nft monitor` to start reporting (it reads the ruleset first).
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `nft monitor` must use no CPU to count as done reading the ruleset.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// The table whose addition shows that `nft monitor` listens (empty, deleted at once).
+const PROBE_TABLE: &str = "proxy_bench_probe";
+/// The longest pause between two polls of the dispatch. A poll that waited out a proxy's
+/// long transaction must not delay the next by as long (that overstated kube-proxy's cold
+/// sync at 10k Services by its whole 15 s transaction).
+const MAX_POLL_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proxy {
@@ -129,6 +140,22 @@ impl Proxy {
             self.subject()
         );
         Ok(())
+    }
+
+    /// Whether the proxy's whole ruleset names `ip` now.
+    fn ruleset_mentions(self, ip: &str) -> Result<bool> {
+        let (program, args) = match self {
+            Self::Nodus => ("nft", ["list", "table", "inet", "nodus"].as_slice()),
+            Self::Nftables => ("nft", ["list", "table", "ip", "kube-proxy"].as_slice()),
+            Self::Iptables => ("iptables-save", ["-t", "nat"].as_slice()),
+        };
+        let output = Command::new(program)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|line| mentions(line, ip)))
     }
 
     /// The IPv4 addresses in the Service dispatch now (empty when it does not exist).
@@ -252,7 +279,8 @@ fn cluster_ip(service: &Service) -> Result<Ipv4Addr> {
 }
 
 /// Polls the kernel's dispatch until every address of `ips` is in it; returns when it
-/// saw them (each poll lists the whole dispatch, so polls are spaced by their own cost).
+/// saw them (each poll lists the whole dispatch, so polls are spaced by their own cost, up
+/// to `MAX_POLL_PAUSE`).
 fn wait_all_programmed(proxy: Proxy, ips: &HashSet<Ipv4Addr>) -> Result<Instant> {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
@@ -269,7 +297,7 @@ fn wait_all_programmed(proxy: Proxy, ips: &HashSet<Ipv4Addr>) -> Result<Instant>
             ips.len(),
             proxy.subject()
         );
-        std::thread::sleep((now - started).max(Duration::from_millis(20)));
+        std::thread::sleep((now - started).clamp(Duration::from_millis(20), MAX_POLL_PAUSE));
     }
 }
 
@@ -314,6 +342,8 @@ fn mentions(line: &str, ip: &str) -> bool {
 struct Monitor {
     child: Child,
     lines: mpsc::Receiver<(Instant, String)>,
+    /// What the monitor said on stderr (a netlink overrun: events it did not see).
+    complaints: Arc<AtomicUsize>,
 }
 
 impl Monitor {
@@ -321,10 +351,11 @@ impl Monitor {
         let mut child = Command::new("nft")
             .arg("monitor")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting nft monitor")?;
         let stdout = child.stdout.take().context("nft monitor's output")?;
+        let stderr = child.stderr.take().context("nft monitor's errors")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -333,8 +364,73 @@ impl Monitor {
                     break;
                 }
             }
+            eprintln!("nft monitor: its output ended");
         });
-        Ok(Self { child, lines })
+        let complaints = Arc::new(AtomicUsize::new(0));
+        let counted = complaints.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                counted.fetch_add(1, Ordering::Relaxed);
+                eprintln!("nft monitor: {line}");
+            }
+        });
+        let monitor = Self {
+            child,
+            lines,
+            complaints,
+        };
+        monitor.wait_listening()?;
+        Ok(monitor)
+    }
+
+    /// Returns once the monitor reports events. `nft monitor` reads the whole ruleset before
+    /// it listens (seconds with kube-proxy's 10k Services here), starts that read over when
+    /// the ruleset changes meanwhile, and never reports what changed before it listens. So:
+    /// wait until it stops using CPU (read done, waiting for events), then add and delete an
+    /// empty probe table and look for its addition; again if it did not show.
+    fn wait_listening(&self) -> Result<()> {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        let pid = i32::try_from(self.child.id())?;
+        let nft = |verb: &str| -> Result<()> {
+            let status = Command::new("nft")
+                .args([verb, "table", "ip", PROBE_TABLE])
+                .status()
+                .context("running nft")?;
+            ensure!(status.success(), "nft {verb} table ip {PROBE_TABLE} failed");
+            Ok(())
+        };
+        let added = format!("add table ip {PROBE_TABLE}");
+        loop {
+            let mut used = cpu_time(pid)?;
+            loop {
+                std::thread::sleep(IDLE_CHECK);
+                let now = cpu_time(pid)?;
+                if now == used {
+                    break;
+                }
+                used = now;
+                ensure!(
+                    Instant::now() < deadline,
+                    "nft monitor was still reading the ruleset after {LISTEN_TIMEOUT:?}"
+                );
+            }
+            nft("add")?;
+            let seen = self.wait_for(|line| line == added, Instant::now() + IDLE_CHECK * 4);
+            nft("delete")?;
+            if seen.is_some() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "nft monitor reported nothing in {LISTEN_TIMEOUT:?}"
+            );
+        }
+    }
+
+    /// Lines the monitor wrote to stderr so far.
+    fn complaints(&self) -> usize {
+        self.complaints.load(Ordering::Relaxed)
     }
 
     /// Drops what was read so far.
@@ -342,13 +438,13 @@ impl Monitor {
         while self.lines.try_recv().is_ok() {}
     }
 
-    /// When a line naming `ip` was read, waiting at most until `deadline` (None: not by
+    /// When a line that `matches` was read, waiting at most until `deadline` (None: not by
     /// then).
-    fn wait_for(&self, ip: &str, deadline: Instant) -> Option<Instant> {
+    fn wait_for(&self, matches: impl Fn(&str) -> bool, deadline: Instant) -> Option<Instant> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok((at, line)) if mentions(&line, ip) => return Some(at),
+                Ok((at, line)) if matches(&line) => return Some(at),
                 Ok(_) => {}
                 Err(_) => return None,
             }
@@ -376,6 +472,7 @@ struct Changes {
 /// the patch's return to the new address in the kernel.
 async fn endpoint_changes(
     client: &Client,
+    proxy: Proxy,
     services: usize,
     changes: usize,
     first_change: usize,
@@ -401,10 +498,15 @@ async fn endpoint_changes(
             .with_context(|| format!("patching the endpoint slice of {name}"))?;
         let sent = Instant::now();
         let Some(seen) = tokio::task::block_in_place(|| {
-            monitor.wait_for(&new_ip.to_string(), sent + CHANGE_TIMEOUT)
+            let new_ip = new_ip.to_string();
+            monitor.wait_for(|line| mentions(line, &new_ip), sent + CHANGE_TIMEOUT)
         }) else {
+            // Tell a change the proxy did not make from one the monitor missed.
+            let in_kernel = proxy.ruleset_mentions(&new_ip.to_string())?;
             eprintln!(
-                "no rule with {new_ip} reached the kernel in {CHANGE_TIMEOUT:?}; series ended"
+                "no rule with {new_ip} seen in {CHANGE_TIMEOUT:?} (in the kernel now: \
+                 {in_kernel}, monitor complaints: {}); series ended",
+                monitor.complaints()
             );
             latencies.sort();
             return Ok(Changes {
@@ -543,7 +645,8 @@ async fn main() -> Result<()> {
             "ms",
         );
 
-        let changes = endpoint_changes(&client, created, options.changes, changes_made).await?;
+        let changes =
+            endpoint_changes(&client, proxy, created, options.changes, changes_made).await?;
         changes_made += options.changes;
         if !changes.latencies.is_empty() {
             record_latencies(

@@ -106,6 +106,10 @@ async fn http_and_tcp_probes_reach_the_pod() -> Result<()> {
     web["ports"] = json!([{ "name": "http", "containerPort": 8080 }]);
     web["readinessProbe"] =
         json!({ "httpGet": { "path": "/index.html", "port": "http" }, "periodSeconds": 1 });
+    // Liveness probes start as soon as the container does, as the kubelet's do, and one
+    // failure restarts this one: the startup probe holds them back until httpd listens.
+    web["startupProbe"] =
+        json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1, "failureThreshold": 60 });
     web["livenessProbe"] =
         json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1, "failureThreshold": 1 });
     // A probe of a path that is not there fails with the status code.

@@ -1,5 +1,6 @@
-//! `proxy::netlink` against the kernel: in-place updates sent as one netlink batch must leave
-//! exactly the table that the same update as `nft -f -` text leaves, down to the expressions.
+//! `proxy::netlink` against the kernel: in-place updates and full replaces sent as one netlink
+//! batch must leave exactly the table that the same transaction as `nft -f -` text leaves, down
+//! to the expressions.
 //!
 //! Invariants: every namespace a test creates is removed by a Drop guard, even when the test
 //! fails; the netlink socket is opened by a thread that entered the test namespace with setns(2)
@@ -20,7 +21,7 @@ use nodus_net::proxy::model::{
 };
 use nodus_net::proxy::netlink::Error as NetlinkError;
 use nodus_net::proxy::ruleset::{Ruleset, build};
-use nodus_net::proxy::transaction::{Transaction, Update};
+use nodus_net::proxy::transaction::{Op, Transaction, Update};
 
 /// `nft --debug=netlink list` in a canonical form: rules per chain in order without their
 /// handles, set elements sorted, anonymous set numbers dropped, chains and sets sorted.
@@ -351,17 +352,63 @@ fn a_refused_batch_changes_nothing() {
 }
 
 #[test]
-fn a_full_replace_is_unsupported_and_sends_nothing() {
+fn full_replaces_through_netlink_match_full_replaces_through_nft() {
     require_kernel!(&["ip", "nft"]);
-    let ns = Netns::new("full");
+    let via_netlink = Netns::new("fullnl");
+    let via_text = Netns::new("fulltext");
+    let (nft, text) = (via_netlink.nft(), via_text.nft());
+    let netlink = via_netlink.netlink();
+    // The first replace finds no table; each later one replaces the previous state's.
+    for (i, ruleset) in rulesets(&states()).iter().enumerate() {
+        netlink
+            .apply(&Transaction::full(ruleset))
+            .unwrap_or_else(|e| panic!("full replace {i} via netlink: {e}"));
+        text.apply(ruleset)
+            .unwrap_or_else(|e| panic!("full replace {i} via nft: {e}"));
+        let (listed, reference) = (nft.list().expect("list"), text.list().expect("list"));
+        // The table line and its comment, which the canonical form leaves out.
+        let head = |listing: &str| listing.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            head(&listed),
+            head(&reference),
+            "replace {i}: table differs"
+        );
+        assert!(
+            listed.contains("comment \"nodus service proxy\""),
+            "{listed}"
+        );
+        assert_eq!(
+            canonical_listing(&listed),
+            canonical_listing(&reference),
+            "replace {i}: listings differ"
+        );
+        assert_eq!(
+            canonical_expressions(&via_netlink.expressions()),
+            canonical_expressions(&via_text.expressions()),
+            "replace {i}: expressions differ"
+        );
+    }
+}
+
+#[test]
+fn a_refused_full_replace_leaves_the_old_table() {
+    require_kernel!(&["ip", "nft"]);
+    let ns = Netns::new("fullrefused");
     let nft = ns.nft();
     let netlink = ns.netlink();
     let rulesets = rulesets(&states());
-    nft.apply(&rulesets[1]).expect("full apply");
+    nft.apply(&rulesets[2]).expect("full apply");
     let before = nft.list().expect("list");
-    match netlink.apply(&Transaction::full(&rulesets[2])) {
-        Err(NetlinkError::Unsupported(why)) => assert!(why.contains("full"), "{why}"),
-        other => panic!("expected Unsupported, got {other:?}"),
+    // Everything of another state, then an op the kernel refuses: the table it deleted and the
+    // one it began to build are both rolled back.
+    let mut broken = Transaction::full(&rulesets[4]);
+    broken.ops.push(Op::FlushChain("no-such-chain"));
+    match netlink.apply(&broken) {
+        Err(NetlinkError::Refused { op, errno }) => {
+            assert_eq!(errno, Errno::ENOENT, "{op}");
+            assert!(op.contains("flush chain inet nodus no-such-chain"), "{op}");
+        }
+        other => panic!("expected a refused batch, got {other:?}"),
     }
     assert_eq!(nft.list().expect("list"), before);
 }

@@ -93,12 +93,12 @@ pub trait Dataplane: Send + Sync + 'static {
     fn clean(&self, cleanup: Cleanup) -> Result<u64, conntrack::Error>;
 }
 
-/// The real kernel: in-place updates straight through netlink, full replaces (and anything the
-/// netlink encoder does not cover) as text through `nft -f -`; `conntrack` from `PATH`.
+/// The real kernel: transactions straight through netlink; as text through `nft -f -` what the
+/// netlink encoder does not cover, and a full replace that failed through netlink; `conntrack`
+/// from `PATH`.
 ///
-/// Why both: a full replace is rare and nft's text is the reference form, while an update must
-/// be fast, and nft 1.0.6 spends ~140 ms at 10k services just loading its cache (see
-/// `nodus_net::proxy::netlink`).
+/// Why netlink: nft 1.0.6 spends ~140 ms at 10k services loading its cache before any update,
+/// and ~0.7 s parsing the text of a full replace (see `nodus_net::proxy::netlink`).
 #[derive(Debug)]
 pub struct System {
     pub nft: Nft,
@@ -130,7 +130,7 @@ impl System {
 
 impl Dataplane for System {
     fn apply(&self, tx: &Transaction<'_>) -> Result<Applied, ApplyError> {
-        if let Some(netlink) = self.netlink.as_ref().filter(|_| !tx.full) {
+        if let Some(netlink) = &self.netlink {
             match netlink.apply(tx) {
                 Ok(duration) => {
                     return Ok(Applied {
@@ -143,6 +143,11 @@ impl Dataplane for System {
                         what,
                         "update not encodable for netlink; applying it with nft"
                     );
+                }
+                // A full replace through nft is right whatever the kernel holds now, and nft
+                // text is the reference form: a fault of the encoder must not stall the proxy.
+                Err(err) if tx.full => {
+                    warn!(error = %error_chain(&err), "full replace through netlink failed; applying it with nft");
                 }
                 Err(err) => return Err(err.into()),
             }

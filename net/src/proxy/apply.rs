@@ -4,18 +4,15 @@
 //! kernel switches from the old table to the new one at once or not at all (a refused transaction
 //! leaves the previous ruleset in place); only `table inet nodus` is ever named.
 //!
-//! Why nft text for full replaces: it is nft's reference form (golden files, `nft list` agree with
-//! it), and the `nftables` crate drives `nft -j`, which cannot express verdict maps (nor parse
-//! `masquerade fully-random`). A full replace is rare (start, after a failure, hourly), and its
-//! cost is mostly the kernel's: measured with `proxy_benchmark` in `net/tests/netns.rs` (2-core
-//! VM, kernel 6.18, nft 1.0.6, services × 2 endpoints): 1k services (8k rules) 0.25 s, 10k (64k
-//! rules, 12 MB of text) 2.2 s, of which nft's parsing is ~1 s of user time. (With one anonymous
-//! set per service the 10k commit took ~50 s of kernel time; see `ruleset::NUMGEN_CASCADE_MAX`.)
-//!
-//! In-place updates (every other sync, see `transaction`) go through `netlink` instead: nft 1.0.6
-//! dumps every chain of the table into its cache before an `add rule` or `delete chain`, about
-//! 140 ms at 10k services however small the change. This module still applies them when the
-//! netlink encoder declines one.
+//! Why nft text at all: it is nft's reference form (golden files, `nft list` agree with it), and
+//! the proxy falls back to it when the netlink encoder (`netlink`) declines or fails a
+//! transaction; the `nftables` crate drives `nft -j`, which cannot express verdict maps (nor parse
+//! `masquerade fully-random`). Measured with `proxy_benchmark` in `net/tests/netns.rs` (2-core VM,
+//! kernel 6.18, nft 1.0.6, 10k services × 2 endpoints, from no table): a full replace as nft text
+//! 0.74 s, the same batch from `netlink` 0.25 s: the difference is nft parsing the text. (With one
+//! anonymous set per service the 10k commit took ~50 s of kernel time; see
+//! `ruleset::NUMGEN_CASCADE_MAX`.) nft 1.0.6 also dumps every chain of the table into its cache
+//! before an `add rule` or `delete chain`, about 140 ms at 10k services however small the change.
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -1,5 +1,5 @@
-//! Netlink: sends an in-place update [`Transaction`] to the kernel as one nf_tables netlink batch,
-//! without running `nft`.
+//! Netlink: sends a [`Transaction`] (an in-place update or a full replace) to the kernel as one
+//! nf_tables netlink batch, without running `nft`.
 //!
 //! Why: nft 1.0.6 dumps the whole table into its cache before it runs `add rule` or `delete chain`,
 //! so at 10k services (~30k chains) every `nft -f -` costs ~140 ms however small the change. The
@@ -19,9 +19,13 @@
 //!   same payload loads, registers, nfproto dependencies and data byte orders, checked against
 //!   `nft --debug=netlink,mnl`), so `nft list table inet nodus` cannot tell the two paths apart.
 //!   Sets and maps carry nft's own key types and userdata for the same reason.
+//! - A full replace is the batch nft sends for its text: `add table`, `delete table`, `add table`
+//!   with the comment, then every object; the kernel swaps the whole table at the commit. Only
+//!   its last message asks for an acknowledgement (as nft, the others answer only when refused):
+//!   at 10k services an answer per message would be ~100k answers to queue and read.
 //! - Whatever is not encoded is refused with [`Error::Unsupported`] before anything is sent, so the
-//!   caller can fall back to nft text: a full replace (it recreates the table), and an inline
-//!   `numgen ... vmap` with no target (nft refuses it as well).
+//!   caller can fall back to nft text: an inline `numgen ... vmap` with no target (nft refuses it
+//!   as well).
 //! - The socket stays in the network namespace it was opened in; only `table inet nodus` is named.
 
 use std::net::IpAddr;
@@ -37,7 +41,8 @@ use nix::sys::socket::{
 
 use super::model::Protocol;
 use super::ruleset::{
-    ChainType, FAMILY, Family, HookPoint, Match, Rule, SetKind, Stmt, TABLE, Verdict, expand,
+    ChainType, FAMILY, Family, HookPoint, Match, Rule, SetKind, Stmt, TABLE, TABLE_COMMENT,
+    Verdict, expand,
 };
 use super::transaction::{Element, Op, Transaction};
 
@@ -113,8 +118,7 @@ impl Netlink {
         })
     }
 
-    /// Applies `tx` (an in-place update) as one atomic batch; returns the wall time from encoding
-    /// to the last answer.
+    /// Applies `tx` as one atomic batch; returns the wall time from encoding to the last answer.
     pub fn apply(&self, tx: &Transaction<'_>) -> Result<Duration, Error> {
         let start = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -135,7 +139,9 @@ impl Netlink {
             set_buffer(&self.fd, sockopt::SndBufForce, sockopt::SndBuf, sndbuf);
             state.sndbuf = sndbuf;
         }
-        let rcvbuf = batch.owners.len() * 2048 + batch.buf.len() + 256 * 1024;
+        // Room for every requested acknowledgement, and for refusals echoing the whole batch.
+        let acks = batch.acked.iter().filter(|a| **a).count();
+        let rcvbuf = acks * 2048 + batch.buf.len() + 256 * 1024;
         if rcvbuf > state.rcvbuf {
             set_buffer(&self.fd, sockopt::RcvBufForce, sockopt::RcvBuf, rcvbuf);
             state.rcvbuf = rcvbuf;
@@ -145,7 +151,7 @@ impl Netlink {
             source,
         })?;
         // The kernel processes a batch synchronously inside send(2): every answer is queued by now.
-        let mut answers = Answers::new(batch.first_seq, batch.owners.len());
+        let mut answers = Answers::new(batch.first_seq, &batch.acked);
         loop {
             match socket::recv(fd, &mut state.recv, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => answers.parse(&state.recv[..n]),
@@ -171,21 +177,23 @@ where
     }
 }
 
-/// The answers to one batch: an ack or an error per message, plus possibly an error for the batch
-/// itself (sequence number of BATCH_BEGIN) when the commit fails.
+/// The answers to one batch: an ack per message that asked for one and an error per refused
+/// message, plus possibly an error for the batch itself (sequence number of BATCH_BEGIN) when the
+/// commit fails.
 struct Answers {
     begin_seq: u32,
     first_seq: u32,
-    acked: Vec<bool>,
+    /// Per message: whether it still owes an acknowledgement.
+    owed: Vec<bool>,
     errors: Vec<(u32, Errno)>,
 }
 
 impl Answers {
-    fn new(first_seq: u32, messages: usize) -> Answers {
+    fn new(first_seq: u32, acked: &[bool]) -> Answers {
         Answers {
             begin_seq: first_seq.wrapping_sub(1),
             first_seq,
-            acked: vec![false; messages],
+            owed: acked.to_vec(),
             errors: Vec::new(),
         }
     }
@@ -202,11 +210,9 @@ impl Answers {
             if ty == NLMSG_ERROR {
                 let code = word(16) as i32;
                 if code == 0 {
-                    if let Some(acked) = self
-                        .acked
-                        .get_mut(seq.wrapping_sub(self.first_seq) as usize)
+                    if let Some(owed) = self.owed.get_mut(seq.wrapping_sub(self.first_seq) as usize)
                     {
-                        *acked = true;
+                        *owed = false;
                     }
                 } else {
                     self.errors.push((seq, Errno::from_raw(-code)));
@@ -219,7 +225,7 @@ impl Answers {
         }
     }
 
-    fn verdict(&self, tx: &Transaction<'_>, owners: &[usize]) -> Result<(), Error> {
+    fn verdict(&self, tx: &Transaction<'_>, owners: &[Option<usize>]) -> Result<(), Error> {
         let index = |seq: u32| seq.wrapping_sub(self.first_seq) as usize;
         // The first refused message is the cause; later ones often only follow from it.
         if let Some(&(seq, errno)) = self
@@ -229,18 +235,21 @@ impl Answers {
             .min_by_key(|(seq, _)| seq.wrapping_sub(self.begin_seq))
         {
             return Err(match owners.get(index(seq)) {
-                Some(&op) if seq != self.begin_seq => Error::Refused {
-                    op: describe(&tx.ops[op]),
+                Some(&owner) if seq != self.begin_seq => Error::Refused {
+                    op: owner.map_or_else(
+                        || format!("replace table {FAMILY} {TABLE}"),
+                        |op| describe(&tx.ops[op]),
+                    ),
                     errno,
                 },
                 _ => Error::CommitFailed(errno),
             });
         }
-        let missing = self.acked.iter().filter(|a| !**a).count();
+        let missing = self.owed.iter().filter(|owed| **owed).count();
         if missing > 0 {
             return Err(Error::MissingAnswers {
                 missing,
-                sent: self.acked.len(),
+                sent: self.owed.len(),
             });
         }
         Ok(())
@@ -276,10 +285,13 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NLMSG_FLAGS_AT: usize = 6;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -294,6 +306,12 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_TABLE_USERDATA: u16 = 6;
+/// nft's userdata TLV type for a table comment (NFTNL_UDATA_TABLE_COMMENT).
+const UDATA_TABLE_COMMENT: u8 = 0;
 
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -376,13 +394,19 @@ fn align(len: usize) -> usize {
 }
 
 /// One batch being written: netlink messages back to back. Each message between the delimiters
-/// remembers the op it came from, so an error can name it.
+/// remembers the op it came from (`None`: the table itself), so an error can name it.
 struct Batch {
     buf: Vec<u8>,
     seq: u32,
     first_seq: u32,
-    owners: Vec<usize>,
-    current_op: usize,
+    owners: Vec<Option<usize>>,
+    /// Per message: whether it asks for an acknowledgement.
+    acked: Vec<bool>,
+    /// Whether every message asks for one (an update), or only the last (a full replace).
+    ack_each: bool,
+    /// Where the last nf_tables message starts.
+    last_message: usize,
+    current_op: Option<usize>,
     next_set_id: u32,
     /// An attribute outgrew its 16-bit length (never for our rulesets; refused, not sent).
     oversized: bool,
@@ -412,11 +436,46 @@ impl Batch {
         self.seq = self.seq.wrapping_add(1);
     }
 
-    /// An nf_tables message for the op being encoded, acknowledged one by one.
+    /// An nf_tables message for the op being encoded.
     fn nft(&mut self, msg: u16, flags: u16, body: impl FnOnce(&mut Batch)) {
         self.owners.push(self.current_op);
+        self.acked.push(self.ack_each);
+        self.last_message = self.buf.len();
+        let ack = if self.ack_each { NLM_F_ACK } else { 0 };
         let ty = (NFNL_SUBSYS_NFTABLES << 8) | msg;
-        self.message(ty, NLM_F_REQUEST | NLM_F_ACK | flags, NFPROTO_INET, 0, body);
+        self.message(ty, NLM_F_REQUEST | ack | flags, NFPROTO_INET, 0, body);
+    }
+
+    /// Asks for an acknowledgement of the last message: once it arrives (after the commit), the
+    /// kernel has taken every message before it.
+    fn ack_last(&mut self) {
+        let Some(acked) = self.acked.last_mut() else {
+            return;
+        };
+        *acked = true;
+        let at = self.last_message + NLMSG_FLAGS_AT;
+        let flags = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]) | NLM_F_ACK;
+        self.buf[at..at + 2].copy_from_slice(&flags.to_ne_bytes());
+    }
+
+    /// `add table` + `delete table` (so that the delete succeeds whether or not the table
+    /// exists), then the table anew with nft's comment userdata.
+    fn replace_table(&mut self) {
+        self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
+            b.str(NFTA_TABLE_NAME, TABLE);
+            b.u32(NFTA_TABLE_FLAGS, 0);
+        });
+        self.nft(NFT_MSG_DELTABLE, 0, |b| b.str(NFTA_TABLE_NAME, TABLE));
+        self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, |b| {
+            b.str(NFTA_TABLE_NAME, TABLE);
+            b.u32(NFTA_TABLE_FLAGS, 0);
+            let mut comment = Vec::with_capacity(TABLE_COMMENT.len() + 3);
+            comment.push(UDATA_TABLE_COMMENT);
+            comment.push(TABLE_COMMENT.len() as u8 + 1);
+            comment.extend_from_slice(TABLE_COMMENT.as_bytes());
+            comment.push(0);
+            b.attr(NFTA_TABLE_USERDATA, &comment);
+        });
     }
 
     fn attr(&mut self, ty: u16, data: &[u8]) {
@@ -1069,25 +1128,29 @@ fn key(element: &Element<'_>) -> Vec<u8> {
 
 /// Encodes `tx` into one batch whose first message has sequence number `seq`.
 fn encode(tx: &Transaction<'_>, seq: u32) -> Result<Batch, Error> {
-    if tx.full {
-        return Err(Error::Unsupported(format!(
-            "a full replace of table {FAMILY} {TABLE} (it recreates the table)"
-        )));
-    }
     let mut b = Batch {
         buf: Vec::with_capacity(4096 + tx.ops.len() * 256),
         seq,
         first_seq: seq.wrapping_add(1),
         owners: Vec::new(),
-        current_op: 0,
+        acked: Vec::new(),
+        ack_each: !tx.full,
+        last_message: 0,
+        current_op: None,
         next_set_id: 0,
         oversized: false,
     };
     let (flags, res_id) = (NLM_F_REQUEST, NFNL_SUBSYS_NFTABLES);
     b.message(NFNL_MSG_BATCH_BEGIN, flags, 0, res_id, |_| {});
+    if tx.full {
+        b.replace_table();
+    }
     for (i, op) in tx.ops.iter().enumerate() {
-        b.current_op = i;
+        b.current_op = Some(i);
         b.op(op);
+    }
+    if tx.full {
+        b.ack_last();
     }
     b.message(NFNL_MSG_BATCH_END, flags, 0, res_id, |_| {});
     if b.oversized {

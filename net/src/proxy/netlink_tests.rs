@@ -383,11 +383,88 @@ fn large_element_lists_are_split_into_messages() {
     assert!(got.iter().all(|b| b.len() / 2 < 64 * 1024));
 }
 
+/// `nft --debug=mnl -f -` of `add table inet nodus`, `delete table inet nodus`,
+/// `add table inet nodus { comment "nodus service proxy" ; }`.
+const REPLACE_TABLE: &[&[&str]] = &[
+    &["0a0001006e6f6475730000000800020000000000"],
+    &["0a0001006e6f647573000000"],
+    &[
+        "0a0001006e6f6475730000000800020000000000",
+        "1a000600",
+        "00146e6f6475732073657276696365207072",
+        "6f78790000",
+        "00",
+    ],
+];
+
+/// nlmsg type and flags of each message of `tx`'s batch, delimiters included.
+fn headers(tx: &Transaction<'_>) -> Vec<(u16, u16)> {
+    let batch = encode(tx, 100).expect("encodable");
+    let mut out = Vec::new();
+    let mut rest = batch.buf.as_slice();
+    while rest.len() >= 20 {
+        let len = u32::from_ne_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+        let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+        out.push((ty, flags));
+        rest = &rest[len..];
+    }
+    out
+}
+
 #[test]
-fn full_replaces_are_unsupported() {
+fn a_full_replace_recreates_the_table_as_nft_does() {
+    let chain = Op::AddChain {
+        name: "services",
+        hook: None,
+    };
     let full = Transaction {
         full: true,
-        ops: vec![],
+        ops: vec![chain.clone()],
     };
-    assert!(matches!(encode(&full, 1), Err(Error::Unsupported(_))));
+    let got = bodies(&full);
+    let want: Vec<String> = REPLACE_TABLE.iter().map(|parts| hex(parts)).collect();
+    assert_eq!(got[..3], want[..]);
+    assert_eq!(got[3..], bodies(&tx(vec![chain]))[..]);
+}
+
+#[test]
+fn a_full_replace_asks_only_its_last_message_for_an_ack() {
+    let full = Transaction {
+        full: true,
+        ops: vec![
+            Op::AddChain {
+                name: "a",
+                hook: None,
+            },
+            Op::AddChain {
+                name: "b",
+                hook: None,
+            },
+        ],
+    };
+    let table = |msg: u16| (NFNL_SUBSYS_NFTABLES << 8) | msg;
+    let flags: Vec<(u16, u16)> = headers(&full);
+    assert_eq!(
+        flags,
+        vec![
+            (NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST),
+            (table(NFT_MSG_NEWTABLE), NLM_F_REQUEST | NLM_F_CREATE),
+            (table(NFT_MSG_DELTABLE), NLM_F_REQUEST),
+            (table(NFT_MSG_NEWTABLE), NLM_F_REQUEST | NLM_F_CREATE),
+            (table(NFT_MSG_NEWCHAIN), NLM_F_REQUEST | NLM_F_CREATE),
+            (
+                table(NFT_MSG_NEWCHAIN),
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
+            ),
+            (NFNL_MSG_BATCH_END, NLM_F_REQUEST),
+        ]
+    );
+    // An update asks every message, so that each refusal or silence is told apart.
+    let update = headers(&tx(full.ops.clone()));
+    assert!(
+        update[1..update.len() - 1]
+            .iter()
+            .all(|(_, f)| f & NLM_F_ACK != 0)
+    );
 }

@@ -58,6 +58,8 @@ use super::transaction::Transaction;
 pub const TABLE: &str = "nodus";
 /// The table's family.
 pub const FAMILY: &str = "inet";
+/// The comment nodus gives its table, so that `nft list ruleset` says whose it is.
+pub const TABLE_COMMENT: &str = "nodus service proxy";
 /// The mark bit meaning "masquerade this connection in postrouting" (the same bit kube-proxy uses).
 pub const MASQ_MARK: u32 = 0x4000;
 /// The longest chain or set name we generate; the kernel allows 255.

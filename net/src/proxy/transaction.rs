@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use super::ruleset::{
     Chain, ChainType, FAMILY, Hook, MapKey, Rule, Ruleset, ServiceObjects, Set, SetKind, TABLE,
-    Verdict, expand,
+    TABLE_COMMENT, Verdict, expand,
 };
 
 /// What a fresh table holds.
@@ -283,7 +283,7 @@ impl<'a> Transaction<'a> {
         if self.full {
             writeln!(out, "add table {t}").expect(w);
             writeln!(out, "delete table {t}").expect(w);
-            writeln!(out, "add table {t} {{ comment \"nodus service proxy\" ; }}").expect(w);
+            writeln!(out, "add table {t} {{ comment \"{TABLE_COMMENT}\" ; }}").expect(w);
         }
         for op in &self.ops {
             render_op(&mut out, &t, op);

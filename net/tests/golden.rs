@@ -89,9 +89,9 @@ fn check(name: &str, actual: &str) {
 /// A two-endpoint ClusterIP service, DNS over UDP and TCP: the common case.
 pub fn cluster_ip_state() -> ProxyState {
     let dns_eps = || vec![ep("10.99.0.2", 53, true), ep("10.99.1.3", 53, false)];
-    ProxyState {
-        node: node(),
-        services: vec![service(
+    ProxyState::new(
+        node(),
+        [service(
             "dns",
             "10.98.0.10",
             vec![
@@ -99,7 +99,7 @@ pub fn cluster_ip_state() -> ProxyState {
                 port("dns-tcp", Protocol::Tcp, 53, dns_eps()),
             ],
         )],
-    }
+    )
 }
 
 /// NodePort + load balancer with externalTrafficPolicy Local and ClientIP affinity.
@@ -124,10 +124,7 @@ pub fn node_port_local_affinity_state() -> ProxyState {
     s.session_affinity = SessionAffinity::ClientIp {
         timeout_seconds: 10800,
     };
-    ProxyState {
-        node: node(),
-        services: vec![s],
-    }
+    ProxyState::new(node(), [s])
 }
 
 /// No endpoints, a terminating fallback, internalTrafficPolicy Local, and dual stack.
@@ -165,10 +162,7 @@ pub fn edge_cases_state() -> ProxyState {
         )],
     );
     dual.cluster_ips.push(ip("fd00:98::32"));
-    ProxyState {
-        node: node(),
-        services: vec![empty, draining, dual],
-    }
+    ProxyState::new(node(), [empty, draining, dual])
 }
 
 #[test]

@@ -220,10 +220,7 @@ fn states() -> Vec<ProxyState> {
     wider.ports[0].endpoints = endpoints(41, "10.99.5", 8080);
     wider.ports[0].endpoints.remove(3);
 
-    let state = |node: fn() -> Node, services: Vec<Service>| ProxyState {
-        node: node(),
-        services,
-    };
+    let state = |node: fn() -> Node, services: Vec<Service>| ProxyState::new(node(), services);
     vec![
         state(node_only, vec![]),
         state(node_only, vec![web.clone(), dns.clone()]),

@@ -236,10 +236,7 @@ fn service(cluster_ip: &str, protocol: Protocol, port: u16, pods: &[usize]) -> S
 }
 
 fn state(services: Vec<Service>) -> ProxyState {
-    ProxyState {
-        node: node_config(),
-        services,
-    }
+    ProxyState::new(node_config(), services)
 }
 
 /// Connects from namespace `ns` and returns what the server said.
@@ -648,7 +645,9 @@ fn many(count: usize) -> ProxyState {
 
 /// The state with endpoint `which` of service `i` removed.
 fn without_endpoint(mut state: ProxyState, i: usize, which: usize) -> ProxyState {
-    state.services[i].ports[0].endpoints.remove(which);
+    Arc::make_mut(&mut state.services[i]).ports[0]
+        .endpoints
+        .remove(which);
     state
 }
 
@@ -683,7 +682,7 @@ fn connect_latency(count: usize) -> (Duration, Duration) {
     let mut state = many(count);
     state
         .services
-        .push(service("10.98.250.1", Protocol::Tcp, 80, &[0]));
+        .push(Arc::new(service("10.98.250.1", Protocol::Tcp, 80, &[0])));
     lab.apply(&state);
     let addr: SocketAddr = "10.98.250.1:80".parse().expect("address");
     let mut times = lab.pods[1].exec(move || {

@@ -403,6 +403,7 @@ mod tests {
         TrafficPolicy,
     };
     use std::net::IpAddr;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const TIMEOUT: Duration = Duration::from_secs(120);
@@ -607,7 +608,10 @@ mod tests {
                 ),
                 lb("b", Some(32001), vec![port("http", vec![])]),
                 lb("no-check", None, vec![port("http", vec![])]),
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         };
         let key = |name: &str| ServiceKey {
             namespace: "ns".into(),

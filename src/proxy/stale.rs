@@ -38,7 +38,7 @@ fn udp_ports(state: &ProxyState) -> BTreeMap<PortKey<'_>, (&Service, &ServicePor
     state
         .services
         .iter()
-        .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+        .flat_map(|s| s.ports.iter().map(move |p| (s.as_ref(), p)))
         .filter(|(_, p)| p.protocol == Protocol::Udp)
         .map(|(s, p)| {
             (
@@ -129,6 +129,7 @@ mod tests {
     use nodus_net::proxy::model::{
         Endpoint, Node, NodePortAddresses, SessionAffinity, TrafficPolicy,
     };
+    use std::sync::Arc;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test IP")
@@ -140,7 +141,7 @@ mod tests {
                 node_port_addresses: NodePortAddresses::AllLocal,
                 cluster_cidrs: vec![],
             },
-            services,
+            services: services.into_iter().map(Arc::new).collect(),
         }
     }
 

@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use super::ProxySettings;
 use super::health::{self, ProxyHealth, ServiceChecks};
-use super::mapping::{self, Mapped};
+use super::mapping::{self, Mapped, Mapper};
 use super::metrics::ProxyMetrics;
 use super::stale::{self, Cleanup};
 use super::warnings::{Skipped, Warnings};
@@ -482,6 +482,7 @@ pub async fn run<D: Dataplane>(
         node: node_store,
     };
     let mut warnings = Warnings::start(client, &settings.node_name, cancel.child_token());
+    let mut mapper = Mapper::default();
     let mut syncer = Syncer::new(dataplane);
     let mut schedule = Schedule::new(settings.min_sync_period, settings.sync_period);
     let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
@@ -497,7 +498,7 @@ pub async fn run<D: Dataplane>(
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 let now = Instant::now();
                 schedule.started(now);
-                let mapped = stores.mapped(&settings);
+                let mapped = stores.mapped(&settings, &mut mapper);
                 if let Some(node) = stores.node.state().first() {
                     let eligible = mapping::node_eligible(node);
                     published.health.send_if_modified(|h| {
@@ -562,7 +563,7 @@ struct Stores {
 impl Stores {
     /// The model of the stores' current contents. Interface addresses are read here (the only
     /// I/O of the build), and only when `--nodeport-addresses` names CIDRs.
-    fn mapped(&self, settings: &ProxySettings) -> Mapped {
+    fn mapped(&self, settings: &ProxySettings, mapper: &mut Mapper) -> Mapped {
         let node = self.node.state().into_iter().next();
         let node_ips = if settings.node_ips.is_empty() {
             node.as_deref().map(mapping::node_ips).unwrap_or_default()
@@ -580,7 +581,7 @@ impl Stores {
             &local,
             &settings.cluster_cidrs,
         );
-        mapping::proxy_state(
+        mapper.map(
             &self.services.state(),
             &self.slices.state(),
             &settings.node_name,
@@ -756,7 +757,7 @@ mod tests {
                     node_port_addresses: model::NodePortAddresses::AllLocal,
                     cluster_cidrs: vec![],
                 },
-                services,
+                services: services.into_iter().map(Arc::new).collect(),
             },
             invalid: vec![],
         }

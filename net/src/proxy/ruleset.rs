@@ -364,8 +364,14 @@ pub fn build(state: &ProxyState) -> Build {
 #[derive(Debug, Default)]
 pub struct Builder {
     node: Option<Node>,
-    parts: HashMap<Arc<str>, (Service, Arc<Fragment>)>,
+    parts: HashMap<Arc<str>, (Arc<Service>, Arc<Fragment>)>,
     last: Option<Patchable>,
+}
+
+/// Whether `known` (remembered) and `now` are the same Service: the same allocation when the
+/// mapper reused it, else compared field by field.
+fn unchanged(known: &Arc<Service>, now: &Arc<Service>) -> bool {
+    Arc::ptr_eq(known, now) || known == now
 }
 
 /// A build kept for patching: the ruleset, who owns each dispatch key, and how many services put
@@ -404,20 +410,20 @@ impl Builder {
         let mut conflicts = false;
         let mut parts = HashMap::with_capacity(state.services.len());
 
-        let mut services: Vec<&Service> = state.services.iter().collect();
+        let mut services: Vec<&Arc<Service>> = state.services.iter().collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         for service in services {
             let id: Arc<str> = service.id().into();
             let (known, fragment) = match self.parts.remove(&id) {
                 // Moved, not cloned: at 10k services the clones would dominate a sync.
-                Some((known, fragment)) if known == *service => (known, fragment),
+                Some((known, fragment)) if unchanged(&known, service) => (known, fragment),
                 _ => {
                     if let Err(err) = service.validate() {
                         skipped.push(err);
                         continue;
                     }
                     let fragment = Arc::new(service_fragment(service, &state.node));
-                    (service.clone(), fragment)
+                    (Arc::clone(service), fragment)
                 }
             };
             if let Some(err) = fragment.conflict(&last.owners, &id) {
@@ -440,15 +446,15 @@ impl Builder {
     /// not worth it (then nothing that matters was changed: the caller rebuilds).
     fn patch(&mut self, state: &ProxyState) -> Option<Build> {
         let last = self.last.as_mut()?;
-        let ids: Vec<String> = state.services.iter().map(Service::id).collect();
+        let ids: Vec<String> = state.services.iter().map(|s| s.id()).collect();
         let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
         if present.len() != ids.len() {
             return None;
         }
-        let mut changed: Vec<(&str, &Service)> = Vec::new();
+        let mut changed: Vec<(&str, &Arc<Service>)> = Vec::new();
         for (id, service) in ids.iter().zip(&state.services) {
             match self.parts.get(id.as_str()) {
-                Some((known, _)) if known == service => {}
+                Some((known, _)) if unchanged(known, service) => {}
                 _ => changed.push((id, service)),
             }
             if changed.len() > MAX_PATCHED {
@@ -494,7 +500,7 @@ impl Builder {
                 return None;
             }
             fragment.merge_into(last, &id);
-            self.parts.insert(id, (service.clone(), fragment));
+            self.parts.insert(id, (Arc::clone(service), fragment));
         }
         Some(Build {
             ruleset: last.ruleset.clone(),

@@ -62,10 +62,7 @@ fn three() -> Vec<Endpoint> {
 }
 
 fn build_one(services: Vec<Service>) -> Ruleset {
-    let b = build(&ProxyState {
-        node: node(),
-        services,
-    });
+    let b = build(&ProxyState::new(node(), services));
     assert!(b.skipped.is_empty(), "{:?}", b.skipped);
     b.ruleset
 }
@@ -147,10 +144,7 @@ fn node_port_works_on_node_port_addresses_only() {
 
 #[test]
 fn all_local_node_port_addresses_use_fib() {
-    let mut state = ProxyState {
-        node: node(),
-        services: vec![web(three())],
-    };
+    let mut state = ProxyState::new(node(), [web(three())]);
     state.node.node_port_addresses = NodePortAddresses::AllLocal;
     let b = build(&state);
     let t = tracer(&b.ruleset);
@@ -439,10 +433,7 @@ fn bad_and_conflicting_services_are_skipped_without_harming_others() {
     thief.external_ips = vec![ip("192.0.2.10")]; // web's external IP
     thief.load_balancer_ips = vec![];
     thief.ports[0].node_port = None;
-    let b = build(&ProxyState {
-        node: node(),
-        services: vec![thief, bad, web(three())],
-    });
+    let b = build(&ProxyState::new(node(), [thief, bad, web(three())]));
     let skipped: Vec<String> = b.skipped.iter().map(ToString::to_string).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(
@@ -486,11 +477,7 @@ fn pod_traffic_leaving_the_pod_network_is_masqueraded_and_only_that() {
     // Without a cluster CIDR nothing tells pods' traffic apart: left alone.
     let mut unknown = node();
     unknown.cluster_cidrs.clear();
-    let rs = build(&ProxyState {
-        node: unknown,
-        services: vec![web(three())],
-    })
-    .ruleset;
+    let rs = build(&ProxyState::new(unknown, [web(three())])).ruleset;
     assert_eq!(
         tracer(&rs).trace(&pkt(Origin::Pod, "10.99.0.7", "198.51.100.7", 443)),
         one(Outcome::Accept { masquerade: false })
@@ -609,7 +596,7 @@ fn a_remembering_builder_builds_what_build_builds_and_shares_unchanged_services(
     let mut builder = Builder::default();
     let mut previous: Option<Ruleset> = None;
     for (i, (node, services)) in states.into_iter().enumerate() {
-        let state = ProxyState { node, services };
+        let state = ProxyState::new(node, services);
         let fresh = build(&state);
         let remembered = builder.build(&state);
         assert_eq!(remembered.ruleset, fresh.ruleset, "state {i}");
@@ -650,8 +637,10 @@ fn a_patched_build_equals_a_fresh_build_at_every_step() {
     };
     // Endpoints come from a small pool, so services share them (the hairpin set counts holders).
     let pool = |k: usize| ep(&format!("10.99.0.{}:8080", 2 + k % 6), k.is_multiple_of(2));
-    let mut services: Vec<Service> = (0..12)
-        .map(|i| service(i, vec![pool(i), pool(i + 1)]))
+    // Shared as the mapper shares them: an untouched service stays the same allocation (the
+    // builder's pointer check), an edited one becomes a new one (its comparison).
+    let mut services: Vec<Arc<Service>> = (0..12)
+        .map(|i| Arc::new(service(i, vec![pool(i), pool(i + 1)])))
         .collect();
     let mut node_now = node();
     let mut builder = Builder::default();
@@ -660,30 +649,33 @@ fn a_patched_build_equals_a_fresh_build_at_every_step() {
         let i = next(services.len().max(1));
         match next(9) {
             0 | 1 if !services.is_empty() => {
-                let eps = &mut services[i].ports[0].endpoints;
+                let eps = &mut Arc::make_mut(&mut services[i]).ports[0].endpoints;
                 if eps.is_empty() {
                     eps.push(pool(next(6)));
                 } else {
                     eps.remove(next(eps.len()));
                 }
             }
-            2 | 3 if !services.is_empty() => services[i].ports[0].endpoints.push(pool(next(6))),
+            2 | 3 if !services.is_empty() => Arc::make_mut(&mut services[i]).ports[0]
+                .endpoints
+                .push(pool(next(6))),
             4 if services.len() > 1 => {
                 services.remove(i);
             }
             5 => {
                 let n = 100 + step;
-                services.push(service(n % 250, vec![pool(next(6))]));
+                services.push(Arc::new(service(n % 250, vec![pool(next(6))])));
             }
             6 if !services.is_empty() => {
                 // Invalid (port 0) or valid again.
-                let port = &mut services[i].ports[0].port;
+                let port = &mut Arc::make_mut(&mut services[i]).ports[0].port;
                 *port = if *port == 0 { 80 } else { 0 };
             }
             7 if services.len() > 1 => {
                 // Claim another service's cluster IP (a conflict), or give it back.
                 let j = next(services.len());
-                services[i].cluster_ips = services[j].cluster_ips.clone();
+                let ips = services[j].cluster_ips.clone();
+                Arc::make_mut(&mut services[i]).cluster_ips = ips;
             }
             8 if step % 50 == 0 => {
                 node_now.cluster_cidrs = vec![if node_now.cluster_cidrs[0].prefix_len() == 16 {

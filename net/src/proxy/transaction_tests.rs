@@ -55,10 +55,7 @@ fn service(name: &str, cluster_ip: &str, endpoints: Vec<Endpoint>) -> Service {
 }
 
 fn ruleset(services: Vec<Service>) -> Ruleset {
-    let b = build(&ProxyState {
-        node: node(),
-        services,
-    });
+    let b = build(&ProxyState::new(node(), services));
     assert!(b.skipped.is_empty(), "{:?}", b.skipped);
     b.ruleset
 }

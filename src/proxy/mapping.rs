@@ -2,7 +2,7 @@
 //! them, turned into `nodus_net`'s proxy model.
 //!
 //! Invariants: pure (no I/O, no clock, no logging), and deterministic (the same objects in any
-//! order give the same state); a Service that cannot be mapped is reported as a
+//! order give the same state; [`Mapper`] only remembers results, it never changes them); a Service that cannot be mapped is reported as a
 //! [`MappingError`] and left out, never breaking the others; Services that are not ours to proxy
 //! (headless, `ExternalName`, claimed by another proxy through
 //! `service.kubernetes.io/service-proxy-name`) are left out silently, as upstream does.

@@ -74,9 +74,9 @@ pub enum Error {
     )]
     CommitFailed(Errno),
     #[error(
-        "{missing} of {sent} netlink messages for table {FAMILY} {TABLE} got no answer; its state is unknown"
+        "{missing} of {asked} acknowledgements asked of the kernel for table {FAMILY} {TABLE} never came; its state is unknown"
     )]
-    MissingAnswers { missing: usize, sent: usize },
+    MissingAnswers { missing: usize, asked: usize },
 }
 
 /// A NETLINK_NETFILTER socket in the network namespace of the thread that opened it.
@@ -185,6 +185,8 @@ struct Answers {
     first_seq: u32,
     /// Per message: whether it still owes an acknowledgement.
     owed: Vec<bool>,
+    /// How many messages asked for one.
+    asked: usize,
     errors: Vec<(u32, Errno)>,
 }
 
@@ -194,6 +196,7 @@ impl Answers {
             begin_seq: first_seq.wrapping_sub(1),
             first_seq,
             owed: acked.to_vec(),
+            asked: acked.iter().filter(|a| **a).count(),
             errors: Vec::new(),
         }
     }
@@ -249,7 +252,7 @@ impl Answers {
         if missing > 0 {
             return Err(Error::MissingAnswers {
                 missing,
-                sent: self.owed.len(),
+                asked: self.asked,
             });
         }
         Ok(())

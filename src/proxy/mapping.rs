@@ -2,10 +2,11 @@
 //! them, turned into `nodus_net`'s proxy model.
 //!
 //! Invariants: pure (no I/O, no clock, no logging), and deterministic (the same objects in any
-//! order give the same state; [`Mapper`] only remembers results, it never changes them); a Service that cannot be mapped is reported as a
-//! [`MappingError`] and left out, never breaking the others; Services that are not ours to proxy
-//! (headless, `ExternalName`, claimed by another proxy through
-//! `service.kubernetes.io/service-proxy-name`) are left out silently, as upstream does.
+//! order give the same state; [`Mapper`] only remembers results, it never changes them); a
+//! Service that cannot be mapped is reported as a [`MappingError`] and left out, never breaking
+//! the others; Services that are not ours to proxy (headless, `ExternalName`, claimed by another
+//! proxy through `service.kubernetes.io/service-proxy-name`) are left out silently, as upstream
+//! does.
 //!
 //! Upstream references: `pkg/proxy/serviceport.go` (`newBaseServiceInfo`),
 //! `pkg/proxy/endpointslicecache.go` (slice ports matched to service ports by name and protocol,

@@ -5,13 +5,13 @@
 //! role never panics and never ends on its own: failures are logged and retried until `cancel`.
 //!
 //! ```text
-//!   kube-apiserver ── watch ──> reflector stores (Services, EndpointSlices, own Node)
+//!   kube-apiserver ── watch, one task each ──> reflector stores (Services, EndpointSlices, Node)
 //!                                    │ changes mark the schedule dirty
 //!                                    ▼
 //!   sync::Schedule ── due (min interval, max interval, backoff) ──> one sync:
-//!     mapping::proxy_state ─> nodus_net ruleset::build ─> Transaction::update against the applied
-//!                             ruleset (full replace at start, after failures, hourly) ─> nothing to
-//!                             do? skip; else its text through nft -f - (one transaction)
+//!     mapping::Mapper (unchanged Services shared) ─> nodus_net ruleset::Builder ─>
+//!       Transaction::update against the applied ruleset (full replace at start, after failures,
+//!       hourly) ─> nothing to do? skip; else one netlink batch (nft -f - text as the fallback)
 //!     stale::stale_udp ─> conntrack -D (UDP only)        warnings ─> log + Warning event per Service
 //!                                    │ watch channels
 //!                                    ▼

@@ -121,6 +121,8 @@ pub fn proxy_state(
 /// one took ~15 ms of each sync; the builder then also tells such a Service unchanged by pointer.
 #[derive(Debug, Default)]
 pub struct Mapper {
+    /// The node the remembered models were mapped for ("local" endpoints depend on it).
+    node_name: String,
     /// By the address of the Service object, which `Known` keeps alive (so it is not reused).
     known: HashMap<usize, Known>,
 }
@@ -130,7 +132,6 @@ struct Known {
     service: Arc<Service>,
     /// The slices it was mapped with, in mapping order.
     slices: Vec<Arc<EndpointSlice>>,
-    node_name: String,
     mapped: Result<Option<Arc<model::Service>>, MappingError>,
 }
 
@@ -142,6 +143,10 @@ impl Mapper {
         node_name: &str,
         node: model::Node,
     ) -> Mapped {
+        if self.node_name != node_name {
+            self.known.clear();
+            node_name.clone_into(&mut self.node_name);
+        }
         // Index slices by the Service they name, so the cost is linear in the number of objects.
         // Keys and the sort borrow from the objects: at 10k Services, owned keys made of each
         // comparison two allocations.
@@ -168,7 +173,6 @@ impl Mapper {
             let entry = match self.known.remove(&address) {
                 Some(entry)
                     if Arc::ptr_eq(&entry.service, service)
-                        && entry.node_name == node_name
                         && entry.slices.len() == own_slices.len()
                         && entry
                             .slices
@@ -186,7 +190,6 @@ impl Mapper {
                     Known {
                         service: Arc::clone(service),
                         slices: own_slices.into_iter().cloned().collect(),
-                        node_name: node_name.to_owned(),
                         mapped,
                     }
                 }

@@ -9,16 +9,25 @@ use crate::proxy::ruleset::{Hook, MapKey, Pick};
 
 /// The attributes (after nlmsghdr and nfgenmsg) of each nf_tables message of `tx`'s batch.
 fn bodies(tx: &Transaction<'_>) -> Vec<String> {
+    let all: Vec<String> = messages(tx)
+        .iter()
+        .map(|m| m[20..].iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    // Drop the batch delimiters.
+    all[1..all.len() - 1].to_vec()
+}
+
+/// Each netlink message of `tx`'s batch, headers included, delimiters included.
+fn messages(tx: &Transaction<'_>) -> Vec<Vec<u8>> {
     let batch = encode(tx, 100).expect("encodable");
     let mut out = Vec::new();
     let mut rest = batch.buf.as_slice();
     while rest.len() >= 20 {
         let len = u32::from_ne_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        out.push(rest[20..len].iter().map(|b| format!("{b:02x}")).collect());
+        out.push(rest[..len].to_vec());
         rest = &rest[len..];
     }
-    // Drop the batch delimiters.
-    out[1..out.len() - 1].to_vec()
+    out
 }
 
 fn hex(parts: &[&str]) -> String {
@@ -399,17 +408,15 @@ const REPLACE_TABLE: &[&[&str]] = &[
 
 /// nlmsg type and flags of each message of `tx`'s batch, delimiters included.
 fn headers(tx: &Transaction<'_>) -> Vec<(u16, u16)> {
-    let batch = encode(tx, 100).expect("encodable");
-    let mut out = Vec::new();
-    let mut rest = batch.buf.as_slice();
-    while rest.len() >= 20 {
-        let len = u32::from_ne_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-        out.push((ty, flags));
-        rest = &rest[len..];
-    }
-    out
+    messages(tx)
+        .iter()
+        .map(|m| {
+            (
+                u16::from_ne_bytes([m[4], m[5]]),
+                u16::from_ne_bytes([m[6], m[7]]),
+            )
+        })
+        .collect()
 }
 
 #[test]
